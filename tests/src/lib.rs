@@ -1,0 +1,125 @@
+//! Helpers for Runway's tests against real components, and (in `tests/`) the cross-component
+//! end-to-end suite.
+//!
+//! The suite runs under `scripts/test.sh`, which starts PostgreSQL and fake-gcs-server and
+//! points these variables at them. A test that needs one and does not find it fails with a
+//! sentence saying so: a missing dependency is never a skip.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// `RUNWAY_TEST_POSTGRES_URL`: a PostgreSQL server URL (tests create their own databases).
+pub fn postgres_url() -> String {
+    require_env("RUNWAY_TEST_POSTGRES_URL")
+}
+
+/// `RUNWAY_TEST_GCS_ENDPOINT`: fake-gcs-server's base URL.
+pub fn gcs_endpoint() -> String {
+    require_env("RUNWAY_TEST_GCS_ENDPOINT")
+}
+
+/// `RUNWAY_TEST_PYTHON`: the project venv's Python, with validibot-shared installed.
+pub fn python() -> String {
+    require_env("RUNWAY_TEST_PYTHON")
+}
+
+/// The value of `name`, or a panic that says how to get it.
+pub fn require_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: run the suite with scripts/test.sh, which starts the real \
+             PostgreSQL, fake-gcs-server and Python tools the tests use"
+        ),
+    }
+}
+
+/// A new, empty bucket on fake-gcs-server, named `<prefix>-<unique suffix>`.
+pub fn create_bucket(endpoint: &str, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", unique_suffix());
+    let (status, body) = http(
+        "POST",
+        &format!("{endpoint}/storage/v1/b"),
+        Some(&format!("{{\"name\":\"{name}\"}}")),
+    );
+    assert!(
+        (200..300).contains(&status),
+        "creating bucket {name} failed: {status} {body}"
+    );
+    name
+}
+
+/// A suffix unique across the test processes of one run.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// One HTTP/1.1 request over a plain TCP connection (`http://` only), returning the status code
+/// and the body. Enough for tests to poke a local server without an HTTP client crate.
+pub fn http(method: &str, url: &str, json_body: Option<&str>) -> (u16, String) {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("not an http:// URL: {url}"));
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream =
+        TcpStream::connect(host).unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set timeout");
+    let body = json_body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let response = String::from_utf8_lossy(&response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {response:?}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
