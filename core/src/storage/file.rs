@@ -1,0 +1,304 @@
+//! `file://`: objects are files below a root directory, one path segment per key segment.
+//!
+//! A write streams into a temporary file (`.runway-tmp-<uuid>`) in the destination directory,
+//! fsyncs it, and publishes it with `link(2)`, which fails with `EEXIST` instead of replacing:
+//! that is what makes writes create-only between concurrent writers and processes, and what
+//! guarantees readers see either nothing or the complete object. The temporary file is removed
+//! on every path, including a dropped future; a crash can leave one behind, never a partial
+//! object at the key. Key validation ([`ObjectKey`]) keeps every path below the root.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{
+    Body, BodyDigest, ByteStream, Expected, ObjectKey, ObjectMeta, ObjectStore, PutReceipt,
+    RESERVED_SEGMENT_PREFIX, StorageError, StorageUri, limit_stream, sha256_version,
+};
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// An object store in a local directory.
+#[derive(Debug)]
+pub struct FileStore {
+    base: StorageUri,
+    root: PathBuf,
+}
+
+impl FileStore {
+    /// Opens the store rooted at `base` (a `file://` URI), creating the directory if missing.
+    pub async fn open(base: StorageUri) -> Result<Self, StorageError> {
+        let root = PathBuf::from(base.prefix());
+        tokio::fs::create_dir_all(&root)
+            .await
+            .map_err(|e| StorageError::io(base.to_string(), e))?;
+        Ok(Self { base, root })
+    }
+
+    fn path_for(&self, key: &ObjectKey) -> PathBuf {
+        let mut path = self.root.clone();
+        path.extend(key.segments());
+        path
+    }
+
+    /// Opens the object's file for reading; `None` if there is no object (a directory on the
+    /// way, or at the key itself, is not an object).
+    async fn open_object(
+        &self,
+        path: &Path,
+        uri: &str,
+    ) -> Result<Option<(tokio::fs::File, u64)>, StorageError> {
+        let file = match tokio::fs::File::open(path).await {
+            Ok(file) => file,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(StorageError::io(uri, e)),
+        };
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| StorageError::io(uri, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        Ok(Some((file, meta.len())))
+    }
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// Removes the temporary file when dropped, so that no exit path (error, mismatch, a dropped
+/// future) leaves it behind.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // Once published the object has its own link; removing this name never touches it.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FileStore {
+    fn base(&self) -> &StorageUri {
+        &self.base
+    }
+
+    async fn put_new_expecting(
+        &self,
+        key: &ObjectKey,
+        body: Body,
+        expected: Expected,
+    ) -> Result<PutReceipt, StorageError> {
+        let uri = self.uri_for(key);
+        let path = self.path_for(key);
+        let Some(dir) = path.parent().map(Path::to_path_buf) else {
+            return Err(StorageError::io(
+                &uri,
+                io::Error::other("object path has no parent"),
+            ));
+        };
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| StorageError::io(&uri, e))?;
+        // Fail fast before consuming the body; `link` below is what actually decides.
+        if tokio::fs::symlink_metadata(&path).await.is_ok() {
+            return Err(StorageError::AlreadyExists { uri });
+        }
+
+        let temp = TempFile(dir.join(format!(
+            "{RESERVED_SEGMENT_PREFIX}tmp-{}",
+            uuid::Uuid::new_v4().simple()
+        )));
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp.0)
+            .await
+            .map_err(|e| StorageError::io(&uri, e))?;
+        let mut digest = BodyDigest::default();
+        let mut stream = body.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| StorageError::Body {
+                uri: uri.clone(),
+                source,
+            })?;
+            digest.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| StorageError::io(&uri, e))?;
+        }
+        file.flush().await.map_err(|e| StorageError::io(&uri, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| StorageError::io(&uri, e))?;
+        drop(file);
+        let (size_bytes, sha256) = digest.finish(&uri, &expected)?;
+
+        match tokio::fs::hard_link(&temp.0, &path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StorageError::AlreadyExists { uri });
+            }
+            Err(e) => return Err(StorageError::io(&uri, e)),
+        }
+        drop(temp);
+        // The new directory entry is durable only once the directory itself is synced.
+        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+            .await
+            .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?;
+        synced.map_err(|e| StorageError::io(&uri, e))?;
+
+        Ok(PutReceipt {
+            storage_version: sha256_version(&sha256),
+            uri,
+            size_bytes,
+            sha256,
+        })
+    }
+
+    async fn get(&self, uri_or_key: &str, max_bytes: u64) -> Result<ByteStream, StorageError> {
+        let key = self.base.resolve(uri_or_key)?;
+        let uri = self.uri_for(&key);
+        let Some((file, len)) = self.open_object(&self.path_for(&key), &uri).await? else {
+            return Err(StorageError::NotFound { uri });
+        };
+        if len > max_bytes {
+            return Err(StorageError::TooLarge {
+                uri,
+                limit: max_bytes,
+            });
+        }
+        let read_uri = uri.clone();
+        let chunks = futures::stream::try_unfold(file, move |mut file| {
+            let uri = read_uri.clone();
+            async move {
+                let mut buf = BytesMut::with_capacity(READ_CHUNK);
+                let n = file
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| StorageError::io(uri, e))?;
+                Ok((n > 0).then(|| (buf.freeze(), file)))
+            }
+        });
+        Ok(limit_stream(chunks, uri, max_bytes))
+    }
+
+    async fn head(&self, uri_or_key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let key = self.base.resolve(uri_or_key)?;
+        let uri = self.uri_for(&key);
+        let Some((mut file, _)) = self.open_object(&self.path_for(&key), &uri).await? else {
+            return Ok(None);
+        };
+        // The version is the content hash, so it has to be recomputed; objects are immutable,
+        // and head is used rarely (salvaging outputs), so no side index is kept.
+        let mut hasher = Sha256::new();
+        let mut size_bytes = 0_u64;
+        let mut buf = vec![0_u8; READ_CHUNK];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| StorageError::io(&uri, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size_bytes += n as u64;
+        }
+        Ok(Some(ObjectMeta {
+            size_bytes,
+            storage_version: sha256_version(&hex::encode(hasher.finalize())),
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+        // Start from the deepest directory the prefix names in full, to avoid walking the tree.
+        let start = prefix
+            .rsplit_once('/')
+            .and_then(|(dir, _)| ObjectKey::parse(dir).ok());
+        let (dir, rel) = match &start {
+            Some(dir_key) => (self.path_for(dir_key), dir_key.as_str().to_owned()),
+            None => (self.root.clone(), String::new()),
+        };
+        let prefix = prefix.to_owned();
+        let uri = self.base.to_string();
+        let mut keys = tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            walk(&dir, &rel, &prefix, &mut keys)?;
+            Ok::<_, io::Error>(keys)
+        })
+        .await
+        .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?
+        .map_err(|e| StorageError::io(&uri, e))?;
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// Collects the keys of regular files below `dir` (whose key is `rel`) that start with
+/// `prefix`; skips in-flight temporary files and does not follow symlinks.
+fn walk(dir: &Path, rel: &str, prefix: &str, keys: &mut Vec<ObjectKey>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if is_missing(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let key = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                walk(&entry.path(), &key, prefix, keys)?;
+            }
+        } else if file_type.is_file()
+            && key.starts_with(prefix)
+            && let Ok(key) = ObjectKey::parse(key)
+        {
+            keys.push(key);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn failed_body_leaves_no_object_and_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = StorageUri::parse(&format!("file://{}", dir.path().display())).expect("uri");
+        let store = FileStore::open(base).await.expect("open");
+        let key = ObjectKey::parse("a/b.bin").expect("key");
+        let body = Body::from_stream(futures::stream::iter([
+            Ok(Bytes::from_static(b"partial")),
+            Err(io::Error::other("client went away")),
+        ]));
+        let err = store.put_new(&key, body).await.expect_err("body failed");
+        assert!(matches!(err, StorageError::Body { .. }), "{err}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+            .expect("dir exists")
+            .collect();
+        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+        assert!(store.head("a/b.bin").await.expect("head").is_none());
+    }
+}

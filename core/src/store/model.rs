@@ -1,0 +1,635 @@
+//! The run store's vocabulary: identifiers, states, records and the inputs of each operation.
+//!
+//! Everything here is backend-neutral; `sqlite.rs` and `postgres.rs` map these to rows.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::StoreError;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            /// A fresh, time-ordered (UUIDv7) identifier.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// Wraps an existing UUID (e.g. one read back from the database).
+            pub const fn from_uuid(id: Uuid) -> Self {
+                Self(id)
+            }
+
+            /// The wrapped UUID.
+            pub const fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Identifies a run (what the web app asked for).
+    RunId
+);
+uuid_id!(
+    /// Identifies one attempt at executing a run.
+    AttemptId
+);
+uuid_id!(
+    /// Identifies an outbox row (one event to deliver).
+    OutboxId
+);
+uuid_id!(
+    /// Identifies a callback receipt.
+    ReceiptId
+);
+
+/// Generates a lowercase `as_str`/`FromStr`/`Display` trio for a fieldless enum; the same
+/// strings are what the database stores and what serde writes.
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The lowercase name stored in the database and used on the wire.
+            pub const fn as_str(&self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = StoreError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(StoreError::Corrupt(format!(
+                        concat!("unknown ", stringify!($name), " {:?}"),
+                        other
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Where a run is, derived from its attempts.
+    RunState {
+        /// Its current attempt waits to be dispatched (first try or a scheduled retry).
+        Queued => "queued",
+        /// Its current attempt has been claimed and may be executing.
+        Running => "running",
+        /// Finished; `result` says how. Never changes again.
+        Completed => "completed",
+    }
+);
+
+string_enum!(
+    /// How a completed run ended.
+    RunResult {
+        /// The validation ran and passed.
+        Passed => "passed",
+        /// The validation ran and found problems (a result, not a retry).
+        Failed => "failed",
+        /// The validator or the platform failed and no retry remained.
+        Error => "error",
+        /// Canceled on request.
+        Canceled => "canceled",
+        /// The attempt overran its deadline.
+        TimedOut => "timed_out",
+    }
+);
+
+string_enum!(
+    /// One attempt's lifecycle; see [`AttemptState::can_transition_to`] for the allowed edges.
+    AttemptState {
+        /// Waits for `not_before` and a free concurrency slot.
+        Pending => "pending",
+        /// Claimed by a dispatcher; the backend call may be in flight.
+        Dispatching => "dispatching",
+        /// The backend accepted it (or a callback proved it ran).
+        Running => "running",
+        /// The backend call's outcome is ambiguous; the reconciler resolves it.
+        Unknown => "unknown",
+        /// Finished with an output (whatever the validation verdict).
+        Completed => "completed",
+        /// Finished without a usable output (launch error, container lost, no output…).
+        Failed => "failed",
+        /// Canceled on request.
+        Canceled => "canceled",
+        /// Overran its deadline.
+        TimedOut => "timed_out",
+    }
+);
+
+impl AttemptState {
+    /// The single table of allowed attempt transitions. Terminal states have no outgoing edge,
+    /// so they never reopen.
+    pub fn can_transition_to(self, to: AttemptState) -> bool {
+        use AttemptState::*;
+        matches!(
+            (self, to),
+            (Pending, Dispatching | Canceled)
+                // A fast job may call back before the dispatcher records `running`.
+                | (Dispatching, Running | Unknown | Completed | Failed | Canceled)
+                | (Running, Completed | Failed | Canceled | TimedOut)
+                | (Unknown, Running | Completed | Failed | Canceled | TimedOut)
+        )
+    }
+
+    /// True for states that never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Canceled | Self::TimedOut
+        )
+    }
+
+    /// True for states that occupy a validator's concurrency slot.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Dispatching | Self::Running | Self::Unknown)
+    }
+
+    /// The states counted against a validator's concurrency cap.
+    pub const ACTIVE: &'static [Self] = &[Self::Dispatching, Self::Running, Self::Unknown];
+}
+
+string_enum!(
+    /// What became of one received callback.
+    ReceiptOutcome {
+        /// It finalized its attempt and run.
+        Finalized => "finalized",
+        /// A repeat of a callback that already finalized the attempt.
+        Duplicate => "duplicate",
+        /// It arrived after the attempt had ended another way (failed, canceled, timed out).
+        Late => "late",
+        /// Refused before touching the attempt (bad token, nonce, output…).
+        Rejected => "rejected",
+    }
+);
+
+/// A stored run, with the outcome of the attempt that finalized it once completed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Time-ordered identifier.
+    pub id: RunId,
+    /// When the run was accepted.
+    pub created_at: DateTime<Utc>,
+    /// The validator it runs (key of concurrency caps and backend config).
+    pub validator_id: String,
+    /// The validator's kind (e.g. `energyplus`, `fmu`).
+    pub validator_type: String,
+    /// The organisation that asked.
+    pub org_id: String,
+    /// The workflow it belongs to.
+    pub workflow_id: String,
+    /// The request as the API accepted it; opaque to the store.
+    pub spec: Value,
+    /// How many attempts may be made in total (at least 1).
+    pub max_attempts: u32,
+    /// Derived from its attempts.
+    pub state: RunState,
+    /// Set exactly when `state` is `completed`.
+    pub result: Option<RunResult>,
+    /// When it completed.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Final messages from the finalizing attempt's output.
+    pub messages: Option<Value>,
+    /// Final metrics from the finalizing attempt's output.
+    pub metrics: Option<Value>,
+    /// Where the finalizing attempt's output envelope lives.
+    pub output_uri: Option<String>,
+    /// Lowercase hex SHA-256 of that output envelope.
+    pub output_sha256: Option<String>,
+    /// The client's idempotency key, if it sent one (unique per org).
+    pub idempotency_key: Option<String>,
+    /// The caller-computed SHA-256 of the request that came with the key.
+    pub request_sha256: Option<String>,
+}
+
+/// A stored attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Time-ordered identifier.
+    pub id: AttemptId,
+    /// The run it belongs to.
+    pub run_id: RunId,
+    /// 1 for the first try, n + 1 for each retry.
+    pub number: u32,
+    /// Where it is in its lifecycle.
+    pub state: AttemptState,
+    /// Copied from the run so that concurrency caps need no join.
+    pub validator_id: String,
+    /// Not dispatched before this time (backoff for retries).
+    pub not_before: DateTime<Utc>,
+    /// Object-storage prefix of its input and output.
+    pub storage_prefix: String,
+    /// The identifier its callback must carry (unique across attempts).
+    pub callback_id: String,
+    /// Hash (commitment) of the callback nonce; the nonce itself is never stored.
+    pub callback_nonce_sha256: String,
+    /// When it must have finished, set once it is dispatched.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// The backend's handle (execution name, container id…), once dispatched.
+    pub backend_ref: Option<String>,
+    /// Cancellation was asked for while it was active; the reconciler carries it to the backend.
+    pub cancel_requested: bool,
+    /// Why it failed or went unknown.
+    pub error: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When a dispatcher claimed it.
+    pub dispatched_at: Option<DateTime<Utc>>,
+    /// When the backend accepted it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A run together with all its attempts, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunWithAttempts {
+    /// The run.
+    pub run: Run,
+    /// Its attempts ordered by `number`.
+    pub attempts: Vec<Attempt>,
+}
+
+/// Identity and secrets of an attempt about to be created. Ids are chosen by the caller because
+/// the storage prefix embeds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAttempt {
+    /// Its identifier.
+    pub id: AttemptId,
+    /// Not dispatched before this time.
+    pub not_before: DateTime<Utc>,
+    /// Object-storage prefix of its input and output.
+    pub storage_prefix: String,
+    /// The callback identifier (must be unique).
+    pub callback_id: String,
+    /// The commitment of the callback nonce.
+    pub callback_nonce_sha256: String,
+}
+
+/// A client's idempotency key with the fingerprint of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The key as the client sent it; unique per org.
+    pub key: String,
+    /// Caller-computed SHA-256 of the request, to tell a retry from a different request.
+    pub request_sha256: String,
+}
+
+/// Everything needed to store a new run and its first attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// Its identifier.
+    pub id: RunId,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// The validator to run.
+    pub validator_id: String,
+    /// The validator's kind.
+    pub validator_type: String,
+    /// The organisation that asked.
+    pub org_id: String,
+    /// The workflow it belongs to.
+    pub workflow_id: String,
+    /// The accepted request; opaque to the store.
+    pub spec: Value,
+    /// Total attempts allowed (at least 1).
+    pub max_attempts: u32,
+    /// Present when the client sent an `Idempotency-Key`.
+    pub idempotency: Option<Idempotency>,
+    /// The first attempt.
+    pub first_attempt: NewAttempt,
+}
+
+/// What [`RunStore::create_run`](super::RunStore::create_run) did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// A new run and its first attempt were stored.
+    Created(RunWithAttempts),
+    /// The idempotency key matched an earlier identical request; nothing was stored.
+    Existing(RunWithAttempts),
+}
+
+impl CreateOutcome {
+    /// The run, new or existing.
+    pub fn run(&self) -> &RunWithAttempts {
+        match self {
+            Self::Created(r) | Self::Existing(r) => r,
+        }
+    }
+}
+
+/// The backend accepted an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkRunning {
+    /// The attempt (in `dispatching` or `unknown`).
+    pub attempt_id: AttemptId,
+    /// The backend's handle; kept if `None` and one is already stored.
+    pub backend_ref: Option<String>,
+    /// When it must have finished; kept if `None`.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// When the backend accepted it.
+    pub at: DateTime<Utc>,
+}
+
+/// What to do with the run once an attempt ends without an output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterEnd {
+    /// Complete the run now.
+    CompleteRun,
+    /// Create this attempt as number n + 1 (due at its `not_before`, the backoff) if
+    /// `n < max_attempts` and no cancel was asked for; otherwise complete the run.
+    Retry(NewAttempt),
+}
+
+/// Ends an attempt without an output (`failed`, `canceled` or `timed_out`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndAttempt {
+    /// The attempt.
+    pub attempt_id: AttemptId,
+    /// `failed`, `canceled` or `timed_out`.
+    pub to: AttemptState,
+    /// Why.
+    pub error: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Retry or complete the run.
+    pub then: AfterEnd,
+}
+
+/// What [`RunStore::end_attempt`](super::RunStore::end_attempt) did to the run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndOutcome {
+    /// A retry attempt was created and the run is queued again.
+    Retrying {
+        /// The ended attempt.
+        ended: Attempt,
+        /// The new pending attempt.
+        retry: Attempt,
+    },
+    /// The run completed (with `error`, `canceled` or `timed_out`).
+    RunCompleted {
+        /// The ended attempt.
+        ended: Attempt,
+        /// The completed run.
+        run: Run,
+        /// A retry was asked for but `max_attempts` was reached.
+        attempts_exhausted: bool,
+    },
+}
+
+/// A callback's verified outcome, to record in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finalize {
+    /// The attempt being finalized.
+    pub attempt_id: AttemptId,
+    /// The callback id it presented (must be the attempt's).
+    pub callback_id: String,
+    /// The terminal state for the attempt (usually `completed`).
+    pub to_state: AttemptState,
+    /// The run's result.
+    pub result: RunResult,
+    /// Messages from the output envelope.
+    pub messages: Value,
+    /// Metrics from the output envelope.
+    pub metrics: Value,
+    /// Where the output envelope lives.
+    pub output_uri: Option<String>,
+    /// Its SHA-256.
+    pub output_sha256: Option<String>,
+    /// When the callback was accepted.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// What [`RunStore::finalize_attempt`](super::RunStore::finalize_attempt) did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinalizeOutcome {
+    /// This call finalized the attempt and completed the run.
+    Finalized(RunWithAttempts),
+    /// The attempt was already terminal; only a `duplicate` or `late` receipt was recorded.
+    AlreadyTerminal {
+        /// The attempt as it stands.
+        attempt: Attempt,
+        /// `duplicate` or `late`.
+        recorded_as: ReceiptOutcome,
+    },
+}
+
+/// What [`RunStore::request_cancel`](super::RunStore::request_cancel) did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The pending attempt was canceled and the run completed as `canceled`.
+    Canceled(Run),
+    /// The current attempt is active; it is flagged `cancel_requested` for the reconciler.
+    Requested(Attempt),
+    /// The run had already completed; nothing changed.
+    AlreadyCompleted(Run),
+}
+
+/// One received callback, whatever became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackReceipt {
+    /// Its identifier.
+    pub id: ReceiptId,
+    /// The attempt it named, when one was found.
+    pub attempt_id: Option<AttemptId>,
+    /// The callback id it presented.
+    pub callback_id: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// What became of it.
+    pub outcome: ReceiptOutcome,
+    /// Free text (why it was rejected…).
+    pub detail: Option<String>,
+}
+
+/// A receipt to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReceipt {
+    /// The attempt it named, when one was found.
+    pub attempt_id: Option<AttemptId>,
+    /// The callback id it presented.
+    pub callback_id: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// What became of it.
+    pub outcome: ReceiptOutcome,
+    /// Free text.
+    pub detail: Option<String>,
+}
+
+/// One event waiting for (or past) delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    /// Its identifier (also the webhook id).
+    pub id: OutboxId,
+    /// The run it is about.
+    pub run_id: RunId,
+    /// Event type, e.g. `run.completed`.
+    pub event: String,
+    /// The webhook body.
+    pub payload: Value,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// How many deliveries were started (incremented by each claim).
+    pub attempts: u32,
+    /// When it may next be claimed (the lease end while a deliverer holds it).
+    pub next_attempt_at: DateTime<Utc>,
+    /// When it was delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// When it was given up.
+    pub dead_at: Option<DateTime<Utc>>,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+}
+
+/// The event written when a run completes.
+pub const RUN_COMPLETED_EVENT: &str = "run.completed";
+
+/// Filters for [`RunStore::list_runs`](super::RunStore::list_runs); `None` matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    /// Only runs of this validator.
+    pub validator_id: Option<String>,
+    /// Only runs of this organisation.
+    pub org_id: Option<String>,
+}
+
+/// An opaque position in a newest-first run listing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunCursor {
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) id: RunId,
+}
+
+impl RunCursor {
+    pub(crate) fn after(run: &Run) -> Self {
+        Self {
+            created_at: run.created_at,
+            id: run.id,
+        }
+    }
+
+    /// Parses a cursor previously produced by `Display`.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        let bad = || StoreError::BadCursor(s.to_owned());
+        let bytes = hex::decode(s).map_err(|_| bad())?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let (micros, id) = text.split_once('/').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        Ok(Self {
+            created_at: from_micros(micros)?,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl fmt::Display for RunCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hex keeps it URL-safe and discourages clients from building cursors themselves.
+        let plain = format!("{}/{}", self.created_at.timestamp_micros(), self.id);
+        f.write_str(&hex::encode(plain))
+    }
+}
+
+impl FromStr for RunCursor {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// One page of a run listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPage {
+    /// Newest first.
+    pub runs: Vec<Run>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next_cursor: Option<RunCursor>,
+}
+
+pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_micros(micros)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} µs is out of range")))
+}
+
+pub(crate) fn completion_payload(run: &Run, attempt_id: AttemptId) -> Value {
+    serde_json::json!({
+        "type": RUN_COMPLETED_EVENT,
+        "run_id": run.id,
+        "attempt_id": attempt_id,
+        "org_id": run.org_id,
+        "workflow_id": run.workflow_id,
+        "validator_id": run.validator_id,
+        "state": run.state,
+        "result": run.result,
+        "finished_at": run.finished_at,
+        "output_uri": run.output_uri,
+        "output_sha256": run.output_sha256,
+    })
+}
+
+/// The run result implied by an attempt that ended without an output.
+pub(crate) fn result_without_output(state: AttemptState) -> RunResult {
+    match state {
+        AttemptState::Canceled => RunResult::Canceled,
+        AttemptState::TimedOut => RunResult::TimedOut,
+        _ => RunResult::Error,
+    }
+}

@@ -1,0 +1,1442 @@
+//! Behavioural suite of the run store, written once and run against both backends.
+//!
+//! Each case is an `async fn(&Db)`; `store_cases!` instantiates every case as a test in the
+//! `sqlite` module (a fresh file in a temporary directory) and in the `postgres` module (a fresh
+//! database on the server named by `RUNWAY_TEST_POSTGRES_URL`, which `scripts/test.sh` starts).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use runway_core::store::{
+    self, AfterEnd, Attempt, AttemptId, AttemptState, CancelOutcome, CreateOutcome, EndAttempt,
+    EndOutcome, Finalize, FinalizeOutcome, Idempotency, MarkRunning, NewAttempt, NewReceipt,
+    NewRun, ReceiptOutcome, RunCursor, RunFilter, RunId, RunResult, RunState, RunStore,
+    RunWithAttempts, StoreError,
+};
+use serde_json::json;
+use sqlx::Connection;
+use uuid::Uuid;
+
+const POSTGRES_URL_VAR: &str = "RUNWAY_TEST_POSTGRES_URL";
+
+/// A fresh, empty store and what is needed to reopen or remove it.
+struct Db {
+    store: Arc<dyn RunStore>,
+    url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    /// Deletes the directory when dropped.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+}
+
+impl Db {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("runway.db").display());
+        let store = store::connect(&url).await.expect("open sqlite store");
+        Self {
+            store,
+            url,
+            cleanup: Cleanup::Sqlite { _dir: dir },
+        }
+    }
+
+    async fn postgres() -> Self {
+        let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+            panic!(
+                "{POSTGRES_URL_VAR} is not set: the Postgres store tests need a server. \
+                 Run them through scripts/test.sh, which starts one and sets it."
+            )
+        });
+        let name = format!("runway_t_{}", Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to the Postgres test server");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.expect("close admin connection");
+        let mut url = url::Url::parse(&admin_url).expect("RUNWAY_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        let url = url.to_string();
+        let store = store::connect(&url).await.expect("open postgres store");
+        Self {
+            store,
+            url,
+            cleanup: Cleanup::Postgres { admin_url, name },
+        }
+    }
+
+    fn store(&self) -> &dyn RunStore {
+        self.store.as_ref()
+    }
+
+    async fn finish(self) {
+        let Db { store, cleanup, .. } = self;
+        drop(store);
+        if let Cleanup::Postgres { admin_url, name } = cleanup {
+            let mut admin = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .expect("connect to the Postgres test server");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .expect("drop test database");
+        }
+    }
+}
+
+macro_rules! store_cases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = super::Db::sqlite().await;
+                    super::$case(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = super::Db::postgres().await;
+                    super::$case(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+store_cases!(
+    create_and_read_back,
+    idempotent_create_returns_the_existing_run,
+    idempotency_key_with_another_request_is_refused,
+    concurrent_creates_with_one_key_make_one_run,
+    happy_path_transitions,
+    unknown_is_resolved_every_allowed_way,
+    dispatching_may_end_directly,
+    refused_transitions_are_conflicts,
+    terminal_attempts_never_reopen,
+    claim_respects_not_before_and_due_order,
+    claim_respects_concurrency_caps,
+    finalize_happens_exactly_once,
+    late_and_rejected_callbacks_are_recorded,
+    cancel_of_a_queued_run_completes_it,
+    cancel_of_an_active_run_is_requested,
+    retries_are_scheduled_up_to_max_attempts,
+    outbox_lease_retry_dead_and_delivered,
+    list_runs_filters_and_pages,
+    attempts_in_states_for_the_reconciler,
+    migrations_are_idempotent,
+    concurrent_claimers_claim_each_attempt_once_within_caps,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0)
+        .single()
+        .expect("valid time")
+}
+
+fn secs(n: i64) -> TimeDelta {
+    TimeDelta::seconds(n)
+}
+
+fn new_attempt(not_before: DateTime<Utc>) -> NewAttempt {
+    let id = AttemptId::new();
+    NewAttempt {
+        id,
+        not_before,
+        storage_prefix: format!("runs/org/attempts/{id}/"),
+        callback_id: format!("cb-{}", Uuid::new_v4()),
+        callback_nonce_sha256: "ab".repeat(32),
+    }
+}
+
+fn new_run(validator_id: &str, org_id: &str, created_at: DateTime<Utc>) -> NewRun {
+    let id = RunId::new();
+    NewRun {
+        id,
+        created_at,
+        validator_id: validator_id.to_owned(),
+        validator_type: "energyplus".to_owned(),
+        org_id: org_id.to_owned(),
+        workflow_id: "wf-1".to_owned(),
+        spec: json!({"inputs": {"timestep": 4}, "files": [{"name": "model.idf", "size": 12}]}),
+        max_attempts: 3,
+        idempotency: None,
+        first_attempt: new_attempt(created_at),
+    }
+}
+
+async fn create(store: &dyn RunStore, new: NewRun) -> RunWithAttempts {
+    match store.create_run(new).await.expect("create run") {
+        CreateOutcome::Created(r) => r,
+        CreateOutcome::Existing(r) => panic!("expected a new run, got existing {}", r.run.id),
+    }
+}
+
+/// Creates a run due now and claims it; the store must hold no other due attempt.
+async fn claimed(store: &dyn RunStore) -> Attempt {
+    let created = create(store, new_run("v-1", "org-1", t0())).await;
+    let mut got = store
+        .claim_due(t0(), 10, &HashMap::new())
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 1, "exactly the new attempt is due");
+    let attempt = got.remove(0);
+    assert_eq!(attempt.id, created.attempts[0].id);
+    assert_eq!(attempt.state, AttemptState::Dispatching);
+    attempt
+}
+
+async fn running(store: &dyn RunStore) -> Attempt {
+    let attempt = claimed(store).await;
+    store
+        .mark_running(MarkRunning {
+            attempt_id: attempt.id,
+            backend_ref: Some("exec-1".into()),
+            deadline_at: Some(t0() + secs(600)),
+            at: t0() + secs(1),
+        })
+        .await
+        .expect("mark running")
+}
+
+fn finalize_of(attempt: &Attempt, result: RunResult) -> Finalize {
+    Finalize {
+        attempt_id: attempt.id,
+        callback_id: attempt.callback_id.clone(),
+        to_state: AttemptState::Completed,
+        result,
+        messages: json!([{"severity": "info", "text": "ok"}]),
+        metrics: json!({"eui_kwh_m2": 123.5}),
+        output_uri: Some(format!("file:///out/{}/output.json", attempt.id)),
+        output_sha256: Some("cd".repeat(32)),
+        finished_at: t0() + secs(30),
+    }
+}
+
+fn end(attempt: &Attempt, to: AttemptState, then: AfterEnd) -> EndAttempt {
+    EndAttempt {
+        attempt_id: attempt.id,
+        to,
+        error: Some(format!("attempt ended as {to}")),
+        at: t0() + secs(20),
+        then,
+    }
+}
+
+async fn run_of(store: &dyn RunStore, id: RunId) -> RunWithAttempts {
+    store
+        .get_run(id)
+        .await
+        .expect("get run")
+        .expect("run exists")
+}
+
+async fn attempt(store: &dyn RunStore, id: AttemptId) -> Attempt {
+    store
+        .get_attempt(id)
+        .await
+        .expect("get attempt")
+        .expect("attempt exists")
+}
+
+fn assert_conflict(result: Result<impl std::fmt::Debug, StoreError>, current: AttemptState) {
+    match result {
+        Err(StoreError::Conflict { current: got, .. }) => assert_eq!(got, current),
+        other => panic!("expected a conflict from {current}, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+async fn create_and_read_back(db: &Db) {
+    let store = db.store();
+    let new = new_run("v-1", "org-1", t0());
+    let created = create(store, new.clone()).await;
+
+    assert_eq!(created.run.id, new.id);
+    assert_eq!(created.run.state, RunState::Queued);
+    assert_eq!(created.run.result, None);
+    assert_eq!(created.run.spec, new.spec);
+    assert_eq!(created.run.created_at, t0());
+    assert_eq!(created.attempts.len(), 1);
+    let first = &created.attempts[0];
+    assert_eq!(first.number, 1);
+    assert_eq!(first.state, AttemptState::Pending);
+    assert_eq!(first.id, new.first_attempt.id);
+    assert_eq!(first.validator_id, "v-1");
+    assert_eq!(first.callback_nonce_sha256, "ab".repeat(32));
+
+    assert_eq!(run_of(store, new.id).await, created);
+    assert_eq!(attempt(store, first.id).await, *first);
+    let by_callback = store
+        .attempt_by_callback_id(&first.callback_id)
+        .await
+        .expect("lookup");
+    assert_eq!(by_callback.as_ref(), Some(first));
+    assert!(store.get_run(RunId::new()).await.expect("get").is_none());
+    assert!(
+        store
+            .attempt_by_callback_id("no-such-callback")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    let mut zero = new_run("v-1", "org-1", t0());
+    zero.max_attempts = 0;
+    assert!(matches!(
+        store.create_run(zero).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+fn keyed(key: &str, fingerprint: &str) -> NewRun {
+    let mut new = new_run("v-1", "org-1", t0());
+    new.idempotency = Some(Idempotency {
+        key: key.to_owned(),
+        request_sha256: fingerprint.to_owned(),
+    });
+    new
+}
+
+async fn idempotent_create_returns_the_existing_run(db: &Db) {
+    let store = db.store();
+    let first = create(store, keyed("key-1", "fp-a")).await;
+
+    let again = store
+        .create_run(keyed("key-1", "fp-a"))
+        .await
+        .expect("repeat");
+    let CreateOutcome::Existing(existing) = again else {
+        panic!("a repeat with the same key and request must return the existing run");
+    };
+    assert_eq!(existing, first);
+
+    // The key is scoped per organisation.
+    let mut other_org = keyed("key-1", "fp-a");
+    other_org.org_id = "org-2".into();
+    create(store, other_org).await;
+
+    let page = store
+        .list_runs(&RunFilter::default(), None, 100)
+        .await
+        .expect("list");
+    assert_eq!(page.runs.len(), 2, "the repeat stored nothing");
+}
+
+async fn idempotency_key_with_another_request_is_refused(db: &Db) {
+    let store = db.store();
+    let first = create(store, keyed("key-1", "fp-a")).await;
+    match store.create_run(keyed("key-1", "fp-b")).await {
+        Err(StoreError::IdempotencyMismatch { key, existing_run }) => {
+            assert_eq!(key, "key-1");
+            assert_eq!(existing_run, first.run.id);
+        }
+        other => panic!("expected an idempotency mismatch, got {other:?}"),
+    }
+}
+
+async fn concurrent_creates_with_one_key_make_one_run(db: &Db) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let store = db.store.clone();
+        tasks.spawn(async move { store.create_run(keyed("race", "fp")).await });
+    }
+    let mut created = Vec::new();
+    let mut existing = Vec::new();
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.expect("task").expect("create") {
+            CreateOutcome::Created(r) => created.push(r.run.id),
+            CreateOutcome::Existing(r) => existing.push(r.run.id),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one create wins");
+    assert_eq!(existing.len(), 15);
+    assert!(existing.iter().all(|id| *id == created[0]));
+    let page = db
+        .store()
+        .list_runs(&RunFilter::default(), None, 100)
+        .await
+        .expect("list");
+    assert_eq!(page.runs.len(), 1);
+    assert_eq!(run_of(db.store(), created[0]).await.attempts.len(), 1);
+}
+
+async fn happy_path_transitions(db: &Db) {
+    let store = db.store();
+    let attempt = claimed(store).await;
+    assert_eq!(attempt.dispatched_at, Some(t0()));
+    assert_eq!(
+        run_of(store, attempt.run_id).await.run.state,
+        RunState::Running
+    );
+
+    let started = store
+        .mark_running(MarkRunning {
+            attempt_id: attempt.id,
+            backend_ref: Some("executions/abc".into()),
+            deadline_at: Some(t0() + secs(600)),
+            at: t0() + secs(2),
+        })
+        .await
+        .expect("dispatching → running");
+    assert_eq!(started.state, AttemptState::Running);
+    assert_eq!(started.backend_ref.as_deref(), Some("executions/abc"));
+    assert_eq!(started.deadline_at, Some(t0() + secs(600)));
+    assert_eq!(started.started_at, Some(t0() + secs(2)));
+
+    let outcome = store
+        .finalize_attempt(finalize_of(&started, RunResult::Failed))
+        .await
+        .expect("running → completed");
+    let FinalizeOutcome::Finalized(done) = outcome else {
+        panic!("first finalize must finalize");
+    };
+    assert_eq!(done.run.state, RunState::Completed);
+    assert_eq!(done.run.result, Some(RunResult::Failed));
+    assert_eq!(done.attempts[0].state, AttemptState::Completed);
+
+    // Each other way out of `running`.
+    for to in [
+        AttemptState::Failed,
+        AttemptState::Canceled,
+        AttemptState::TimedOut,
+    ] {
+        let a = running(store).await;
+        let outcome = store
+            .end_attempt(end(&a, to, AfterEnd::CompleteRun))
+            .await
+            .expect("running → terminal");
+        let EndOutcome::RunCompleted { ended, run, .. } = outcome else {
+            panic!("CompleteRun must complete the run");
+        };
+        assert_eq!(ended.state, to);
+        assert_eq!(ended.finished_at, Some(t0() + secs(20)));
+        let expected = match to {
+            AttemptState::Canceled => RunResult::Canceled,
+            AttemptState::TimedOut => RunResult::TimedOut,
+            _ => RunResult::Error,
+        };
+        assert_eq!(run.result, Some(expected));
+        assert_eq!(store.outbox_for_run(run.id).await.expect("outbox").len(), 1);
+    }
+}
+
+async fn unknown_is_resolved_every_allowed_way(db: &Db) {
+    let store = db.store();
+
+    let a = claimed(store).await;
+    let unknown = store
+        .mark_unknown(a.id, "jobs.run timed out")
+        .await
+        .expect("dispatching → unknown");
+    assert_eq!(unknown.state, AttemptState::Unknown);
+    assert_eq!(unknown.error.as_deref(), Some("jobs.run timed out"));
+    let resolved = store
+        .mark_running(MarkRunning {
+            attempt_id: a.id,
+            backend_ref: Some("executions/found".into()),
+            deadline_at: None,
+            at: t0() + secs(5),
+        })
+        .await
+        .expect("unknown → running");
+    assert_eq!(resolved.state, AttemptState::Running);
+    assert_eq!(resolved.deadline_at, None);
+
+    let a = claimed(store).await;
+    store
+        .mark_unknown(a.id, "ambiguous")
+        .await
+        .expect("unknown");
+    let outcome = store
+        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+        .await
+        .expect("unknown → completed");
+    assert!(matches!(outcome, FinalizeOutcome::Finalized(_)));
+
+    for to in [
+        AttemptState::Failed,
+        AttemptState::Canceled,
+        AttemptState::TimedOut,
+    ] {
+        let a = claimed(store).await;
+        store
+            .mark_unknown(a.id, "ambiguous")
+            .await
+            .expect("unknown");
+        let outcome = store
+            .end_attempt(end(&a, to, AfterEnd::CompleteRun))
+            .await
+            .expect("unknown → terminal");
+        assert!(matches!(outcome, EndOutcome::RunCompleted { .. }));
+        assert_eq!(attempt(store, a.id).await.state, to);
+    }
+}
+
+async fn dispatching_may_end_directly(db: &Db) {
+    let store = db.store();
+    // A fast job calls back before the dispatcher records `running`.
+    let a = claimed(store).await;
+    let outcome = store
+        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+        .await
+        .expect("dispatching → completed");
+    assert!(matches!(outcome, FinalizeOutcome::Finalized(_)));
+
+    for to in [AttemptState::Failed, AttemptState::Canceled] {
+        let a = claimed(store).await;
+        store
+            .end_attempt(end(&a, to, AfterEnd::CompleteRun))
+            .await
+            .expect("dispatching → failed/canceled");
+        assert_eq!(attempt(store, a.id).await.state, to);
+    }
+    // But a deadline cannot pass before the backend accepted the job.
+    let a = claimed(store).await;
+    assert_conflict(
+        store
+            .end_attempt(end(&a, AttemptState::TimedOut, AfterEnd::CompleteRun))
+            .await,
+        AttemptState::Dispatching,
+    );
+}
+
+async fn refused_transitions_are_conflicts(db: &Db) {
+    let store = db.store();
+    let pending = create(store, new_run("v-1", "org-1", t0() + secs(3600))).await;
+    let p = &pending.attempts[0];
+    let mark = |id| MarkRunning {
+        attempt_id: id,
+        backend_ref: None,
+        deadline_at: None,
+        at: t0(),
+    };
+    assert_conflict(store.mark_running(mark(p.id)).await, AttemptState::Pending);
+    assert_conflict(store.mark_unknown(p.id, "x").await, AttemptState::Pending);
+    assert_conflict(
+        store
+            .end_attempt(end(p, AttemptState::Failed, AfterEnd::CompleteRun))
+            .await,
+        AttemptState::Pending,
+    );
+    assert_conflict(
+        store
+            .finalize_attempt(finalize_of(p, RunResult::Passed))
+            .await,
+        AttemptState::Pending,
+    );
+    // Nothing changed.
+    assert_eq!(attempt(store, p.id).await, *p);
+    assert_eq!(
+        run_of(store, pending.run.id).await.run.state,
+        RunState::Queued
+    );
+
+    let r = running(store).await;
+    assert_conflict(store.mark_unknown(r.id, "x").await, AttemptState::Running);
+    assert_conflict(store.mark_running(mark(r.id)).await, AttemptState::Running);
+
+    // Arguments outside the model are refused before touching anything.
+    assert!(matches!(
+        store
+            .end_attempt(end(&r, AttemptState::Completed, AfterEnd::CompleteRun))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut not_terminal = finalize_of(&r, RunResult::Passed);
+    not_terminal.to_state = AttemptState::Running;
+    assert!(matches!(
+        store.finalize_attempt(not_terminal).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.mark_unknown(AttemptId::new(), "x").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(attempt(store, r.id).await, r);
+
+    // The edge table itself: exactly the documented edges.
+    use AttemptState::*;
+    let allowed: HashSet<(AttemptState, AttemptState)> = [
+        (Pending, Dispatching),
+        (Pending, Canceled),
+        (Dispatching, Running),
+        (Dispatching, Unknown),
+        (Dispatching, Completed),
+        (Dispatching, Failed),
+        (Dispatching, Canceled),
+        (Running, Completed),
+        (Running, Failed),
+        (Running, Canceled),
+        (Running, TimedOut),
+        (Unknown, Running),
+        (Unknown, Completed),
+        (Unknown, Failed),
+        (Unknown, Canceled),
+        (Unknown, TimedOut),
+    ]
+    .into_iter()
+    .collect();
+    for &from in AttemptState::ALL {
+        for &to in AttemptState::ALL {
+            assert_eq!(
+                from.can_transition_to(to),
+                allowed.contains(&(from, to)),
+                "{from} → {to}"
+            );
+        }
+    }
+}
+
+async fn terminal_attempts_never_reopen(db: &Db) {
+    let store = db.store();
+    let mut terminal = Vec::new();
+    let a = running(store).await;
+    store
+        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+        .await
+        .expect("finalize");
+    terminal.push(a.id);
+    for to in [
+        AttemptState::Failed,
+        AttemptState::Canceled,
+        AttemptState::TimedOut,
+    ] {
+        let a = running(store).await;
+        store
+            .end_attempt(end(&a, to, AfterEnd::CompleteRun))
+            .await
+            .expect("end");
+        terminal.push(a.id);
+    }
+    for id in terminal {
+        let before = attempt(store, id).await;
+        let run_before = run_of(store, before.run_id).await.run;
+        let state = before.state;
+        assert_conflict(
+            store
+                .mark_running(MarkRunning {
+                    attempt_id: id,
+                    backend_ref: None,
+                    deadline_at: None,
+                    at: t0(),
+                })
+                .await,
+            state,
+        );
+        assert_conflict(store.mark_unknown(id, "x").await, state);
+        for to in [
+            AttemptState::Failed,
+            AttemptState::Canceled,
+            AttemptState::TimedOut,
+        ] {
+            assert_conflict(
+                store
+                    .end_attempt(end(&before, to, AfterEnd::Retry(new_attempt(t0()))))
+                    .await,
+                state,
+            );
+        }
+        assert_eq!(attempt(store, id).await, before);
+        assert_eq!(run_of(store, before.run_id).await.run, run_before);
+        // Nothing was claimable from a finished run either.
+        assert!(
+            store
+                .claim_due(t0() + secs(10_000), 10, &HashMap::new())
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+    }
+}
+
+async fn claim_respects_not_before_and_due_order(db: &Db) {
+    let store = db.store();
+    let late = create(store, new_run("v-1", "org-1", t0() + secs(10))).await;
+    let early = create(store, new_run("v-1", "org-1", t0())).await;
+    let middle = create(store, new_run("v-1", "org-1", t0() + secs(5))).await;
+    let no_caps = HashMap::new();
+
+    assert!(
+        store
+            .claim_due(t0() - secs(1), 10, &no_caps)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let first = store
+        .claim_due(t0() + secs(1), 10, &no_caps)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&first), vec![early.attempts[0].id]);
+
+    let next = store
+        .claim_due(t0() + secs(60), 1, &no_caps)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&next), vec![middle.attempts[0].id], "oldest due first");
+    let rest = store
+        .claim_due(t0() + secs(60), 10, &no_caps)
+        .await
+        .expect("claim");
+    assert_eq!(ids(&rest), vec![late.attempts[0].id]);
+    assert!(
+        store
+            .claim_due(t0() + secs(60), 10, &no_caps)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_due(t0() + secs(60), 0, &no_caps)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    for run in [&late, &early, &middle] {
+        assert_eq!(run_of(store, run.run.id).await.run.state, RunState::Running);
+    }
+}
+
+fn ids(attempts: &[Attempt]) -> Vec<AttemptId> {
+    attempts.iter().map(|a| a.id).collect()
+}
+
+fn per_validator(attempts: &[Attempt]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for a in attempts {
+        *counts.entry(a.validator_id.clone()).or_default() += 1;
+    }
+    counts
+}
+
+async fn claim_respects_concurrency_caps(db: &Db) {
+    let store = db.store();
+    for i in 0..5 {
+        create(
+            store,
+            new_run("capped", "org-1", t0() + TimeDelta::milliseconds(i)),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        create(
+            store,
+            new_run("free", "org-1", t0() + TimeDelta::milliseconds(i)),
+        )
+        .await;
+    }
+    create(store, new_run("closed", "org-1", t0())).await;
+    let caps: HashMap<String, u32> = [("capped".to_owned(), 2), ("closed".to_owned(), 0)]
+        .into_iter()
+        .collect();
+
+    let now = t0() + secs(1);
+    let first = store.claim_due(now, 100, &caps).await.expect("claim");
+    let counts = per_validator(&first);
+    assert_eq!(counts.get("capped"), Some(&2));
+    assert_eq!(counts.get("free"), Some(&3));
+    assert_eq!(counts.get("closed"), None, "a cap of 0 admits nothing");
+    assert!(
+        store
+            .claim_due(now, 100, &caps)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+
+    // Freeing one slot admits exactly one more; `unknown` still holds its slot.
+    let capped: Vec<&Attempt> = first
+        .iter()
+        .filter(|a| a.validator_id == "capped")
+        .collect();
+    store
+        .mark_unknown(capped[0].id, "ambiguous")
+        .await
+        .expect("unknown");
+    assert!(
+        store
+            .claim_due(now, 100, &caps)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    store
+        .finalize_attempt(finalize_of(capped[1], RunResult::Passed))
+        .await
+        .expect("finalize");
+    let more = store.claim_due(now, 100, &caps).await.expect("claim");
+    assert_eq!(per_validator(&more).get("capped"), Some(&1));
+    assert_eq!(more.len(), 1);
+}
+
+async fn finalize_happens_exactly_once(db: &Db) {
+    let store = db.store();
+    let a = running(store).await;
+    let fin = finalize_of(&a, RunResult::Passed);
+    let FinalizeOutcome::Finalized(done) = store.finalize_attempt(fin.clone()).await.expect("1st")
+    else {
+        panic!("the first finalize must finalize");
+    };
+    assert_eq!(done.run.state, RunState::Completed);
+    assert_eq!(done.run.result, Some(RunResult::Passed));
+    assert_eq!(done.run.finished_at, Some(fin.finished_at));
+    assert_eq!(done.run.messages.as_ref(), Some(&fin.messages));
+    assert_eq!(done.run.metrics.as_ref(), Some(&fin.metrics));
+    assert_eq!(done.run.output_uri, fin.output_uri);
+    assert_eq!(done.run.output_sha256, fin.output_sha256);
+    assert_eq!(done.attempts[0].state, AttemptState::Completed);
+    assert_eq!(done.attempts[0].finished_at, Some(fin.finished_at));
+
+    let mut second = fin.clone();
+    second.result = RunResult::Failed;
+    second.finished_at = fin.finished_at + secs(5);
+    match store.finalize_attempt(second).await.expect("2nd") {
+        FinalizeOutcome::AlreadyTerminal {
+            attempt,
+            recorded_as,
+        } => {
+            assert_eq!(recorded_as, ReceiptOutcome::Duplicate);
+            assert_eq!(attempt.state, AttemptState::Completed);
+        }
+        other => panic!("a second finalize must not finalize again: {other:?}"),
+    }
+    assert_eq!(run_of(store, a.run_id).await, done, "nothing changed");
+
+    let receipts = store.callback_receipts(a.id).await.expect("receipts");
+    let outcomes: Vec<ReceiptOutcome> = receipts.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![ReceiptOutcome::Finalized, ReceiptOutcome::Duplicate]
+    );
+    assert!(receipts.iter().all(|r| r.callback_id == a.callback_id));
+
+    let outbox = store.outbox_for_run(a.run_id).await.expect("outbox");
+    assert_eq!(outbox.len(), 1, "one run.completed event, not two");
+    assert_eq!(outbox[0].event, "run.completed");
+    assert_eq!(outbox[0].payload["result"], "passed");
+    assert_eq!(outbox[0].payload["run_id"], a.run_id.to_string());
+
+    // A callback id that is not the attempt's is refused outright.
+    let b = running(store).await;
+    let mut wrong = finalize_of(&b, RunResult::Passed);
+    wrong.callback_id = a.callback_id.clone();
+    assert!(matches!(
+        store.finalize_attempt(wrong).await,
+        Err(StoreError::CallbackMismatch { .. })
+    ));
+    assert_eq!(attempt(store, b.id).await.state, AttemptState::Running);
+}
+
+async fn late_and_rejected_callbacks_are_recorded(db: &Db) {
+    let store = db.store();
+    let a = running(store).await;
+    store
+        .end_attempt(end(&a, AttemptState::TimedOut, AfterEnd::CompleteRun))
+        .await
+        .expect("time out");
+    let before = run_of(store, a.run_id).await;
+    match store
+        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+        .await
+        .expect("late")
+    {
+        FinalizeOutcome::AlreadyTerminal { recorded_as, .. } => {
+            assert_eq!(recorded_as, ReceiptOutcome::Late)
+        }
+        other => panic!("expected late, got {other:?}"),
+    }
+    assert_eq!(run_of(store, a.run_id).await, before);
+    assert_eq!(before.run.result, Some(RunResult::TimedOut));
+
+    let rejected = store
+        .record_callback_receipt(NewReceipt {
+            attempt_id: Some(a.id),
+            callback_id: a.callback_id.clone(),
+            received_at: t0() + secs(99),
+            outcome: ReceiptOutcome::Rejected,
+            detail: Some("nonce does not match".into()),
+        })
+        .await
+        .expect("record");
+    assert_eq!(rejected.outcome, ReceiptOutcome::Rejected);
+    let unknown_attempt = store
+        .record_callback_receipt(NewReceipt {
+            attempt_id: None,
+            callback_id: "forged".into(),
+            received_at: t0(),
+            outcome: ReceiptOutcome::Rejected,
+            detail: None,
+        })
+        .await
+        .expect("record without attempt");
+    assert_eq!(unknown_attempt.attempt_id, None);
+
+    let outcomes: Vec<ReceiptOutcome> = store
+        .callback_receipts(a.id)
+        .await
+        .expect("receipts")
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![ReceiptOutcome::Late, ReceiptOutcome::Rejected]
+    );
+}
+
+async fn cancel_of_a_queued_run_completes_it(db: &Db) {
+    let store = db.store();
+    let created = create(store, new_run("v-1", "org-1", t0())).await;
+    let outcome = store
+        .request_cancel(created.run.id, t0() + secs(3))
+        .await
+        .expect("cancel");
+    let CancelOutcome::Canceled(run) = outcome else {
+        panic!("a queued run is canceled at once, got {outcome:?}");
+    };
+    assert_eq!(run.state, RunState::Completed);
+    assert_eq!(run.result, Some(RunResult::Canceled));
+    assert_eq!(run.finished_at, Some(t0() + secs(3)));
+    let a = attempt(store, created.attempts[0].id).await;
+    assert_eq!(a.state, AttemptState::Canceled);
+    assert!(
+        store
+            .claim_due(t0() + secs(10), 10, &HashMap::new())
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(store.outbox_for_run(run.id).await.expect("outbox").len(), 1);
+
+    let again = store
+        .request_cancel(created.run.id, t0() + secs(4))
+        .await
+        .expect("cancel again");
+    assert_eq!(again, CancelOutcome::AlreadyCompleted(run));
+    assert!(matches!(
+        store.request_cancel(RunId::new(), t0()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn cancel_of_an_active_run_is_requested(db: &Db) {
+    let store = db.store();
+    let a = running(store).await;
+    let outcome = store
+        .request_cancel(a.run_id, t0() + secs(3))
+        .await
+        .expect("cancel");
+    let CancelOutcome::Requested(flagged) = outcome else {
+        panic!("an active attempt is only flagged, got {outcome:?}");
+    };
+    assert!(flagged.cancel_requested);
+    assert_eq!(flagged.state, AttemptState::Running);
+    assert_eq!(run_of(store, a.run_id).await.run.state, RunState::Running);
+
+    // The kill makes the job fail; no retry follows a cancel request and the run is canceled.
+    let outcome = store
+        .end_attempt(end(
+            &a,
+            AttemptState::Failed,
+            AfterEnd::Retry(new_attempt(t0() + secs(30))),
+        ))
+        .await
+        .expect("end");
+    let EndOutcome::RunCompleted {
+        run,
+        attempts_exhausted,
+        ..
+    } = outcome
+    else {
+        panic!("no retry after a cancel request, got {outcome:?}");
+    };
+    assert!(!attempts_exhausted);
+    assert_eq!(run.result, Some(RunResult::Canceled));
+    assert_eq!(run_of(store, a.run_id).await.attempts.len(), 1);
+}
+
+async fn retries_are_scheduled_up_to_max_attempts(db: &Db) {
+    let store = db.store();
+    let created = create(store, new_run("v-1", "org-1", t0())).await;
+    let caps = HashMap::new();
+    let mut now = t0();
+    let mut current = store
+        .claim_due(now, 1, &caps)
+        .await
+        .expect("claim")
+        .remove(0);
+    for number in 2..=3u32 {
+        let retry_at = now + secs(60);
+        let outcome = store
+            .end_attempt(EndAttempt {
+                attempt_id: current.id,
+                to: AttemptState::Failed,
+                error: Some("container lost".into()),
+                at: now + secs(1),
+                then: AfterEnd::Retry(new_attempt(retry_at)),
+            })
+            .await
+            .expect("fail with retry");
+        let EndOutcome::Retrying { ended, retry } = outcome else {
+            panic!(
+                "attempt {} of 3 must be retried, got {outcome:?}",
+                number - 1
+            );
+        };
+        assert_eq!(ended.state, AttemptState::Failed);
+        assert_eq!(retry.number, number);
+        assert_eq!(retry.state, AttemptState::Pending);
+        assert_eq!(retry.not_before, retry_at);
+        assert_eq!(
+            run_of(store, created.run.id).await.run.state,
+            RunState::Queued
+        );
+
+        assert!(
+            store
+                .claim_due(retry_at - secs(1), 10, &caps)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "the retry waits for its backoff"
+        );
+        now = retry_at;
+        let mut got = store.claim_due(now, 10, &caps).await.expect("claim");
+        assert_eq!(ids(&got), vec![retry.id]);
+        current = got.remove(0);
+    }
+    let outcome = store
+        .end_attempt(EndAttempt {
+            attempt_id: current.id,
+            to: AttemptState::Failed,
+            error: Some("no output".into()),
+            at: now + secs(1),
+            then: AfterEnd::Retry(new_attempt(now + secs(60))),
+        })
+        .await
+        .expect("last failure");
+    let EndOutcome::RunCompleted {
+        run,
+        attempts_exhausted,
+        ..
+    } = outcome
+    else {
+        panic!("the third failure must complete the run, got {outcome:?}");
+    };
+    assert!(attempts_exhausted);
+    assert_eq!(run.state, RunState::Completed);
+    assert_eq!(run.result, Some(RunResult::Error));
+    let all = run_of(store, created.run.id).await.attempts;
+    let numbers: Vec<u32> = all.iter().map(|a| a.number).collect();
+    assert_eq!(numbers, vec![1, 2, 3]);
+    assert!(all.iter().all(|a| a.state == AttemptState::Failed));
+    assert_eq!(store.outbox_for_run(run.id).await.expect("outbox").len(), 1);
+}
+
+async fn outbox_lease_retry_dead_and_delivered(db: &Db) {
+    let store = db.store();
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let created = create(store, new_run("v-1", "org-1", t0())).await;
+        store
+            .request_cancel(created.run.id, t0() + secs(i))
+            .await
+            .expect("cancel");
+        runs.push(created.run.id);
+    }
+    let now = t0() + secs(10);
+    let lease = secs(30);
+    let events = store.claim_outbox(now, 10, lease).await.expect("claim");
+    assert_eq!(events.len(), 3);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.attempts == 1 && e.next_attempt_at == now + lease)
+    );
+    assert!(events.iter().all(|e| e.event == "run.completed"));
+    assert!(
+        store
+            .claim_outbox(now, 10, lease)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "leased events are not handed out twice"
+    );
+
+    let now = now + secs(31);
+    let events = store
+        .claim_outbox(now, 10, lease)
+        .await
+        .expect("claim after lease");
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| e.attempts == 2));
+    let (delivered, retried, dead) = (events[0].id, events[1].id, events[2].id);
+
+    store
+        .mark_outbox_delivered(delivered, now)
+        .await
+        .expect("delivered");
+    store
+        .mark_outbox_retry(retried, now + secs(60), "HTTP 503")
+        .await
+        .expect("retry");
+    store
+        .mark_outbox_dead(dead, now, "HTTP 410")
+        .await
+        .expect("dead");
+
+    assert!(
+        store
+            .claim_outbox(now + secs(59), 10, lease)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store
+        .claim_outbox(now + secs(60), 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, retried);
+    assert_eq!(again[0].attempts, 3);
+    assert_eq!(again[0].last_error.as_deref(), Some("HTTP 503"));
+
+    let all: Vec<_> = {
+        let mut all = Vec::new();
+        for run in &runs {
+            all.extend(store.outbox_for_run(*run).await.expect("outbox"));
+        }
+        all
+    };
+    let find = |id| all.iter().find(|e| e.id == id).expect("event");
+    assert_eq!(find(delivered).delivered_at, Some(now));
+    assert_eq!(find(dead).dead_at, Some(now));
+    assert_eq!(find(dead).last_error.as_deref(), Some("HTTP 410"));
+
+    assert!(matches!(
+        store.mark_outbox_delivered(delivered, now).await,
+        Err(StoreError::OutboxClosed {
+            status: "delivered",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.mark_outbox_retry(dead, now, "x").await,
+        Err(StoreError::OutboxClosed { status: "dead", .. })
+    ));
+    assert!(matches!(
+        store
+            .mark_outbox_dead(store::OutboxId::new(), now, "x")
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Two deliverers claiming at once split the events.
+    let now = now + secs(1000);
+    let (a, b) = tokio::join!(
+        db.store.claim_outbox(now, 10, lease),
+        db.store.claim_outbox(now, 10, lease)
+    );
+    let (a, b) = (a.expect("claim a"), b.expect("claim b"));
+    assert_eq!(a.len() + b.len(), 1, "only the retried event is live");
+}
+
+async fn list_runs_filters_and_pages(db: &Db) {
+    let store = db.store();
+    let mut all = Vec::new();
+    for i in 0..7 {
+        let validator = if i % 2 == 0 { "even" } else { "odd" };
+        let org = if i < 4 { "org-a" } else { "org-b" };
+        // Pairs share a creation time, so the id breaks ties.
+        let created_at = t0() + secs(i / 2);
+        all.push(create(store, new_run(validator, org, created_at)).await.run);
+    }
+    store
+        .request_cancel(all[1].id, t0() + secs(9))
+        .await
+        .expect("cancel");
+    store
+        .request_cancel(all[4].id, t0() + secs(9))
+        .await
+        .expect("cancel");
+
+    let mut expected: Vec<RunId> = all.iter().map(|r| r.id).collect();
+    expected.sort_by_key(|id| {
+        let run = all.iter().find(|r| r.id == *id).expect("run");
+        std::cmp::Reverse((run.created_at, run.id))
+    });
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<RunCursor> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_runs(&RunFilter::default(), cursor.as_ref(), 3)
+            .await
+            .expect("page");
+        pages += 1;
+        assert!(page.runs.len() <= 3);
+        seen.extend(page.runs.iter().map(|r| r.id));
+        match page.next_cursor {
+            // The cursor is opaque text that survives a round trip through a URL.
+            Some(next) => cursor = Some(next.to_string().parse().expect("cursor parses")),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, expected, "newest first, each run once");
+
+    let filtered = |filter: RunFilter| async move {
+        let page = store.list_runs(&filter, None, 100).await.expect("list");
+        let mut ids: Vec<RunId> = page.runs.iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut v: Vec<RunId>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        filtered(RunFilter {
+            state: Some(RunState::Completed),
+            ..RunFilter::default()
+        })
+        .await,
+        sorted(vec![all[1].id, all[4].id])
+    );
+    assert_eq!(
+        filtered(RunFilter {
+            validator_id: Some("odd".into()),
+            ..RunFilter::default()
+        })
+        .await,
+        sorted(vec![all[1].id, all[3].id, all[5].id])
+    );
+    assert_eq!(
+        filtered(RunFilter {
+            org_id: Some("org-b".into()),
+            state: Some(RunState::Queued),
+            validator_id: Some("even".into()),
+        })
+        .await,
+        sorted(vec![all[6].id])
+    );
+
+    assert!(matches!(
+        "not-a-cursor".parse::<RunCursor>(),
+        Err(StoreError::BadCursor(_))
+    ));
+}
+
+async fn attempts_in_states_for_the_reconciler(db: &Db) {
+    let store = db.store();
+    let r = running(store).await;
+    let u = claimed(store).await;
+    store
+        .mark_unknown(u.id, "ambiguous")
+        .await
+        .expect("unknown");
+    let p = create(store, new_run("v-1", "org-1", t0() + secs(999))).await;
+
+    let found = store
+        .attempts_in_states(&[AttemptState::Running, AttemptState::Unknown], 10)
+        .await
+        .expect("query");
+    let mut got = ids(&found);
+    got.sort();
+    let mut want = vec![r.id, u.id];
+    want.sort();
+    assert_eq!(got, want);
+    let pending = store
+        .attempts_in_states(&[AttemptState::Pending], 10)
+        .await
+        .expect("query");
+    assert_eq!(ids(&pending), vec![p.attempts[0].id]);
+    assert_eq!(
+        store
+            .attempts_in_states(&[AttemptState::Running, AttemptState::Unknown], 1)
+            .await
+            .expect("query")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .attempts_in_states(&[], 10)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+}
+
+async fn migrations_are_idempotent(db: &Db) {
+    let created = create(db.store(), new_run("v-1", "org-1", t0())).await;
+    for _ in 0..2 {
+        let reopened = store::connect(&db.url)
+            .await
+            .expect("reconnect runs migrations again");
+        assert_eq!(run_of(reopened.as_ref(), created.run.id).await, created);
+    }
+}
+
+/// 200 due attempts over four validators (three capped), eight claimers looping until nothing
+/// is pending. Each attempt must be claimed exactly once and no cap ever exceeded.
+async fn concurrent_claimers_claim_each_attempt_once_within_caps(db: &Db) {
+    const ATTEMPTS: usize = 200;
+    const CLAIMERS: usize = 8;
+    let validators = ["v0", "v1", "v2", "v3"];
+    let caps: HashMap<String, u32> = [("v0", 3), ("v1", 5), ("v2", 1)]
+        .into_iter()
+        .map(|(v, c)| (v.to_owned(), c))
+        .collect();
+    for i in 0..ATTEMPTS {
+        let validator = validators[i % validators.len()];
+        let created_at = t0() + TimeDelta::milliseconds(i64::try_from(i).expect("small"));
+        create(db.store(), new_run(validator, "org-1", created_at)).await;
+    }
+    let now = t0() + secs(60);
+
+    // `active` is never above the true count: it rises after a claim commits and falls before
+    // the attempt ends, so seeing it over a cap proves the store exceeded the cap.
+    let claimed: Arc<Mutex<HashSet<AttemptId>>> = Arc::default();
+    let active: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLAIMERS {
+        let store = db.store.clone();
+        let caps = caps.clone();
+        let claimed = claimed.clone();
+        let active = active.clone();
+        tasks.spawn(async move {
+            loop {
+                let batch = store.claim_due(now, 7, &caps).await.expect("claim");
+                if batch.is_empty() {
+                    let pending = store
+                        .attempts_in_states(&[AttemptState::Pending], 1)
+                        .await
+                        .expect("pending");
+                    if pending.is_empty() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    continue;
+                }
+                {
+                    let mut claimed = claimed.lock().expect("lock");
+                    let mut active = active.lock().expect("lock");
+                    for a in &batch {
+                        assert!(claimed.insert(a.id), "attempt {} claimed twice", a.id);
+                        let n = active.entry(a.validator_id.clone()).or_default();
+                        *n += 1;
+                        if let Some(cap) = caps.get(&a.validator_id) {
+                            assert!(
+                                *n <= *cap,
+                                "{} has {n} active over cap {cap}",
+                                a.validator_id
+                            );
+                        }
+                    }
+                }
+                // A snapshot straight from the database must agree.
+                let in_db = store
+                    .attempts_in_states(AttemptState::ACTIVE, 10_000)
+                    .await
+                    .expect("active");
+                for (validator, n) in per_validator(&in_db) {
+                    if let Some(cap) = caps.get(&validator) {
+                        assert!(
+                            n <= *cap as usize,
+                            "{validator}: {n} active in the database"
+                        );
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                for a in batch {
+                    store
+                        .mark_running(MarkRunning {
+                            attempt_id: a.id,
+                            backend_ref: Some(format!("exec-{}", a.id)),
+                            deadline_at: None,
+                            at: now,
+                        })
+                        .await
+                        .expect("running");
+                    *active
+                        .lock()
+                        .expect("lock")
+                        .get_mut(&a.validator_id)
+                        .expect("counted") -= 1;
+                    let outcome = store
+                        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+                        .await
+                        .expect("finalize");
+                    assert!(matches!(outcome, FinalizeOutcome::Finalized(_)));
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("claimer panicked");
+    }
+    assert_eq!(claimed.lock().expect("lock").len(), ATTEMPTS);
+    let completed = db
+        .store()
+        .attempts_in_states(&[AttemptState::Completed], 10_000)
+        .await
+        .expect("completed");
+    assert_eq!(completed.len(), ATTEMPTS);
+    let page = db
+        .store()
+        .list_runs(
+            &RunFilter {
+                state: Some(RunState::Completed),
+                ..RunFilter::default()
+            },
+            None,
+            1000,
+        )
+        .await
+        .expect("list");
+    assert_eq!(page.runs.len(), ATTEMPTS);
+}
+
+#[tokio::test]
+async fn unknown_url_scheme_is_named_in_the_error() {
+    let err = store::connect("mysql://localhost/runway")
+        .await
+        .expect_err("mysql is not supported");
+    assert!(matches!(err, StoreError::BadUrl(_)));
+    let message = err.to_string();
+    assert!(message.contains("\"mysql\""), "{message}");
+    assert!(
+        !message.contains("localhost"),
+        "the URL itself may hold secrets"
+    );
+    assert!(matches!(
+        store::connect("no-scheme-at-all").await,
+        Err(StoreError::BadUrl(_))
+    ));
+}
