@@ -1,0 +1,138 @@
+//! `runway dev` as a user runs it: a separate process on embedded defaults (and on the real
+//! PostgreSQL and fake-gcs-server the test script starts), answering health and readiness, and
+//! stopping cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `runway dev` and the URLs it printed.
+struct Dev {
+    child: Child,
+    launcher: String,
+    callback: String,
+}
+
+impl Dev {
+    fn start(data_dir: &std::path::Path, extra_env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runway"));
+        command
+            .args([
+                "dev",
+                "--launcher-listen",
+                "127.0.0.1:0",
+                "--callback-listen",
+                "127.0.0.1:0",
+            ])
+            .current_dir(data_dir)
+            .env_remove("RUNWAY_DATABASE_URL")
+            .env_remove("RUNWAY_STORAGE_URI")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("runway dev starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut url = |label: &str| loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("runway dev exited before printing its {label} URL"))
+                .expect("read stdout");
+            if let Some(url) = line.trim().strip_prefix(label) {
+                break url.trim().to_owned();
+            }
+        };
+        let launcher = url("launcher:");
+        let callback = url("callback:");
+        // Keep draining stdout, as a terminal would.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            launcher,
+            callback,
+        }
+    }
+
+    /// Sends SIGTERM and returns whether the process exited successfully within 10 s.
+    fn stop(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+fn get(url: &str) -> (u16, String) {
+    runway_tests::http("GET", url, None)
+}
+
+#[test]
+fn dev_runs_on_embedded_defaults_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start(dir.path(), &[]);
+    for base in [&dev.launcher, &dev.callback] {
+        let (status, body) = get(&format!("{base}/healthz"));
+        assert_eq!(status, 200, "{base}/healthz: {body}");
+        let (status, body) = get(&format!("{base}/readyz"));
+        assert_eq!(status, 200, "{base}/readyz: {body}");
+        assert!(body.contains("ready"), "{body}");
+    }
+    // The embedded defaults were created where the user ran the command.
+    assert!(dir.path().join(".runway/runway.db").exists());
+    assert!(dir.path().join(".runway/objects").is_dir());
+    assert!(dev.stop(), "runway dev did not exit cleanly on SIGTERM");
+}
+
+#[test]
+fn dev_runs_on_postgres_and_gcs() {
+    let pg = runway_tests::postgres_url();
+    let gcs = runway_tests::gcs_endpoint();
+    let bucket = runway_tests::create_bucket(&gcs, "runway-dev");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start(
+        dir.path(),
+        &[
+            ("RUNWAY_DATABASE_URL", pg),
+            ("RUNWAY_STORAGE_URI", format!("gs://{bucket}/runway")),
+            ("RUNWAY_GCS_ENDPOINT", gcs),
+            ("RUNWAY_GCS_ANONYMOUS", "true".to_owned()),
+        ],
+    );
+    let (status, body) = get(&format!("{}/readyz", dev.launcher));
+    assert_eq!(status, 200, "{body}");
+    // Nothing was written locally: state lives in Postgres and GCS.
+    assert!(!dir.path().join(".runway").exists());
+    assert!(dev.stop());
+}
+
+#[test]
+fn dev_refuses_a_bad_database_url_with_a_sentence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_runway"))
+        .args([
+            "dev",
+            "--database-url",
+            "mysql://nope",
+            "--launcher-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("mysql"), "stderr: {stderr}");
+}
