@@ -1,0 +1,53 @@
+//! Who is calling back: OIDC ID tokens, issued by Google in production and by Runway itself in
+//! local modes, through the same code path.
+//!
+//! A job container asks a metadata server for an ID token whose audience is the callback URL's
+//! origin, and sends it as `Authorization: Bearer <token>`; the callback service checks it against
+//! the issuer's published keys. On Cloud Run both ends are Google's: the metadata server and the
+//! `https://accounts.google.com` issuer. In local modes the launcher plays both parts:
+//!
+//! - [`LocalIssuer`] holds an RSA key and signs Google-shaped ID tokens (`RS256`, with a `kid`);
+//! - [`metadata_router`] serves them the way the GCE metadata server does, so that standard
+//!   clients (Python `google-auth`, Rust `google-cloud-auth`, our [`IdTokenFetcher`]) pointed at it
+//!   with `GCE_METADATA_HOST` take their production path unchanged, and publishes the JWKS;
+//! - [`TokenVerifier`] verifies a token against a list of trusted issuers, caching their keys by
+//!   `kid` with a refresh cool-down, and checks audience and the caller's email allow-list.
+//!
+//! [`IdTokenFetcher`] is available with the `identity-client` feature alone (the runner needs only
+//! that); the rest needs `identity`.
+
+mod fetcher;
+#[cfg(feature = "identity")]
+mod issuer;
+#[cfg(feature = "identity")]
+mod metadata;
+#[cfg(feature = "identity")]
+mod verifier;
+
+pub use fetcher::{DEFAULT_METADATA_HOST, IdTokenFetcher, METADATA_HOST_ENV};
+#[cfg(feature = "identity")]
+pub use issuer::{LocalIssuer, LocalIssuerConfig};
+#[cfg(feature = "identity")]
+pub use metadata::metadata_router;
+#[cfg(feature = "identity")]
+pub use verifier::{
+    GOOGLE_ISSUER, GOOGLE_JWKS_URI, TokenError, TokenVerifier, TrustedIssuer, VerifiedToken,
+    VerifierConfig,
+};
+
+/// The only signature algorithm issued or accepted.
+#[cfg(feature = "identity")]
+const ALGORITHM: jsonwebtoken::Algorithm = jsonwebtoken::Algorithm::RS256;
+
+/// Makes `jsonwebtoken` use its pure-Rust backend. It picks one on its own only when exactly one
+/// backend feature is enabled in the build, and another crate in the tree (`google-cloud-auth`
+/// with `idtoken`) enables the other one; installing explicitly keeps signing and verifying from
+/// panicking in that build.
+#[cfg(feature = "identity")]
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is already installed, which is just as good.
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    });
+}
