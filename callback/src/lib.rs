@@ -1,18 +1,31 @@
-//! Runway's callback service: called only by job containers: it will verify the caller, read the output envelope and finalize the attempt exactly once. Today it serves health and readiness over the shared run store and object storage.
+//! Runway's callback service, called only by job containers: it verifies the caller's ID
+//! token, binds the callback to its attempt (callback id, nonce, expected output URI), reads and
+//! checks `output.json`, and finalizes the attempt and its run exactly once. See [`api`].
 
+pub mod api;
 pub mod config;
+
+use std::sync::Arc;
 
 use axum::Router;
 use runway_core::health::{self, Dependencies};
+use runway_core::identity::TokenVerifier;
 
-/// Everything the callback's routes share.
+/// Everything the callback service's routes share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// Run store and object storage.
     pub deps: Dependencies,
+    /// Checks callers' ID tokens.
+    pub verifier: Arc<TokenVerifier>,
 }
 
-/// The callback's routes.
+/// The callback service's routes: `/v1/callbacks`, `/healthz`, `/readyz`.
 pub fn router(state: AppState) -> Router {
-    health::router(state.deps)
+    let callbacks = api::router(api::CallbackState {
+        store: state.deps.store.clone(),
+        storage: state.deps.storage.clone(),
+        verifier: state.verifier,
+    });
+    health::router(state.deps).merge(callbacks)
 }

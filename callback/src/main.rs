@@ -1,8 +1,11 @@
 //! `runway-callback`: config → telemetry → state → serve.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Parser;
 use runway_callback::{AppState, config::Config, router};
+use runway_core::identity::TokenVerifier;
 use runway_core::{health::Dependencies, server, telemetry};
 
 #[tokio::main]
@@ -12,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
         config.common.log_format,
         config.common.log_filter.as_deref(),
     );
+    let verifier = Arc::new(TokenVerifier::new(config.auth.verifier_config()?)?);
     let deps = Dependencies {
         store: config.common.open_store().await?,
         storage: config.common.open_storage().await?,
@@ -22,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "runway-callback listening");
     server::serve(
         listener,
-        router(AppState { deps }),
+        router(AppState { deps, verifier }),
         server::shutdown_signal(),
     )
     .await?;

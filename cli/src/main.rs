@@ -6,15 +6,11 @@
 //! - `runway migrate` applies the run store's migrations and exits.
 
 use std::io::Write;
-use std::net::SocketAddr;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
+use runway_cli::dev::DevConfig;
 use runway_core::config::{CommonConfig, redact};
-use runway_core::health::Dependencies;
 use runway_core::{server, telemetry};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,16 +25,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the launcher and the callback service locally on embedded defaults.
+    /// Run launcher, dispatcher, mock backend, callback service and local identity locally.
     Dev {
-        /// Launcher address.
-        #[arg(long, env = "RUNWAY_LAUNCHER_ADDR", default_value = "127.0.0.1:8080")]
-        launcher_listen: SocketAddr,
-        /// Callback service address.
-        #[arg(long, env = "RUNWAY_CALLBACK_ADDR", default_value = "127.0.0.1:8081")]
-        callback_listen: SocketAddr,
         #[command(flatten)]
-        common: CommonConfig,
+        config: DevConfig,
     },
     /// Apply the run store's migrations, then exit.
     Migrate {
@@ -50,11 +40,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Dev {
-            launcher_listen,
-            callback_listen,
-            common,
-        } => dev(launcher_listen, callback_listen, common).await,
+        Command::Dev { config } => dev(config).await,
         Command::Migrate { common } => {
             telemetry::init(common.log_format, common.log_filter.as_deref());
             common.open_store().await?;
@@ -64,52 +50,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn dev(
-    launcher_listen: SocketAddr,
-    callback_listen: SocketAddr,
-    common: CommonConfig,
-) -> anyhow::Result<()> {
-    telemetry::init(common.log_format, common.log_filter.as_deref());
-    let deps = Dependencies {
-        store: common.open_store().await?,
-        storage: common.open_storage().await?,
-    };
-    let launcher = TcpListener::bind(launcher_listen)
-        .await
-        .with_context(|| format!("cannot listen on {launcher_listen} for the launcher"))?;
-    let callback = TcpListener::bind(callback_listen)
-        .await
-        .with_context(|| format!("cannot listen on {callback_listen} for the callback service"))?;
-
+async fn dev(config: DevConfig) -> anyhow::Result<()> {
+    telemetry::init(
+        config.common.log_format,
+        config.common.log_filter.as_deref(),
+    );
+    let database = redact(&config.common.database_url());
+    let storage = config.common.storage_uri()?;
+    let running = runway_cli::dev::start(config).await?;
     // A closed stdout (`runway dev | head`) must not take the servers down: ignore write errors.
     let banner = format!(
-        "Runway is running (Ctrl-C to stop)\n  launcher:  http://{}\n  callback:  http://{}\n  run store: {}\n  storage:   {}\n",
-        launcher.local_addr()?,
-        callback.local_addr()?,
-        redact(&common.database_url()),
-        common.storage_uri()?
+        "Runway is running (Ctrl-C to stop)\n  launcher:  {}\n  callback:  {}\n  identity:  {}\n  run store: {database}\n  storage:   {storage}\n",
+        running.launcher_url, running.callback_url, running.identity_url,
     );
     let mut stdout = std::io::stdout();
     let _ = stdout
         .write_all(banner.as_bytes())
         .and_then(|()| stdout.flush());
-
-    let stop = CancellationToken::new();
-    let launcher_app = runway_launcher::router(runway_launcher::AppState { deps: deps.clone() });
-    let callback_app = runway_callback::router(runway_callback::AppState { deps });
-    let launcher_task = tokio::spawn(server::serve(
-        launcher,
-        launcher_app,
-        stop.clone().cancelled_owned(),
-    ));
-    let callback_task = tokio::spawn(server::serve(
-        callback,
-        callback_app,
-        stop.clone().cancelled_owned(),
-    ));
     server::shutdown_signal().await;
-    stop.cancel();
-    launcher_task.await.context("launcher task")??;
-    callback_task.await.context("callback task")??;
-    Ok(())
+    running.shutdown().await
 }

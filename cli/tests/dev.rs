@@ -23,6 +23,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--callback-listen",
                 "127.0.0.1:0",
+                "--identity-listen",
+                "127.0.0.1:0",
             ])
             .current_dir(data_dir)
             .env_remove("RUNWAY_DATABASE_URL")
@@ -46,6 +48,7 @@ impl Dev {
         };
         let launcher = url("launcher:");
         let callback = url("callback:");
+        let _identity = url("identity:");
         // Keep draining stdout, as a terminal would.
         std::thread::spawn(move || lines.for_each(drop));
         Self {
@@ -113,8 +116,10 @@ fn dev_runs_on_postgres_and_gcs() {
     );
     let (status, body) = get(&format!("{}/readyz", dev.launcher));
     assert_eq!(status, 200, "{body}");
-    // Nothing was written locally: state lives in Postgres and GCS.
-    assert!(!dir.path().join(".runway").exists());
+    // Runs and objects live in Postgres and GCS; only the local keys are in the data dir.
+    assert!(!dir.path().join(".runway/runway.db").exists());
+    assert!(!dir.path().join(".runway/objects").exists());
+    assert!(dir.path().join(".runway/nonce.key").exists());
     assert!(dev.stop());
 }
 

@@ -12,6 +12,8 @@ async fn main() -> anyhow::Result<()> {
         config.common.log_format,
         config.common.log_filter.as_deref(),
     );
+    let registry = config.launcher.registry()?;
+    let nonce_key = config.launcher.nonce_key(&config.common)?;
     let deps = Dependencies {
         store: config.common.open_store().await?,
         storage: config.common.open_storage().await?,
@@ -19,10 +21,14 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "runway-launcher listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        validators = registry.iter().count(),
+        "runway-launcher listening"
+    );
     server::serve(
         listener,
-        router(AppState { deps }),
+        router(AppState::new(deps, registry, nonce_key)),
         server::shutdown_signal(),
     )
     .await?;

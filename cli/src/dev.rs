@@ -1,0 +1,198 @@
+//! The local all-in-one: launcher, dispatcher, mock backend, callback service and local
+//! identity in one process on embedded defaults. `runway dev` runs it until Ctrl-C; end-to-end
+//! tests start it on port 0 against SQLite or PostgreSQL.
+//!
+//! The local identity is a metadata-server look-alike, so jobs fetch their ID token exactly as
+//! on Cloud Run (`GCE_METADATA_HOST`), and the callback service verifies it exactly as it
+//! verifies Google's: the only difference is the trusted issuer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use runway_contract::HttpUrl;
+use runway_core::config::CommonConfig;
+use runway_core::health::Dependencies;
+use runway_core::identity::{
+    LocalIssuer, LocalIssuerConfig, TokenVerifier, TrustedIssuer, VerifierConfig, metadata_router,
+};
+use runway_core::nonce::NonceKey;
+use runway_core::server;
+use runway_launcher::backends::Backend;
+use runway_launcher::backends::mock::{MockBackend, MockSettings};
+use runway_launcher::dispatch::{DispatchSettings, Dispatcher};
+use runway_launcher::registry::{BackendKind, Registry};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the all-in-one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevConfig {
+    /// Launcher address.
+    #[arg(long, env = "RUNWAY_LAUNCHER_ADDR", default_value = "127.0.0.1:8080")]
+    pub launcher_listen: SocketAddr,
+    /// Callback service address.
+    #[arg(long, env = "RUNWAY_CALLBACK_ADDR", default_value = "127.0.0.1:8081")]
+    pub callback_listen: SocketAddr,
+    /// Local identity (metadata server and JWKS) address.
+    #[arg(long, env = "RUNWAY_IDENTITY_ADDR", default_value = "127.0.0.1:8082")]
+    pub identity_listen: SocketAddr,
+    /// How long a mock job "runs", in milliseconds.
+    #[arg(long, env = "RUNWAY_MOCK_DELAY_MS", default_value_t = 1000)]
+    pub mock_delay_ms: u64,
+    /// Validator registry (JSON); default: `energyplus` and `fmu` on the mock backend.
+    #[arg(long, env = "RUNWAY_VALIDATORS_FILE")]
+    pub validators_file: Option<PathBuf>,
+    /// Most dispatches in flight at once.
+    #[arg(long, env = "RUNWAY_DISPATCH_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Run store, object storage and logging.
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+/// The all-in-one, running.
+#[derive(Debug)]
+pub struct Running {
+    /// Launcher base URL.
+    pub launcher_url: String,
+    /// Callback service base URL.
+    pub callback_url: String,
+    /// Local identity base URL.
+    pub identity_url: String,
+    /// The run store (for tests' assertions).
+    pub deps: Dependencies,
+    stop_dispatch: CancellationToken,
+    stop_http: CancellationToken,
+    dispatcher: JoinHandle<()>,
+    backend: Arc<dyn Backend>,
+    servers: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts everything; returns once all listeners are bound.
+pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
+    let common = &config.common;
+    let deps = Dependencies {
+        store: common.open_store().await?,
+        storage: common.open_storage().await?,
+    };
+    let registry = match &config.validators_file {
+        Some(path) => Registry::load(path)?,
+        None => Registry::local_defaults(),
+    };
+    if let Some(v) = registry.iter().find(|v| v.backend != BackendKind::Mock) {
+        bail!(
+            "validator {:?} uses the {} backend; runway dev runs only the mock backend so far",
+            v.id,
+            v.backend.as_str()
+        );
+    }
+    std::fs::create_dir_all(&common.data_dir)
+        .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
+    let nonce_key = NonceKey::load_or_create(&common.data_dir.join("nonce.key"))?;
+
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the {what}"))
+    };
+    let identity = bind(config.identity_listen, "local identity").await?;
+    let callback = bind(config.callback_listen, "callback service").await?;
+    let launcher = bind(config.launcher_listen, "launcher").await?;
+    let identity_addr = identity.local_addr()?;
+    let identity_url = format!("http://{identity_addr}");
+    let callback_url = format!("http://{}", callback.local_addr()?);
+    let launcher_url = format!("http://{}", launcher.local_addr()?);
+
+    let issuer = Arc::new(LocalIssuer::load_or_create(
+        &common.data_dir.join("identity.pem"),
+        LocalIssuerConfig {
+            issuer: identity_url.clone(),
+            ..LocalIssuerConfig::default()
+        },
+    )?);
+    let verifier = Arc::new(TokenVerifier::new(VerifierConfig {
+        trusted_issuers: vec![TrustedIssuer {
+            issuer: issuer.issuer().to_owned(),
+            jwks_uri: issuer.jwks_uri(),
+        }],
+        audience: callback_url.clone(),
+        allowed_emails: vec![issuer.email().to_owned()],
+    })?);
+
+    let state = runway_launcher::AppState::new(deps.clone(), registry, nonce_key.clone());
+    let backend: Arc<dyn Backend> = Arc::new(MockBackend::new(
+        deps.storage.clone(),
+        MockSettings {
+            delay: Duration::from_millis(config.mock_delay_ms),
+            metadata_host: identity_addr.to_string(),
+        },
+    )?);
+    let dispatcher = Arc::new(Dispatcher::new(
+        deps.store.clone(),
+        deps.storage.clone(),
+        state.registry.clone(),
+        backend.clone(),
+        nonce_key,
+        state.wake.clone(),
+        DispatchSettings {
+            callback_url: HttpUrl::parse(format!("{callback_url}/v1/callbacks"))
+                .map_err(anyhow::Error::msg)?,
+            max_in_flight: config.max_in_flight,
+            poll_interval: Duration::from_secs(1),
+            retry_backoff: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+        },
+    ));
+
+    let stop_http = CancellationToken::new();
+    let stop_dispatch = CancellationToken::new();
+    let serve = |listener, app| {
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            stop_http.clone().cancelled_owned(),
+        ))
+    };
+    let servers = vec![
+        serve(identity, metadata_router(issuer)),
+        serve(
+            callback,
+            runway_callback::router(runway_callback::AppState {
+                deps: deps.clone(),
+                verifier,
+            }),
+        ),
+        serve(launcher, runway_launcher::router(state)),
+    ];
+    let dispatcher = tokio::spawn(dispatcher.run_until_stopped(stop_dispatch.clone()));
+    Ok(Running {
+        launcher_url,
+        callback_url,
+        identity_url,
+        deps,
+        stop_dispatch,
+        stop_http,
+        dispatcher,
+        backend,
+        servers,
+    })
+}
+
+impl Running {
+    /// Stops in the order that loses nothing: no new dispatches (in-flight ones finish), jobs
+    /// finish and call back, then the servers stop (in-flight requests finish).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop_dispatch.cancel();
+        self.dispatcher.await.context("dispatcher task")?;
+        self.backend.drain(Duration::from_secs(30)).await;
+        self.stop_http.cancel();
+        for server in self.servers {
+            server.await.context("server task")??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,699 @@
+//! Runs end to end in mock mode, over HTTP, on SQLite and on PostgreSQL: the launcher API, the
+//! dispatcher, the mock backend (which calls back with an ID token from the local identity),
+//! and the callback service's checks — the production callback path on a laptop.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use runway_cli::dev::{self, DevConfig, Running};
+use runway_core::config::CommonConfig;
+use runway_core::identity::{IdTokenFetcher, LocalIssuer, LocalIssuerConfig};
+use runway_core::nonce::NonceKey;
+use runway_core::storage::{Body, ObjectKey};
+use runway_core::store::{AttemptId, AttemptState, RunFilter, RunId};
+use serde_json::{Value, json};
+
+const MODEL: &str = "Version, 25.2;\nBuilding, Box;\nOutput:SQLite, SimpleAndTabular;\n";
+
+/// Where a test's system keeps its state.
+enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Db {
+    async fn fresh(kind: &str) -> Self {
+        match kind {
+            "sqlite" => Self::Sqlite,
+            _ => {
+                use sqlx::Connection;
+                let admin = runway_tests::postgres_url();
+                let name = format!("runway_e2e_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                let url = match admin.rsplit_once('/') {
+                    Some((base, _)) => format!("{base}/{name}"),
+                    None => panic!("unexpected postgres URL {admin}"),
+                };
+                Self::Postgres(url)
+            }
+        }
+    }
+}
+
+fn config(data_dir: &Path, db: &Db, mock_delay_ms: u64, validators: Option<&Path>) -> DevConfig {
+    DevConfig {
+        launcher_listen: "127.0.0.1:0".parse().expect("addr"),
+        callback_listen: "127.0.0.1:0".parse().expect("addr"),
+        identity_listen: "127.0.0.1:0".parse().expect("addr"),
+        mock_delay_ms,
+        validators_file: validators.map(Path::to_path_buf),
+        max_in_flight: 16,
+        common: CommonConfig {
+            data_dir: data_dir.to_path_buf(),
+            database_url: match db {
+                Db::Sqlite => None,
+                Db::Postgres(url) => Some(url.clone()),
+            },
+            storage_uri: None,
+            gcs_endpoint: None,
+            gcs_anonymous: false,
+            log_format: runway_core::telemetry::LogFormat::Text,
+            log_filter: None,
+        },
+    }
+}
+
+struct System {
+    running: Running,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl System {
+    async fn start(kind: &str, mock_delay_ms: u64) -> Self {
+        Self::start_with(kind, mock_delay_ms, None).await
+    }
+
+    async fn start_with(kind: &str, mock_delay_ms: u64, validators: Option<Value>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let validators_path = validators.map(|v| {
+            let path = dir.path().join("validators.json");
+            std::fs::write(&path, v.to_string()).expect("write validators");
+            path
+        });
+        let db = Db::fresh(kind).await;
+        let running = dev::start(config(
+            dir.path(),
+            &db,
+            mock_delay_ms,
+            validators_path.as_deref(),
+        ))
+        .await
+        .expect("runway starts");
+        Self {
+            running,
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    async fn create(&self, body: &Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/runs", self.running.launcher_url))
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.expect("send");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.running.launcher_url))
+            .send()
+            .await
+            .expect("send");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the run until it is completed (or panics after 30 s).
+    async fn wait_completed(&self, id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let (status, run) = self.get(&format!("/v1/runs/{id}")).await;
+            assert_eq!(status, 200, "{run}");
+            if run["state"] == "completed" {
+                return run;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "run {id} never completed: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A callback exactly as a job would send it, with a token for `audience`.
+    async fn post_callback(&self, token: Option<&str>, payload: &Value) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/callbacks", self.running.callback_url))
+            .json(payload);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("send");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn token(&self, audience: &str) -> String {
+        let host = self.running.identity_url.trim_start_matches("http://");
+        IdTokenFetcher::new(host)
+            .expect("fetcher")
+            .fetch(audience)
+            .await
+            .expect("token")
+    }
+
+    fn nonce_key(&self) -> NonceKey {
+        NonceKey::load_or_create(&self.dir.path().join("nonce.key")).expect("nonce key")
+    }
+
+    /// The callback a job of `attempt` would send.
+    async fn callback_for(&self, run_id: &str, attempt_id: &str, status: &str) -> Value {
+        let attempt = self
+            .running
+            .deps
+            .store
+            .get_attempt(attempt_id.parse::<AttemptId>().expect("id"))
+            .await
+            .expect("get")
+            .expect("attempt");
+        let key = ObjectKey::parse(format!("{}/output.json", attempt.storage_prefix)).expect("key");
+        json!({
+            "run_id": run_id,
+            "callback_id": attempt.callback_id,
+            "callback_nonce": self.nonce_key().nonce_for(attempt_id).as_str(),
+            "status": status,
+            "result_uri": self.running.deps.storage.uri_for(&key),
+        })
+    }
+
+    async fn shutdown(self) {
+        self.running.shutdown().await.expect("clean shutdown");
+    }
+}
+
+fn energyplus_run(model: &str) -> Value {
+    json!({
+        "validator": "energyplus",
+        "org": {"id": "acme", "name": "Acme"},
+        "workflow": {"id": "wf-1", "step_id": "step-1", "step_name": "Energy model"},
+        "inputs": {"timestep_per_hour": 4},
+        "files": [{
+            "name": "box.idf",
+            "mime_type": "application/vnd.energyplus.idf",
+            "port_key": "primary_model",
+            "role": "primary-model",
+            "content_base64": STANDARD.encode(model),
+        }],
+    })
+}
+
+fn fmu_run(outcome: Option<&str>) -> Value {
+    let mut inputs = json!({"u": 0.5});
+    if let Some(outcome) = outcome {
+        inputs["mock_outcome"] = json!(outcome);
+    }
+    json!({
+        "validator": "fmu",
+        "org": {"id": "acme", "name": "Acme"},
+        "workflow": {"id": "wf-2", "step_id": "step-1"},
+        "inputs": {"input_values": inputs, "simulation": {"start_time": 0.0, "stop_time": 2.0, "step_size": 0.1}, "output_variables": ["x"]},
+        "files": [{
+            "name": "decay.fmu",
+            "mime_type": "application/vnd.fmi.fmu",
+            "port_key": "fmu_model",
+            "content_base64": STANDARD.encode(b"PK\x03\x04 not really a zip"),
+        }],
+    })
+}
+
+/// Instantiates each scenario on both databases.
+macro_rules! both_databases {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name("sqlite").await })+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name("postgres").await })+
+        }
+    };
+}
+
+both_databases!(
+    energyplus_and_fmu_runs_pass,
+    validation_failure_and_runtime_error_are_results,
+    idempotent_create_launches_once,
+    cancel_of_a_queued_run,
+    duplicate_and_late_callbacks_have_no_second_effect,
+    every_token_rejection_changes_nothing,
+    tampered_outputs_are_rejected,
+    concurrency_caps_are_honoured,
+    graceful_shutdown_mid_load_loses_no_run,
+);
+
+async fn energyplus_and_fmu_runs_pass(db: &str) {
+    let sys = System::start(db, 0).await;
+    let (status, created) = sys.create(&energyplus_run(MODEL), None).await;
+    assert_eq!(status, 201, "{created}");
+    let run = sys
+        .wait_completed(created["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(run["result"], "passed", "{run}");
+    let metrics = run["metrics"].as_array().expect("metrics");
+    assert!(
+        metrics.iter().any(|m| m["name"] == "site_electricity_kwh"),
+        "{run}"
+    );
+
+    let (status, created) = sys.create(&fmu_run(None), None).await;
+    assert_eq!(status, 201, "{created}");
+    let run = sys
+        .wait_completed(created["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(run["result"], "passed", "{run}");
+    // x(2) = u + (1 - u) e^-2 with u = 0.5.
+    let x = run["metrics"][0]["value"].as_f64().expect("x");
+    assert!((x - (0.5 + 0.5 * (-2.0f64).exp())).abs() < 1e-9, "{run}");
+    sys.shutdown().await;
+}
+
+async fn validation_failure_and_runtime_error_are_results(db: &str) {
+    let sys = System::start(db, 0).await;
+    let failing = format!("{MODEL}! RUNWAY_MOCK_OUTCOME=failed_validation\n");
+    let (_, a) = sys.create(&energyplus_run(&failing), None).await;
+    let (_, b) = sys.create(&fmu_run(Some("failed_runtime")), None).await;
+    let a = sys.wait_completed(a["id"].as_str().expect("id")).await;
+    let b = sys.wait_completed(b["id"].as_str().expect("id")).await;
+    assert_eq!(a["result"], "failed", "{a}");
+    assert!(a["messages"].to_string().contains("EP_SEVERE"), "{a}");
+    assert_eq!(b["result"], "error", "{b}");
+    // A validation failure is a result, not a retry: one attempt each.
+    assert_eq!(a["attempts"].as_array().expect("attempts").len(), 1);
+    sys.shutdown().await;
+}
+
+async fn idempotent_create_launches_once(db: &str) {
+    let sys = System::start(db, 0).await;
+    let body = energyplus_run(MODEL);
+    let (first_status, first) = sys.create(&body, Some("key-1")).await;
+    let (second_status, second) = sys.create(&body, Some("key-1")).await;
+    assert_eq!(first_status, 201);
+    assert_eq!(second_status, 200, "{second}");
+    assert_eq!(first["id"], second["id"]);
+    let run = sys.wait_completed(first["id"].as_str().expect("id")).await;
+    assert_eq!(run["attempts"].as_array().expect("attempts").len(), 1);
+    let (_, list) = sys.get("/v1/runs").await;
+    assert_eq!(list["runs"].as_array().expect("runs").len(), 1, "{list}");
+    // The same key with another body is refused, and stores nothing.
+    let (status, error) = sys.create(&fmu_run(None), Some("key-1")).await;
+    assert!((400..500).contains(&status), "{status} {error}");
+    let (_, list) = sys.get("/v1/runs").await;
+    assert_eq!(list["runs"].as_array().expect("runs").len(), 1);
+    sys.shutdown().await;
+}
+
+/// One validator allowed one job at a time, with slow jobs: the second run stays queued.
+fn capped_validators(cap: u32) -> Value {
+    json!({"validators": [{
+        "id": "energyplus", "type": "ENERGYPLUS", "version": "25.2", "backend": "mock",
+        "timeout_seconds": 600, "max_concurrency": cap, "max_attempts": 1
+    }]})
+}
+
+async fn cancel_of_a_queued_run(db: &str) {
+    let sys = System::start_with(db, 1500, Some(capped_validators(1))).await;
+    let (_, first) = sys.create(&energyplus_run(MODEL), None).await;
+    let (_, second) = sys.create(&energyplus_run(MODEL), None).await;
+    let second_id = second["id"].as_str().expect("id");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, queued) = sys.get(&format!("/v1/runs/{second_id}")).await;
+    assert_eq!(queued["state"], "queued", "{queued}");
+    let response = sys
+        .http
+        .post(format!(
+            "{}/v1/runs/{second_id}/cancel",
+            sys.running.launcher_url
+        ))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(response.status().as_u16(), 200);
+    let canceled = sys.wait_completed(second_id).await;
+    assert_eq!(canceled["result"], "canceled", "{canceled}");
+    // The first run is unaffected and still passes.
+    let first = sys.wait_completed(first["id"].as_str().expect("id")).await;
+    assert_eq!(first["result"], "passed");
+    sys.shutdown().await;
+}
+
+async fn duplicate_and_late_callbacks_have_no_second_effect(db: &str) {
+    let sys = System::start_with(db, 1500, Some(capped_validators(1))).await;
+    let (_, first) = sys.create(&energyplus_run(MODEL), None).await;
+    let (_, second) = sys.create(&energyplus_run(MODEL), None).await;
+    let first_id = first["id"].as_str().expect("id");
+    let second_id = second["id"].as_str().expect("id");
+    // Cancel the queued second run: its attempt ends without a callback.
+    sys.http
+        .post(format!(
+            "{}/v1/runs/{second_id}/cancel",
+            sys.running.launcher_url
+        ))
+        .send()
+        .await
+        .expect("cancel");
+    let done = sys.wait_completed(first_id).await;
+    let token = sys.token(&sys.running.callback_url).await;
+
+    // Duplicate: the finished attempt's callback again.
+    let attempt = done["attempts"][0]["id"].as_str().expect("attempt");
+    let payload = sys.callback_for(first_id, attempt, "success").await;
+    let (status, answer) = sys.post_callback(Some(&token), &payload).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "duplicate");
+    let (_, again) = sys.get(&format!("/v1/runs/{first_id}")).await;
+    assert_eq!(again["result"], done["result"]);
+    assert_eq!(again["finished_at"], done["finished_at"]);
+
+    // Late: a callback for the canceled attempt is recorded and ignored.
+    let canceled = sys.wait_completed(second_id).await;
+    let attempt = canceled["attempts"][0]["id"].as_str().expect("attempt");
+    let payload = sys.callback_for(second_id, attempt, "success").await;
+    let (status, answer) = sys.post_callback(Some(&token), &payload).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "late");
+    let (_, still) = sys.get(&format!("/v1/runs/{second_id}")).await;
+    assert_eq!(still["result"], "canceled");
+    let receipts = sys
+        .running
+        .deps
+        .store
+        .callback_receipts(attempt.parse().expect("id"))
+        .await
+        .expect("receipts");
+    assert_eq!(receipts.len(), 1);
+    sys.shutdown().await;
+}
+
+async fn every_token_rejection_changes_nothing(db: &str) {
+    // Slow jobs, so the attempt is still running while we knock.
+    let sys = System::start(db, 3000).await;
+    let (_, created) = sys.create(&energyplus_run(MODEL), None).await;
+    let run_id = created["id"].as_str().expect("id");
+    let attempt_id = loop {
+        let (_, run) = sys.get(&format!("/v1/runs/{run_id}")).await;
+        if run["attempts"][0]["state"] == "running" {
+            break run["attempts"][0]["id"].as_str().expect("id").to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let payload = sys.callback_for(run_id, &attempt_id, "success").await;
+    let audience = sys.running.callback_url.clone();
+
+    // A different key claiming to be the local issuer, with the same kid: a forged signature.
+    let forger = LocalIssuer::generate(LocalIssuerConfig {
+        issuer: sys.running.identity_url.clone(),
+        ..LocalIssuerConfig::default()
+    })
+    .expect("forger");
+    let mut forged_parts: Vec<String> = forger
+        .issue(&audience)
+        .split('.')
+        .map(str::to_owned)
+        .collect();
+    let genuine = sys.token(&audience).await;
+    forged_parts[0] = genuine.split('.').next().expect("header").to_owned();
+    let forged = forged_parts.join(".");
+    let wrong_audience = sys.token("http://127.0.0.1:1").await;
+    let other_issuer = LocalIssuer::generate(LocalIssuerConfig {
+        issuer: "http://127.0.0.1:9".to_owned(),
+        ..LocalIssuerConfig::default()
+    })
+    .expect("issuer")
+    .issue(&audience);
+    let unknown_email = LocalIssuer::load_or_create(
+        &sys.dir.path().join("identity.pem"),
+        LocalIssuerConfig {
+            issuer: sys.running.identity_url.clone(),
+            email: "intruder@example.com".to_owned(),
+            ..LocalIssuerConfig::default()
+        },
+    )
+    .expect("issuer")
+    .issue(&audience);
+    let expired = expired_token(&sys, &audience);
+
+    for (what, token) in [
+        ("no token", None),
+        ("garbage", Some("not-a-jwt")),
+        ("forged signature", Some(forged.as_str())),
+        ("wrong audience", Some(wrong_audience.as_str())),
+        ("untrusted issuer", Some(other_issuer.as_str())),
+        ("caller not allowed", Some(unknown_email.as_str())),
+        ("expired", Some(expired.as_str())),
+    ] {
+        let (status, answer) = sys.post_callback(token, &payload).await;
+        assert_eq!(status, 401, "{what}: {answer}");
+    }
+    let receipts = sys
+        .running
+        .deps
+        .store
+        .callback_receipts(attempt_id.parse().expect("id"))
+        .await
+        .expect("receipts");
+    assert!(
+        receipts.is_empty(),
+        "a refused token must leave no trace: {receipts:?}"
+    );
+    let (_, run) = sys.get(&format!("/v1/runs/{run_id}")).await;
+    assert_eq!(run["state"], "running", "{run}");
+    // The genuine job still finishes the run.
+    let run = sys.wait_completed(run_id).await;
+    assert_eq!(run["result"], "passed");
+    sys.shutdown().await;
+}
+
+/// A token signed with the local identity's own key but expired an hour ago.
+fn expired_token(sys: &System, audience: &str) -> String {
+    let pem = std::fs::read_to_string(sys.dir.path().join("identity.pem")).expect("pem");
+    let issuer = LocalIssuer::from_pkcs8_pem(
+        &pem,
+        LocalIssuerConfig {
+            issuer: sys.running.identity_url.clone(),
+            ..LocalIssuerConfig::default()
+        },
+    )
+    .expect("issuer");
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": issuer.issuer(), "aud": audience, "sub": "1", "azp": "1",
+        "email": issuer.email(), "email_verified": true,
+        "iat": now - 7200, "exp": now - 3600,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(issuer.kid().to_owned());
+    let der = {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::pkcs8::DecodePrivateKey;
+        rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+            .expect("pkcs8")
+            .to_pkcs1_der()
+            .expect("der")
+    };
+    let key = jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes());
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}
+
+async fn tampered_outputs_are_rejected(db: &str) {
+    let sys = System::start(db, 5000).await;
+    let token = sys.token(&sys.running.callback_url).await;
+    let storage = sys.running.deps.storage.clone();
+
+    // Each case: a running attempt whose output.json the test writes first (create-only, so
+    // the slow mock job cannot replace it), then a callback claiming it.
+    for case in ["wrong hash", "wrong run", "wrong uri", "oversize"] {
+        let (_, created) = sys.create(&energyplus_run(MODEL), None).await;
+        let run_id = created["id"].as_str().expect("id").to_owned();
+        let attempt_id = loop {
+            let (_, run) = sys.get(&format!("/v1/runs/{run_id}")).await;
+            if run["attempts"][0]["state"] == "running" {
+                break run["attempts"][0]["id"].as_str().expect("id").to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut payload = sys.callback_for(&run_id, &attempt_id, "success").await;
+        let output_uri = payload["result_uri"].as_str().expect("uri").to_owned();
+        let output_key = storage.base().resolve(&output_uri).expect("key");
+        let input_uri = output_uri.replace("output.json", "input.json");
+        let input: runway_contract::InputEnvelope = runway_contract::InputEnvelope::from_json(
+            &storage
+                .read_bytes(&input_uri, 1 << 20)
+                .await
+                .expect("input"),
+        )
+        .expect("parse");
+        let mut output = json!({
+            "schema_version": "validibot.output.v1",
+            "run_id": run_id,
+            "step_run_id": input.context.step_run_id,
+            "execution_attempt_id": attempt_id,
+            "attempt_contract_version": "validibot.attempt.v2",
+            "input_envelope_sha256": input.canonical_sha256().expect("hash"),
+            "output_uri": output_uri,
+            "validator": input.validator,
+            "status": "success",
+            "timing": {},
+            "outputs": {"energyplus_returncode": 0, "execution_seconds": 1.0, "invocation_mode": "cli"},
+        });
+        let expected_status = match case {
+            "wrong hash" => {
+                output["input_envelope_sha256"] = json!("0".repeat(64));
+                422
+            }
+            "wrong run" => {
+                output["run_id"] = json!(RunId::new().to_string());
+                422
+            }
+            "wrong uri" => {
+                payload["result_uri"] =
+                    json!(output_uri.replace(&attempt_id, &AttemptId::new().to_string()));
+                422
+            }
+            _ => {
+                output["messages"] = json!([{"severity": "INFO", "text": "x".repeat(9 << 20)}]);
+                413
+            }
+        };
+        storage
+            .put_new(
+                &output_key,
+                Body::from(serde_json::to_vec(&output).expect("json")),
+            )
+            .await
+            .expect("write output");
+        let (status, answer) = sys.post_callback(Some(&token), &payload).await;
+        assert_eq!(status, expected_status, "{case}: {answer}");
+        let (_, run) = sys.get(&format!("/v1/runs/{run_id}")).await;
+        assert_eq!(
+            run["state"], "running",
+            "{case}: the run must not finish: {run}"
+        );
+        let receipts = sys
+            .running
+            .deps
+            .store
+            .callback_receipts(attempt_id.parse().expect("id"))
+            .await
+            .expect("receipts");
+        assert!(
+            receipts.iter().any(|r| r.outcome.as_str() == "rejected"),
+            "{case}: {receipts:?}"
+        );
+    }
+    // Shutdown waits for the slow jobs, whose callbacks are rejected against the planted outputs.
+    sys.shutdown().await;
+}
+
+async fn concurrency_caps_are_honoured(db: &str) {
+    let sys = System::start_with(db, 200, Some(capped_validators(2))).await;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let (status, created) = sys.create(&energyplus_run(MODEL), None).await;
+        assert_eq!(status, 201);
+        ids.push(created["id"].as_str().expect("id").to_owned());
+    }
+    let mut peak = 0;
+    let start = Instant::now();
+    loop {
+        let active = sys
+            .running
+            .deps
+            .store
+            .attempts_in_states(AttemptState::ACTIVE, 100)
+            .await
+            .expect("active")
+            .len();
+        peak = peak.max(active);
+        assert!(active <= 2, "{active} attempts active with a cap of 2");
+        let (_, list) = sys.get("/v1/runs?state=completed&limit=100").await;
+        if list["runs"].as_array().expect("runs").len() == ids.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "runs did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(peak, 2, "the cap should also be reached");
+    sys.shutdown().await;
+}
+
+async fn graceful_shutdown_mid_load_loses_no_run(db: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = Db::fresh(db).await;
+    let running = dev::start(config(dir.path(), &database, 50, None))
+        .await
+        .expect("start");
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let body = if i % 2 == 0 {
+            energyplus_run(MODEL)
+        } else {
+            fmu_run(None)
+        };
+        let response = http
+            .post(format!("{}/v1/runs", running.launcher_url))
+            .json(&body)
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(response.status().as_u16(), 201);
+        let created: Value = response.json().await.expect("json");
+        ids.push(created["id"].as_str().expect("id").to_owned());
+    }
+    // Stop mid-load, then start again on the same state.
+    running.shutdown().await.expect("clean shutdown");
+    let running = dev::start(config(dir.path(), &database, 0, None))
+        .await
+        .expect("restart");
+    let start = Instant::now();
+    loop {
+        let page = running
+            .deps
+            .store
+            .list_runs(&RunFilter::default(), None, 100)
+            .await
+            .expect("list");
+        assert_eq!(page.runs.len(), ids.len(), "no run may be lost");
+        let done = page
+            .runs
+            .iter()
+            .filter(|r| r.state.as_str() == "completed")
+            .count();
+        if done == ids.len() {
+            assert!(
+                page.runs
+                    .iter()
+                    .all(|r| r.result.map(|x| x.as_str()) == Some("passed")),
+                "every run passes: {:?}",
+                page.runs.iter().map(|r| r.result).collect::<Vec<_>>()
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{done}/{} completed",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await.expect("clean shutdown");
+}

@@ -1,0 +1,1036 @@
+//! `POST /v1/runs`: accept a run, store its files, then the run and its first attempt.
+//!
+//! Two encodings of one request:
+//! - `application/json`, files inline as `content_base64` (the whole body at most
+//!   [`MAX_JSON_BODY_BYTES`]);
+//! - `multipart/form-data` for large files: a first part `request` (the same JSON, each file
+//!   naming the form `part` that carries its bytes), then the file parts, each streamed to
+//!   object storage as it arrives.
+//!
+//! Order of work: everything that can be checked without I/O is checked first (validator,
+//! ids, typed inputs, names, MIME types, required ports), so a bad request stores nothing.
+//! Then files go create-only to `runs/<org>/<run>/files/<index>-<name>`, and only then is the
+//! run stored with its first attempt, in one transaction (no storage I/O under a database
+//! lock). A failure between the two leaves orphaned files, never a run without its files; so
+//! can a multipart body that breaks off after some files were stored.
+//!
+//! Idempotency: with an `Idempotency-Key`, the run id is derived from the organization and the
+//! key, so a retry finds the earlier run by id before uploading anything; the fingerprint (the
+//! JSON body's SHA-256, or for multipart the `request` part plus each file's SHA-256) tells a
+//! retry (200, same run) from a different request (422). A retry after a failure between
+//! upload and commit finds its own files already stored and adopts them when their bytes match.
+//! The store's unique `(org, idempotency_key)` index settles races.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::str::FromStr;
+
+use anyhow::{Context, anyhow};
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use futures::StreamExt;
+use runway_contract::{
+    ContractError, MimeType, OrganizationInfo, PortKey, SafeName, Sha256Hex, StorageUri,
+    StorageVersion, ValidatorInfo, ValidatorInputs, WorkflowInfo,
+};
+use runway_core::nonce::new_callback_id;
+use runway_core::storage::{Body, ObjectKey, ObjectStore, PutReceipt, StorageError};
+use runway_core::store::{
+    AttemptId, CreateOutcome, Idempotency, NewAttempt, NewRun, RunId, RunWithAttempts, StoreError,
+};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::view::RunView;
+use crate::AppState;
+use crate::registry::{Registry, ValidatorConfig, is_valid_id};
+use crate::spec::{RunSpec, StoredFile, required_port};
+
+/// Largest JSON request body (inline files included), in bytes: 16 MiB.
+pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest total of the file parts of one multipart request, in bytes: 4 GiB.
+pub const MAX_MULTIPART_BODY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Largest `request` part of a multipart request, in bytes.
+const MAX_REQUEST_PART_BYTES: usize = 1024 * 1024;
+/// Most files per run.
+const MAX_FILES: usize = 100;
+/// Most tags per run, and the longest tag.
+const MAX_TAGS: usize = 50;
+const MAX_TAG_CHARS: usize = 128;
+/// Longest file name, in bytes.
+const MAX_NAME_BYTES: usize = 255;
+/// Longest free text (names, roles), in characters.
+const MAX_TEXT_CHARS: usize = 1024;
+/// The form part carrying the JSON request.
+const REQUEST_PART: &str = "request";
+
+const MIB: usize = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Wire shapes (the edge only).
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRunRequest {
+    validator: String,
+    org: OrgRequest,
+    workflow: WorkflowRequest,
+    #[serde(default)]
+    inputs: Option<Value>,
+    #[serde(default)]
+    files: Vec<FileRequest>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgRequest {
+    id: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowRequest {
+    id: String,
+    step_id: String,
+    #[serde(default)]
+    step_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRequest {
+    name: String,
+    mime_type: String,
+    port_key: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    content_base64: Option<String>,
+    #[serde(default)]
+    part: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// A checked request.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Json,
+    Multipart,
+}
+
+/// A request that passed every check that needs no I/O.
+#[derive(Debug)]
+struct Checked {
+    validator: ValidatorConfig,
+    org: OrganizationInfo,
+    workflow: WorkflowInfo,
+    inputs: Value,
+    files: Vec<FileMeta>,
+    tags: Vec<String>,
+}
+
+/// One declared file, with where its bytes come from.
+#[derive(Debug)]
+struct FileMeta {
+    name: SafeName,
+    mime_type: MimeType,
+    port_key: PortKey,
+    role: Option<String>,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Inline(Bytes),
+    Part(String),
+}
+
+/// What was learned about one file's bytes.
+#[derive(Debug)]
+struct Received {
+    sha256: String,
+    size_bytes: u64,
+    /// `None` when the bytes were only hashed (a replay needs no upload).
+    receipt: Option<PutReceipt>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handler.
+
+/// `POST /v1/runs`.
+pub(crate) async fn create_run(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(request.headers())?;
+    match encoding(request.headers())? {
+        Encoding::Json => from_json(&state, key, request).await,
+        Encoding::Multipart => from_multipart(&state, key, request).await,
+    }
+}
+
+async fn from_json(
+    state: &AppState,
+    key: Option<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let body = read_json_body(request).await?;
+    let fingerprint = hex::encode(Sha256::digest(&body));
+    let parsed = parse_request(&body, "the request body")?;
+    let checked = check(&state.registry, parsed, Encoding::Json)?;
+    let run_id = run_id_for(&checked.org.id, key.as_deref());
+    if let Some(key) = &key
+        && let Some(existing) = find_existing(state, run_id).await?
+    {
+        return replay(existing, key, &fingerprint);
+    }
+    let storage = state.deps.storage.as_ref();
+    let mut received = Vec::with_capacity(checked.files.len());
+    for (index, file) in checked.files.iter().enumerate() {
+        let Source::Inline(bytes) = &file.source else {
+            unreachable!("checked JSON requests carry inline files only")
+        };
+        let object = file_key(&checked.org.id, run_id, index, &file.name)?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let size_bytes = bytes.len() as u64;
+        let receipt = match storage.put_new(&object, Body::Bytes(bytes.clone())).await {
+            Ok(receipt) => receipt,
+            Err(StorageError::AlreadyExists { .. }) if key.is_some() => {
+                adopt_existing(storage, &object, &sha256, size_bytes, key.as_deref()).await?
+            }
+            Err(e) => return Err(storage_failure(e, &object)),
+        };
+        received.push(Received {
+            sha256,
+            size_bytes,
+            receipt: Some(receipt),
+        });
+    }
+    let idempotency = key.map(|key| Idempotency {
+        key,
+        request_sha256: fingerprint,
+    });
+    commit(state, checked, run_id, received, idempotency).await
+}
+
+async fn from_multipart(
+    state: &AppState,
+    key: Option<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_multipart",
+            format!("the multipart body cannot be read: {}", e.body_text()),
+        )
+    })?;
+
+    // The `request` part comes first, so that everything is checked before any upload.
+    let first = multipart.next_field().await.map_err(multipart_error)?;
+    let Some(mut first) = first else {
+        return Err(ApiError::bad_request(
+            "invalid_multipart",
+            "the multipart body is empty; its first part must be `request`, the JSON request",
+        ));
+    };
+    if first.name() != Some(REQUEST_PART) {
+        return Err(ApiError::bad_request(
+            "invalid_multipart",
+            format!(
+                "the first form part is {:?}; it must be `request`, the JSON request, \
+                 followed by the file parts",
+                first.name().unwrap_or("")
+            ),
+        ));
+    }
+    let mut request_bytes = BytesMut::new();
+    while let Some(chunk) = first.chunk().await.map_err(multipart_error)? {
+        if request_bytes.len() + chunk.len() > MAX_REQUEST_PART_BYTES {
+            return Err(ApiError::PayloadTooLarge {
+                message: format!(
+                    "the `request` form part is larger than {} MiB",
+                    MAX_REQUEST_PART_BYTES / MIB
+                ),
+            });
+        }
+        request_bytes.extend_from_slice(&chunk);
+    }
+    drop(first);
+    let parsed = parse_request(&request_bytes, "the `request` form part")?;
+    let checked = check(&state.registry, parsed, Encoding::Multipart)?;
+    let run_id = run_id_for(&checked.org.id, key.as_deref());
+    let existing = match &key {
+        Some(_) => find_existing(state, run_id).await?,
+        None => None,
+    };
+
+    let parts: HashMap<&str, usize> = checked
+        .files
+        .iter()
+        .enumerate()
+        .map(|(index, file)| match &file.source {
+            Source::Part(part) => (part.as_str(), index),
+            Source::Inline(_) => unreachable!("checked multipart requests name parts only"),
+        })
+        .collect();
+    let storage = state.deps.storage.as_ref();
+    let mut received: Vec<Option<Received>> = checked.files.iter().map(|_| None).collect();
+    let mut total = 0u64;
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        let part = field.name().unwrap_or("").to_owned();
+        let Some(&index) = parts.get(part.as_str()) else {
+            return Err(ApiError::bad_request(
+                "invalid_multipart",
+                format!(
+                    "form part {part:?} is not the `part` of any file listed in the `request` part"
+                ),
+            ));
+        };
+        if received[index].is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_multipart",
+                format!("form part {part:?} appears twice"),
+            ));
+        }
+        let file = &checked.files[index];
+        let got = if existing.is_some() {
+            // A replay: hash the bytes to compare fingerprints, store nothing.
+            let (sha256, size_bytes) = pump(&mut field, &mut total, None).await?;
+            Received {
+                sha256,
+                size_bytes,
+                receipt: None,
+            }
+        } else {
+            let object = file_key(&checked.org.id, run_id, index, &file.name)?;
+            upload_part(storage, &object, &mut field, &mut total, key.as_deref()).await?
+        };
+        received[index] = Some(got);
+    }
+    let received = received
+        .into_iter()
+        .zip(&checked.files)
+        .map(|(got, file)| {
+            got.ok_or_else(|| {
+                let Source::Part(part) = &file.source else {
+                    unreachable!("checked multipart requests name parts only")
+                };
+                ApiError::bad_request(
+                    "invalid_multipart",
+                    format!(
+                        "form part {part:?} (the bytes of file {:?}) is missing",
+                        file.name.as_str()
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(b"runway multipart request v1\n");
+    fingerprint.update((request_bytes.len() as u64).to_be_bytes());
+    fingerprint.update(&request_bytes);
+    for got in &received {
+        fingerprint.update(got.sha256.as_bytes());
+        fingerprint.update(b"\n");
+    }
+    let fingerprint = hex::encode(fingerprint.finalize());
+
+    if let (Some(key), Some(existing)) = (&key, existing) {
+        return replay(existing, key, &fingerprint);
+    }
+    let idempotency = key.map(|key| Idempotency {
+        key,
+        request_sha256: fingerprint,
+    });
+    commit(state, checked, run_id, received, idempotency).await
+}
+
+/// Stores the run and its first attempt, then wakes the dispatcher.
+async fn commit(
+    state: &AppState,
+    checked: Checked,
+    run_id: RunId,
+    received: Vec<Received>,
+    idempotency: Option<Idempotency>,
+) -> Result<Response, ApiError> {
+    let files = checked
+        .files
+        .into_iter()
+        .zip(received)
+        .map(|(file, got)| stored_file(file, got))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let validator = checked.validator;
+    let org_id = checked.org.id.clone();
+    let workflow_id = checked.workflow.id.clone();
+    let spec = RunSpec {
+        validator: ValidatorInfo {
+            id: validator.id.clone(),
+            kind: validator.kind,
+            version: validator.version.clone(),
+        },
+        org: checked.org,
+        workflow: checked.workflow,
+        inputs: checked.inputs,
+        files,
+        timeout_seconds: validator.timeout_seconds,
+        tags: checked.tags,
+    };
+    let now = Utc::now();
+    let attempt_id = AttemptId::new();
+    let new = NewRun {
+        id: run_id,
+        created_at: now,
+        validator_id: validator.id.clone(),
+        validator_type: validator.kind.as_str().to_owned(),
+        org_id: org_id.clone(),
+        workflow_id,
+        spec: spec.to_value(),
+        max_attempts: validator.max_attempts,
+        idempotency: idempotency.clone(),
+        first_attempt: NewAttempt {
+            id: attempt_id,
+            not_before: now,
+            storage_prefix: format!("runs/{org_id}/{run_id}/attempts/{attempt_id}"),
+            callback_id: new_callback_id(),
+            callback_nonce_sha256: state
+                .nonce_key
+                .commitment_for(&attempt_id.to_string())
+                .to_string(),
+        },
+    };
+    let store = &state.deps.store;
+    match store.create_run(new).await {
+        Ok(CreateOutcome::Created(run)) => {
+            tracing::info!(run.id = %run_id, attempt.id = %attempt_id, validator = %validator.id, "run created");
+            state.wake.notify_one();
+            respond(StatusCode::CREATED, &run)
+        }
+        Ok(CreateOutcome::Existing(run)) => respond(StatusCode::OK, &run),
+        Err(StoreError::IdempotencyMismatch { key, .. }) => Err(key_reused(&key)),
+        Err(e) => {
+            // Two identical keyed requests derive the same run id; the loser of that race may
+            // hit the primary key rather than the idempotency index. The winner's run answers.
+            if let Some(idem) = &idempotency
+                && let Ok(Some(existing)) = store.get_run(run_id).await
+            {
+                return replay(existing, &idem.key, &idem.request_sha256);
+            }
+            Err(anyhow::Error::new(e)
+                .context(format!("storing run {run_id}"))
+                .into())
+        }
+    }
+}
+
+fn respond(status: StatusCode, run: &RunWithAttempts) -> Result<Response, ApiError> {
+    let view = RunView::full(run)?.to_value();
+    let location = HeaderValue::from_str(&format!("/v1/runs/{}", run.run.id))
+        .context("a run id is a valid header value")?;
+    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+async fn find_existing(
+    state: &AppState,
+    run_id: RunId,
+) -> Result<Option<RunWithAttempts>, ApiError> {
+    Ok(state
+        .deps
+        .store
+        .get_run(run_id)
+        .await
+        .with_context(|| format!("looking up run {run_id} for an idempotency key"))?)
+}
+
+/// The answer to a keyed request whose run already exists: the run (200) if the request is the
+/// same, else a refusal naming the key.
+fn replay(existing: RunWithAttempts, key: &str, fingerprint: &str) -> Result<Response, ApiError> {
+    let same = existing.run.idempotency_key.as_deref() == Some(key)
+        && existing.run.request_sha256.as_deref() == Some(fingerprint);
+    if same {
+        respond(StatusCode::OK, &existing)
+    } else {
+        Err(key_reused(key))
+    }
+}
+
+fn key_reused(key: &str) -> ApiError {
+    ApiError::unprocessable(
+        "idempotency_key_reused",
+        format!(
+            "Idempotency-Key {key:?} was already used for a different request; \
+             use a new key for a new run"
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers and bodies.
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            "the Idempotency-Key header must be 1 to 255 printable ASCII characters",
+        )
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "the Idempotency-Key header appears more than once",
+        ));
+    }
+    let text = value.to_str().map_err(|_| bad())?;
+    let printable = text.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if !(1..=255).contains(&text.len()) || !printable {
+        return Err(bad());
+    }
+    Ok(Some(text.to_owned()))
+}
+
+fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let essence = raw.as_deref().map(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match essence.as_deref() {
+        Some("application/json") => Ok(Encoding::Json),
+        Some("multipart/form-data") => Ok(Encoding::Multipart),
+        _ => Err(ApiError::UnsupportedMediaType {
+            message: format!(
+                "Content-Type {} is not accepted; send application/json (files inline as \
+                 content_base64, at most {} MiB in all) or multipart/form-data (a `request` \
+                 part, then one part per file)",
+                raw.map_or_else(|| "(none)".to_owned(), |t| format!("{t:?}")),
+                MAX_JSON_BODY_BYTES / MIB
+            ),
+        }),
+    }
+}
+
+fn too_large_json() -> ApiError {
+    ApiError::PayloadTooLarge {
+        message: format!(
+            "the JSON request body is larger than {} MiB; send large files as \
+             multipart/form-data instead of inline content_base64",
+            MAX_JSON_BODY_BYTES / MIB
+        ),
+    }
+}
+
+async fn read_json_body(request: Request) -> Result<Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_JSON_BODY_BYTES as u64) {
+        return Err(too_large_json());
+    }
+    let mut stream = request.into_body().into_data_stream();
+    let mut body = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > MAX_JSON_BODY_BYTES {
+            return Err(too_large_json());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn parse_request(bytes: &[u8], what: &str) -> Result<CreateRunRequest, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed: CreateRunRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request("invalid_json", format!("{what} is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::bad_request("invalid_request", format!("{what}: {inner}"))
+        } else {
+            ApiError::bad_request("invalid_request", format!("field {path}: {inner}"))
+        }
+    })?;
+    de.end().map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("{what} is not valid JSON: {e}"))
+    })?;
+    Ok(parsed)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge {
+            message: format!("the multipart body is too large: {}", e.body_text()),
+        }
+    } else {
+        ApiError::bad_request(
+            "invalid_multipart",
+            format!("the multipart body is malformed: {}", e.body_text()),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks that need no I/O.
+
+fn check(
+    registry: &Registry,
+    request: CreateRunRequest,
+    encoding: Encoding,
+) -> Result<Checked, ApiError> {
+    let validator = registry
+        .get(&request.validator)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_validator",
+                format!(
+                    "field validator: {:?} is not a validator of this launcher; \
+                     GET /v1/validators lists them",
+                    request.validator
+                ),
+            )
+        })?
+        .clone();
+    check_id("org.id", &request.org.id)?;
+    check_text("org.name", &request.org.name)?;
+    check_id("workflow.id", &request.workflow.id)?;
+    check_id("workflow.step_id", &request.workflow.step_id)?;
+    if let Some(name) = &request.workflow.step_name {
+        check_text("workflow.step_name", name)?;
+    }
+
+    let inputs = ValidatorInputs::parse("inputs", validator.kind, request.inputs).map_err(|e| {
+        let detail = match &e {
+            ContractError::Invalid { path, message, .. } if !path.is_empty() => {
+                format!("field {path}: {message}")
+            }
+            other => other.to_string(),
+        };
+        ApiError::unprocessable(
+            "invalid_inputs",
+            format!(
+                "{detail} (validator {:?} takes {} inputs)",
+                validator.id, validator.kind
+            ),
+        )
+    })?;
+    let inputs = serde_json::to_value(&inputs).context("serializing checked inputs")?;
+
+    if request.files.len() > MAX_FILES {
+        return Err(ApiError::bad_request(
+            "invalid_file",
+            format!(
+                "field files: at most {MAX_FILES} files per run, got {}",
+                request.files.len()
+            ),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut ports = HashSet::new();
+    let mut parts = HashSet::new();
+    let mut files = Vec::with_capacity(request.files.len());
+    for (index, file) in request.files.into_iter().enumerate() {
+        let at = |field: &str| format!("files[{index}].{field}");
+        let bad = |field: &str, why: String| {
+            ApiError::bad_request("invalid_file", format!("field {}: {why}", at(field)))
+        };
+        let name = SafeName::parse(file.name.clone()).map_err(|e| bad("name", e))?;
+        if file.name.len() > MAX_NAME_BYTES || file.name.chars().any(char::is_control) {
+            return Err(bad(
+                "name",
+                format!(
+                    "must be at most {MAX_NAME_BYTES} bytes without control characters: {:?}",
+                    file.name
+                ),
+            ));
+        }
+        if ObjectKey::parse(format!("{index}-{}", file.name)).is_err() {
+            return Err(bad(
+                "name",
+                format!("{:?} cannot be stored as a file name", file.name),
+            ));
+        }
+        if !names.insert(file.name.clone()) {
+            return Err(bad(
+                "name",
+                format!("{:?} is used by two files; names must be unique", file.name),
+            ));
+        }
+        let mime_type = MimeType::from_str(&file.mime_type).map_err(|e| bad("mime_type", e))?;
+        let port_key = PortKey::parse(file.port_key.clone()).map_err(|e| bad("port_key", e))?;
+        if !ports.insert(file.port_key.clone()) {
+            return Err(bad(
+                "port_key",
+                format!(
+                    "{:?} is filled by two files; each port takes one file",
+                    file.port_key
+                ),
+            ));
+        }
+        if let Some(role) = &file.role
+            && role.chars().count() > MAX_TEXT_CHARS
+        {
+            return Err(bad(
+                "role",
+                format!("must be at most {MAX_TEXT_CHARS} characters"),
+            ));
+        }
+        let source = match (encoding, file.content_base64, file.part) {
+            (Encoding::Json, Some(content), None) => {
+                Source::Inline(decode_base64(&content).map_err(|why| bad("content_base64", why))?)
+            }
+            (Encoding::Json, _, Some(_)) => {
+                return Err(bad(
+                    "part",
+                    "names a form part, but this is a JSON request: send the bytes as \
+                     content_base64, or send the request as multipart/form-data"
+                        .to_owned(),
+                ));
+            }
+            (Encoding::Json, None, None) => {
+                return Err(bad(
+                    "content_base64",
+                    "is required: the file's bytes, base64-encoded".to_owned(),
+                ));
+            }
+            (Encoding::Multipart, Some(_), _) => {
+                return Err(bad(
+                    "content_base64",
+                    "is not accepted in a multipart request: name the form part that \
+                     carries the bytes in `part`"
+                        .to_owned(),
+                ));
+            }
+            (Encoding::Multipart, None, None) => {
+                return Err(bad(
+                    "part",
+                    "is required: the name of the form part carrying the file's bytes".to_owned(),
+                ));
+            }
+            (Encoding::Multipart, None, Some(part)) => {
+                if part.is_empty() || part.len() > 255 || part == REQUEST_PART {
+                    return Err(bad(
+                        "part",
+                        format!("{part:?} cannot name a form part (1 to 255 bytes, not `request`)"),
+                    ));
+                }
+                if !parts.insert(part.clone()) {
+                    return Err(bad(
+                        "part",
+                        format!("form part {part:?} is named by two files"),
+                    ));
+                }
+                Source::Part(part)
+            }
+        };
+        files.push(FileMeta {
+            name,
+            mime_type,
+            port_key,
+            role: file.role,
+            source,
+        });
+    }
+    if let Some(port) = required_port(validator.kind)
+        && !files.iter().any(|f| f.port_key.as_str() == port)
+    {
+        return Err(ApiError::unprocessable(
+            "missing_file",
+            format!(
+                "field files: validator {:?} ({}) needs a file on port {port:?}; \
+                 add one with \"port_key\": {port:?}",
+                validator.id, validator.kind
+            ),
+        ));
+    }
+
+    if request.tags.len() > MAX_TAGS {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "field tags: at most {MAX_TAGS} tags, got {}",
+                request.tags.len()
+            ),
+        ));
+    }
+    for (index, tag) in request.tags.iter().enumerate() {
+        let len = tag.chars().count();
+        if len == 0 || len > MAX_TAG_CHARS || tag.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "field tags[{index}]: must be 1 to {MAX_TAG_CHARS} characters without \
+                     control characters"
+                ),
+            ));
+        }
+    }
+
+    Ok(Checked {
+        validator,
+        org: OrganizationInfo {
+            id: request.org.id,
+            name: request.org.name,
+        },
+        workflow: WorkflowInfo {
+            id: request.workflow.id,
+            step_id: request.workflow.step_id,
+            step_name: request.workflow.step_name,
+        },
+        inputs,
+        files,
+        tags: request.tags,
+    })
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_valid_id(value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_id",
+            format!(
+                "field {field}: {value:?} is not usable as an id; use 1 to 128 characters of \
+                 A-Z, a-z, 0-9, '.', '_' or '-' (not '.' or '..')"
+            ),
+        ))
+    }
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.chars().count() <= MAX_TEXT_CHARS {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_request",
+            format!("field {field}: must be at most {MAX_TEXT_CHARS} characters"),
+        ))
+    }
+}
+
+fn decode_base64(text: &str) -> Result<Bytes, String> {
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    ENGINE
+        .decode(text)
+        .map(Bytes::from)
+        .map_err(|e| format!("is not valid standard base64 ({e})"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage.
+
+/// The run id: fresh, or derived from the organization and the idempotency key so that a retry
+/// finds its run before uploading anything.
+fn run_id_for(org_id: &str, key: Option<&str>) -> RunId {
+    let Some(key) = key else {
+        return RunId::new();
+    };
+    let digest = Sha256::new()
+        .chain_update(b"runway idempotent run id\0")
+        .chain_update(org_id.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    RunId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+fn file_key(
+    org_id: &str,
+    run_id: RunId,
+    index: usize,
+    name: &SafeName,
+) -> anyhow::Result<ObjectKey> {
+    ObjectKey::parse(format!("runs/{org_id}/{run_id}/files/{index}-{name}"))
+        .context("building a file's object key from checked parts")
+}
+
+fn storage_failure(e: StorageError, key: &ObjectKey) -> ApiError {
+    anyhow::Error::new(e)
+        .context(format!("storing input file {}", key.as_str()))
+        .into()
+}
+
+/// A keyed retry found its file already stored (by an earlier try that failed before the run
+/// was stored, or by a concurrent twin): use it if its bytes are the same.
+async fn adopt_existing(
+    storage: &dyn ObjectStore,
+    key: &ObjectKey,
+    sha256: &str,
+    size_bytes: u64,
+    idempotency_key: Option<&str>,
+) -> Result<PutReceipt, ApiError> {
+    let meta = storage
+        .head(key.as_str())
+        .await
+        .with_context(|| format!("reading the existing object {}", key.as_str()))?
+        .ok_or_else(|| {
+            anyhow!(
+                "object {} vanished after a create-only conflict",
+                key.as_str()
+            )
+        })?;
+    let existing_sha = match meta.storage_version.strip_prefix("sha256:") {
+        Some(digest) => digest.to_owned(),
+        None => {
+            let mut stream = storage
+                .get(key.as_str(), meta.size_bytes)
+                .await
+                .with_context(|| format!("reading the existing object {}", key.as_str()))?;
+            let mut hasher = Sha256::new();
+            while let Some(chunk) = stream.next().await {
+                hasher.update(chunk.with_context(|| format!("reading {}", key.as_str()))?);
+            }
+            hex::encode(hasher.finalize())
+        }
+    };
+    if meta.size_bytes != size_bytes || existing_sha != sha256 {
+        return Err(key_reused(idempotency_key.unwrap_or_default()));
+    }
+    Ok(PutReceipt {
+        uri: storage.uri_for(key),
+        size_bytes,
+        sha256: existing_sha,
+        storage_version: meta.storage_version,
+    })
+}
+
+/// Streams one form part to `key` while hashing it.
+async fn upload_part(
+    storage: &dyn ObjectStore,
+    key: &ObjectKey,
+    field: &mut axum::extract::multipart::Field<'_>,
+    total: &mut u64,
+    idempotency_key: Option<&str>,
+) -> Result<Received, ApiError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let (put, pumped) = tokio::join!(storage.put_new(key, body), pump(field, total, Some(tx)));
+    let (sha256, size_bytes) = pumped?;
+    let receipt = match put {
+        Ok(receipt) => receipt,
+        Err(StorageError::AlreadyExists { .. }) if idempotency_key.is_some() => {
+            adopt_existing(storage, key, &sha256, size_bytes, idempotency_key).await?
+        }
+        Err(e) => return Err(storage_failure(e, key)),
+    };
+    Ok(Received {
+        sha256,
+        size_bytes,
+        receipt: Some(receipt),
+    })
+}
+
+/// Reads a form part to its end, hashing it and forwarding the chunks to `tx` (the storage
+/// write) if given. On a client error the write is failed too, so nothing is stored.
+async fn pump(
+    field: &mut axum::extract::multipart::Field<'_>,
+    total: &mut u64,
+    mut tx: Option<tokio::sync::mpsc::Sender<io::Result<Bytes>>>,
+) -> Result<(String, u64), ApiError> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let chunk = match field.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx
+                        .send(Err(io::Error::other("the client's form part broke off")))
+                        .await;
+                }
+                return Err(multipart_error(e));
+            }
+        };
+        size += chunk.len() as u64;
+        *total += chunk.len() as u64;
+        if *total > MAX_MULTIPART_BODY_BYTES {
+            if let Some(tx) = tx.take() {
+                let _ = tx
+                    .send(Err(io::Error::other("over the upload limit")))
+                    .await;
+            }
+            return Err(ApiError::PayloadTooLarge {
+                message: format!(
+                    "the files of a multipart request may total at most {} MiB",
+                    MAX_MULTIPART_BODY_BYTES / MIB as u64
+                ),
+            });
+        }
+        hasher.update(&chunk);
+        // If the write gave up early (e.g. the object exists), keep hashing without it.
+        if let Some(sender) = &tx
+            && sender.send(Ok(chunk)).await.is_err()
+        {
+            tx = None;
+        }
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+fn stored_file(file: FileMeta, got: Received) -> anyhow::Result<StoredFile> {
+    let receipt = got
+        .receipt
+        .context("a file to store has no storage receipt")?;
+    anyhow::ensure!(
+        receipt.sha256 == got.sha256 && receipt.size_bytes == got.size_bytes,
+        "object storage stored {} bytes with sha256 {} where {} bytes with sha256 {} were sent",
+        receipt.size_bytes,
+        receipt.sha256,
+        got.size_bytes,
+        got.sha256
+    );
+    Ok(StoredFile {
+        name: file.name,
+        mime_type: file.mime_type,
+        role: file.role,
+        port_key: file.port_key,
+        uri: StorageUri::parse(receipt.uri.clone()).map_err(|e| {
+            anyhow!(
+                "object storage returned {}, which validator containers cannot read \
+                 (use gs:// or file:// storage): {e}",
+                receipt.uri
+            )
+        })?,
+        size_bytes: receipt.size_bytes,
+        sha256: Sha256Hex::parse(receipt.sha256).map_err(|e| anyhow!("storage sha256: {e}"))?,
+        storage_version: StorageVersion::parse(receipt.storage_version)
+            .map_err(|e| anyhow!("storage version: {e}"))?,
+    })
+}

@@ -1,0 +1,156 @@
+//! The launcher's HTTP API: the run API (`/v1/runs`), the validator list, the OpenAPI document,
+//! and the shared health routes.
+//!
+//! [`ROUTES`] is the single list of what is served: [`router`] is built from it, and a test
+//! checks it against `openapi.json` both ways. Every request runs in a `request` span carrying
+//! its `request_id` (the client's `x-request-id`, or a fresh one), echoed in the response.
+
+mod create;
+mod error;
+mod runs;
+mod view;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use runway_core::health;
+use tracing::Instrument;
+
+pub use create::{MAX_JSON_BODY_BYTES, MAX_MULTIPART_BODY_BYTES};
+pub use error::ApiError;
+
+use crate::AppState;
+use error::InternalCause;
+
+/// Every `(method, path)` the launcher serves, in the router's path syntax (which is also
+/// OpenAPI's). The router is built from this list and `openapi.json` must describe exactly it.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+    ("GET", "/v1/validators"),
+    ("POST", "/v1/runs"),
+    ("GET", "/v1/runs"),
+    ("GET", "/v1/runs/{id}"),
+    ("POST", "/v1/runs/{id}/cancel"),
+];
+
+/// The OpenAPI 3.1 document describing [`ROUTES`].
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+/// The request-id header, read from the client or generated, and always echoed.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The handler of one entry of [`ROUTES`]; `None` for the routes of [`health::router`].
+fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
+    Some(match (method, path) {
+        ("GET", "/healthz" | "/readyz") => return None,
+        ("GET", "/openapi.json") => get(openapi),
+        ("GET", "/v1/validators") => get(runs::list_validators),
+        // The create handler enforces its own limits (JSON and multipart differ).
+        ("POST", "/v1/runs") => post(create::create_run).layer(DefaultBodyLimit::disable()),
+        ("GET", "/v1/runs") => get(runs::list_runs),
+        ("GET", "/v1/runs/{id}") => get(runs::get_run),
+        ("POST", "/v1/runs/{id}/cancel") => post(runs::cancel_run),
+        _ => unreachable!("ROUTES lists {method} {path} but no handler serves it"),
+    })
+}
+
+/// The launcher's routes.
+pub fn router(state: AppState) -> Router {
+    let deps = state.deps.clone();
+    let mut api = Router::new();
+    for &(method, path) in ROUTES {
+        if let Some(handler) = handler(method, path) {
+            api = api.route(path, handler);
+        }
+    }
+    api.fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .merge(health::router(deps))
+        .layer(middleware::from_fn(request_context))
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+async fn route_not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(
+        "route_not_found",
+        format!(
+            "no route {method} {}; see GET /openapi.json for the API",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        message: format!(
+            "{} does not accept {method}; see GET /openapi.json for the API",
+            uri.path()
+        ),
+    }
+}
+
+/// Gives every request a span with its request id, logs its outcome (and the cause of a 500,
+/// once) and echoes the id.
+async fn request_context(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_acceptable_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    async move {
+        let started = Instant::now();
+        let mut response = next.run(request).await;
+        let status = response.status().as_u16();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        if let Some(InternalCause(cause)) = response.extensions_mut().remove::<InternalCause>() {
+            tracing::error!(
+                status,
+                duration_ms,
+                error = format!("{cause:#}"),
+                "request failed"
+            );
+        } else {
+            tracing::info!(status, duration_ms, "request served");
+        }
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// A client's request id is kept only if it is short and plain, so it cannot forge log lines.
+fn is_acceptable_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}

@@ -1,0 +1,216 @@
+//! Reading and canceling runs, and listing validators.
+
+use anyhow::Context;
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use runway_core::store::{CancelOutcome, RunCursor, RunFilter, RunId, RunState, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::view::RunView;
+use crate::AppState;
+use crate::registry::is_valid_id;
+
+/// Default page size of `GET /v1/runs`.
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+/// Largest page size of `GET /v1/runs`.
+pub const MAX_LIST_LIMIT: u32 = 200;
+
+/// `GET /v1/validators`: the registry, without backend details (images, job names).
+pub(crate) async fn list_validators(State(state): State<AppState>) -> Json<Value> {
+    let validators: Vec<Value> = state
+        .registry
+        .iter()
+        .map(|v| {
+            json!({
+                "id": v.id,
+                "type": v.kind,
+                "version": v.version,
+                "backend": v.backend,
+                "timeout_seconds": v.timeout_seconds,
+                "max_concurrency": v.max_concurrency,
+                "max_attempts": v.max_attempts,
+            })
+        })
+        .collect();
+    Json(json!({ "validators": validators }))
+}
+
+/// `GET /v1/runs/{id}`.
+pub(crate) async fn get_run(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = run_id(path)?;
+    let run = state
+        .deps
+        .store
+        .get_run(id)
+        .await
+        .with_context(|| format!("reading run {id}"))?
+        .ok_or_else(|| run_not_found(id))?;
+    Ok(Json(RunView::full(&run)?.to_value()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    state: Option<String>,
+    validator: Option<String>,
+    org: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/runs?state=&validator=&org=&limit=&cursor=`: newest first.
+pub(crate) async fn list_runs(
+    State(state): State<AppState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!(
+                "the query string is invalid ({}); the parameters are state, validator, org, \
+                 limit and cursor",
+                e.body_text()
+            ),
+        )
+    })?;
+    let bad = |name: &str, why: String| {
+        ApiError::bad_request("invalid_parameter", format!("parameter {name}: {why}"))
+    };
+    let filter = RunFilter {
+        state: params
+            .state
+            .map(|s| {
+                s.parse::<RunState>().map_err(|_| {
+                    let known: Vec<&str> = RunState::ALL.iter().map(RunState::as_str).collect();
+                    bad(
+                        "state",
+                        format!("unknown state {s:?}; expected one of {}", known.join(", ")),
+                    )
+                })
+            })
+            .transpose()?,
+        validator_id: params
+            .validator
+            .map(|v| {
+                if is_valid_id(&v) {
+                    Ok(v)
+                } else {
+                    Err(bad("validator", format!("{v:?} is not a validator id")))
+                }
+            })
+            .transpose()?,
+        org_id: params
+            .org
+            .map(|o| {
+                if is_valid_id(&o) {
+                    Ok(o)
+                } else {
+                    Err(bad("org", format!("{o:?} is not an organization id")))
+                }
+            })
+            .transpose()?,
+    };
+    let limit = match params.limit {
+        None => DEFAULT_LIST_LIMIT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_LIST_LIMIT}, got {text:?}"),
+                )
+            })?,
+    };
+    let cursor = params
+        .cursor
+        .map(|c| {
+            RunCursor::parse(&c).map_err(|_| {
+                bad(
+                    "cursor",
+                    format!("{c:?} is not a cursor from a previous page's next_cursor"),
+                )
+            })
+        })
+        .transpose()?;
+    let page = state
+        .deps
+        .store
+        .list_runs(&filter, cursor.as_ref(), limit)
+        .await
+        .context("listing runs")?;
+    let runs = page
+        .runs
+        .iter()
+        .map(|r| RunView::summary(r).map(|v| v.to_value()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Json(json!({
+        "runs": runs,
+        "next_cursor": page.next_cursor.map(|c| c.to_string()),
+    })))
+}
+
+/// `POST /v1/runs/{id}/cancel`: a queued run ends `canceled` at once (200); a running one is
+/// flagged for the reconciler (202); a completed one is a 409 carrying its result.
+pub(crate) async fn cancel_run(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = run_id(path)?;
+    let store = &state.deps.store;
+    let status = match store.request_cancel(id, Utc::now()).await {
+        Ok(CancelOutcome::Canceled(_)) => StatusCode::OK,
+        Ok(CancelOutcome::Requested(_)) => StatusCode::ACCEPTED,
+        Ok(CancelOutcome::AlreadyCompleted(run)) => {
+            let result = run.result.map_or("unknown", |r| r.as_str());
+            return Err(ApiError::Conflict {
+                code: "run_already_completed",
+                message: format!(
+                    "run {id} already completed with result {result}; there is nothing to cancel"
+                ),
+                run: Some(Box::new(RunView::summary(&run)?.to_value())),
+            });
+        }
+        Err(StoreError::NotFound { .. }) => return Err(run_not_found(id)),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("canceling run {id}"))
+                .into());
+        }
+    };
+    let run = store
+        .get_run(id)
+        .await
+        .with_context(|| format!("reading run {id} after canceling it"))?
+        .ok_or_else(|| run_not_found(id))?;
+    Ok((status, Json(RunView::full(&run)?.to_value())).into_response())
+}
+
+fn run_id(path: Result<Path<String>, PathRejection>) -> Result<RunId, ApiError> {
+    let Path(text) = path.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_run_id",
+            format!("the run id in the path is unreadable: {}", e.body_text()),
+        )
+    })?;
+    text.parse::<RunId>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_run_id",
+            format!("{text:?} is not a run id (run ids are UUIDs)"),
+        )
+    })
+}
+
+fn run_not_found(id: RunId) -> ApiError {
+    ApiError::not_found("run_not_found", format!("there is no run {id}"))
+}

@@ -1,0 +1,152 @@
+//! The run spec: what the launcher stores as a run's `spec` once a request is accepted, and what
+//! the dispatcher later turns into each attempt's input envelope.
+//!
+//! Everything in it has already been validated by the API (the typed inputs of the validator's
+//! type, safe names, known MIME types, files stored with their receipts), so reading it back
+//! only fails on hand-edited or corrupt data.
+
+use runway_contract::{
+    ContractError, InputFileItem, MimeType, OrganizationInfo, PortKey, SafeName, Sha256Hex,
+    StorageUri, StorageVersion, ValidatorInfo, ValidatorInputs, ValidatorType, WorkflowInfo,
+};
+use serde::{Deserialize, Serialize};
+
+/// What a run asked for, as stored in `runs.spec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// The validator (from the registry at creation time).
+    pub validator: ValidatorInfo,
+    /// The organization that asked.
+    pub org: OrganizationInfo,
+    /// The workflow step.
+    pub workflow: WorkflowInfo,
+    /// The validator's typed inputs, in their serialized (defaults filled in) form.
+    pub inputs: serde_json::Value,
+    /// The input files, already in object storage.
+    pub files: Vec<StoredFile>,
+    /// The job's deadline, in seconds (from the registry at creation time).
+    pub timeout_seconds: u32,
+    /// Free-form tags, copied into the envelope.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// One input file as stored: its declared metadata and the storage receipt of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredFile {
+    /// Safe leaf name to materialize it under.
+    pub name: SafeName,
+    /// Declared MIME type.
+    pub mime_type: MimeType,
+    /// Descriptive role.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The file port it fills.
+    pub port_key: PortKey,
+    /// Where it is stored (`gs://` or `file:///`).
+    pub uri: StorageUri,
+    /// Its size.
+    pub size_bytes: u64,
+    /// SHA-256 of its bytes.
+    pub sha256: Sha256Hex,
+    /// The stored object's version.
+    pub storage_version: StorageVersion,
+}
+
+impl From<StoredFile> for InputFileItem {
+    fn from(f: StoredFile) -> Self {
+        InputFileItem {
+            size_bytes: f.size_bytes,
+            sha256: f.sha256,
+            storage_version: f.storage_version,
+            name: f.name,
+            mime_type: f.mime_type,
+            role: f.role,
+            port_key: f.port_key,
+            uri: f.uri,
+        }
+    }
+}
+
+impl RunSpec {
+    /// Reads a stored spec back.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        Self::deserialize(value)
+    }
+
+    /// The spec as stored.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a run spec always serializes")
+    }
+
+    /// The typed inputs of the validator's type.
+    pub fn typed_inputs(&self) -> Result<ValidatorInputs, ContractError> {
+        ValidatorInputs::parse("run spec", self.validator.kind, Some(self.inputs.clone()))
+    }
+
+    /// The files as the envelope's `input_files`.
+    pub fn input_files(&self) -> Vec<InputFileItem> {
+        self.files
+            .iter()
+            .cloned()
+            .map(InputFileItem::from)
+            .collect()
+    }
+}
+
+/// The file port a validator type cannot run without, if any.
+pub fn required_port(kind: ValidatorType) -> Option<&'static str> {
+    match kind {
+        ValidatorType::Energyplus => Some("primary_model"),
+        ValidatorType::Fmu => Some("fmu_model"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_converts() {
+        let spec = RunSpec {
+            validator: ValidatorInfo {
+                id: "fmu".into(),
+                kind: ValidatorType::Fmu,
+                version: "2.0".into(),
+            },
+            org: OrganizationInfo {
+                id: "org-1".into(),
+                name: "Org".into(),
+            },
+            workflow: WorkflowInfo {
+                id: "wf".into(),
+                step_id: "s1".into(),
+                step_name: None,
+            },
+            inputs: serde_json::json!({"input_values": {}}),
+            files: vec![StoredFile {
+                name: SafeName::parse("m.fmu".into()).expect("name"),
+                mime_type: MimeType::Fmu,
+                role: None,
+                port_key: PortKey::parse("fmu_model".into()).expect("port"),
+                uri: StorageUri::parse("file:///tmp/x/m.fmu".into()).expect("uri"),
+                size_bytes: 3,
+                sha256: Sha256Hex::digest(b"abc"),
+                storage_version: StorageVersion::for_local_digest(&Sha256Hex::digest(b"abc")),
+            }],
+            timeout_seconds: 60,
+            tags: vec!["t".into()],
+        };
+        let back = RunSpec::from_value(&spec.to_value()).expect("parses");
+        assert_eq!(back, spec);
+        assert!(matches!(back.typed_inputs(), Ok(ValidatorInputs::Fmu(_))));
+        assert_eq!(back.input_files()[0].port_key.as_str(), "fmu_model");
+        assert_eq!(
+            required_port(ValidatorType::Energyplus),
+            Some("primary_model")
+        );
+    }
+}
