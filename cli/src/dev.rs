@@ -7,7 +7,6 @@
 //! verifies Google's: the only difference is the trusted issuer.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +17,12 @@ use runway_core::health::Dependencies;
 use runway_core::identity::{
     LocalIssuer, LocalIssuerConfig, TokenVerifier, TrustedIssuer, VerifierConfig, metadata_router,
 };
-use runway_core::nonce::NonceKey;
 use runway_core::server;
 use runway_launcher::backends::Backend;
 use runway_launcher::backends::mock::{MockBackend, MockSettings};
+use runway_launcher::config::LauncherArgs;
 use runway_launcher::dispatch::{DispatchSettings, Dispatcher};
-use runway_launcher::registry::{BackendKind, Registry};
+use runway_launcher::registry::BackendKind;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -43,9 +42,9 @@ pub struct DevConfig {
     /// How long a mock job "runs", in milliseconds.
     #[arg(long, env = "RUNWAY_MOCK_DELAY_MS", default_value_t = 1000)]
     pub mock_delay_ms: u64,
-    /// Validator registry (JSON); default: `energyplus` and `fmu` on the mock backend.
-    #[arg(long, env = "RUNWAY_VALIDATORS_FILE")]
-    pub validators_file: Option<PathBuf>,
+    /// Validators and the callback nonce key.
+    #[command(flatten)]
+    pub launcher: LauncherArgs,
     /// Most dispatches in flight at once.
     #[arg(long, env = "RUNWAY_DISPATCH_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
@@ -79,10 +78,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         store: common.open_store().await?,
         storage: common.open_storage().await?,
     };
-    let registry = match &config.validators_file {
-        Some(path) => Registry::load(path)?,
-        None => Registry::local_defaults(),
-    };
+    let registry = config.launcher.registry()?;
     if let Some(v) = registry.iter().find(|v| v.backend != BackendKind::Mock) {
         bail!(
             "validator {:?} uses the {} backend; runway dev runs only the mock backend so far",
@@ -92,7 +88,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     }
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
-    let nonce_key = NonceKey::load_or_create(&common.data_dir.join("nonce.key"))?;
+    let nonce_key = config.launcher.nonce_key(common)?;
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)

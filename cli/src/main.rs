@@ -1,13 +1,18 @@
 //! `runway`: the local all-in-one and operator commands.
 //!
-//! - `runway dev` runs the launcher and the callback service in one process on embedded
-//!   defaults (a SQLite file and local object storage under `.runway/`), prints their URLs and
-//!   runs until Ctrl-C.
+//! - `runway dev` runs the launcher, dispatcher, mock backend, callback service and local
+//!   identity in one process on embedded defaults (a SQLite file and local object storage under
+//!   `.runway/`), prints their URLs and runs until Ctrl-C.
 //! - `runway migrate` applies the run store's migrations and exits.
+//! - `runway submit FILE` creates a run from a model file and follows it to its result;
+//!   `runway status|watch|cancel ID` read, follow or cancel a run.
 
 use std::io::Write;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use runway_cli::bench::{self, BenchArgs};
+use runway_cli::client::{self, ClientConfig, SubmitArgs};
 use runway_cli::dev::DevConfig;
 use runway_core::config::{CommonConfig, redact};
 use runway_core::{server, telemetry};
@@ -35,11 +40,55 @@ enum Command {
         #[command(flatten)]
         common: CommonConfig,
     },
+    /// Submit a model file and follow the run to its result.
+    Submit {
+        #[command(flatten)]
+        client: ClientConfig,
+        #[command(flatten)]
+        args: SubmitArgs,
+    },
+    /// Print a run's state and result.
+    Status {
+        /// The run id.
+        id: String,
+        #[command(flatten)]
+        client: ClientConfig,
+    },
+    /// Follow a run until it completes.
+    Watch {
+        /// The run id.
+        id: String,
+        #[command(flatten)]
+        client: ClientConfig,
+    },
+    /// Measure throughput and latency of runs through the HTTP API in mock mode.
+    Bench {
+        #[command(flatten)]
+        args: BenchArgs,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// The run id.
+        id: String,
+        #[command(flatten)]
+        client: ClientConfig,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One sentence (with its causes), never a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Dev { config } => dev(config).await,
         Command::Migrate { common } => {
             telemetry::init(common.log_format, common.log_filter.as_deref());
@@ -47,6 +96,11 @@ async fn main() -> anyhow::Result<()> {
             println!("migrated {}", redact(&common.database_url()));
             Ok(())
         }
+        Command::Submit { client, args } => client::submit(&client, &args).await.map(drop),
+        Command::Status { id, client } => client::status(&client, &id).await,
+        Command::Watch { id, client } => client::watch(&client, &id).await,
+        Command::Cancel { id, client } => client::cancel(&client, &id).await,
+        Command::Bench { args } => bench::run(args).await,
     }
 }
 

@@ -52,7 +52,10 @@ fn config(data_dir: &Path, db: &Db, mock_delay_ms: u64, validators: Option<&Path
         callback_listen: "127.0.0.1:0".parse().expect("addr"),
         identity_listen: "127.0.0.1:0".parse().expect("addr"),
         mock_delay_ms,
-        validators_file: validators.map(Path::to_path_buf),
+        launcher: runway_launcher::config::LauncherArgs {
+            validators_file: validators.map(Path::to_path_buf),
+            nonce_key: None,
+        },
         max_in_flight: 16,
         common: CommonConfig {
             data_dir: data_dir.to_path_buf(),

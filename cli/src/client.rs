@@ -1,0 +1,263 @@
+//! `runway submit`, `status`, `watch` and `cancel`: a small client of the launcher's HTTP API,
+//! so a person can take a run from a file to its result without writing a request by hand.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+/// Files up to this size go inline (base64 in JSON); larger ones as multipart.
+const INLINE_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Where the launcher is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientConfig {
+    /// The launcher's base URL.
+    #[arg(
+        long,
+        env = "RUNWAY_LAUNCHER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub launcher_url: String,
+}
+
+/// What to submit.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    /// The model file: an EnergyPlus model (`.idf`, `.epJSON`) or an FMU (`.fmu`).
+    pub file: PathBuf,
+    /// The validator id (see `GET /v1/validators`); default from the file's extension:
+    /// `energyplus` for models, `fmu` for FMUs.
+    #[arg(long)]
+    pub validator: Option<String>,
+    /// Validator inputs as a JSON object (e.g. `{"timestep_per_hour": 6}`).
+    #[arg(long, default_value = "{}")]
+    pub inputs: String,
+    /// Organization id.
+    #[arg(long, default_value = "local")]
+    pub org: String,
+    /// Workflow id.
+    #[arg(long, default_value = "local")]
+    pub workflow: String,
+    /// An idempotency key: submitting again with it returns the same run.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Print the run id and return at once instead of following it to its result.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// The MIME type, file port and default validator for a model file.
+fn describe(path: &Path) -> anyhow::Result<(&'static str, &'static str, &'static str)> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    Ok(match ext.as_str() {
+        "idf" => (
+            "application/vnd.energyplus.idf",
+            "primary_model",
+            "energyplus",
+        ),
+        "epjson" => (
+            "application/vnd.energyplus.epjson",
+            "primary_model",
+            "energyplus",
+        ),
+        "fmu" => ("application/vnd.fmi.fmu", "fmu_model", "fmu"),
+        other => bail!(
+            "cannot tell what {} is from its extension {other:?}; expected .idf, .epJSON or .fmu",
+            path.display()
+        ),
+    })
+}
+
+/// Submits a run and, unless `--no-wait`, follows it to its result. Returns the run's id.
+pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<String> {
+    let (mime_type, port_key, default_validator) = describe(&args.file)?;
+    let inputs: Value = serde_json::from_str(&args.inputs)
+        .with_context(|| format!("--inputs is not JSON: {}", args.inputs))?;
+    if !inputs.is_object() {
+        bail!("--inputs must be a JSON object");
+    }
+    let name = args
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the file has no usable name")?;
+    let size = std::fs::metadata(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?
+        .len();
+    let mut request = json!({
+        "validator": args.validator.as_deref().unwrap_or(default_validator),
+        "org": {"id": args.org, "name": args.org},
+        "workflow": {"id": args.workflow, "step_id": "submit"},
+        "inputs": inputs,
+    });
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/runs", client.launcher_url.trim_end_matches('/'));
+    let mut builder = if size <= INLINE_LIMIT {
+        let bytes = std::fs::read(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        request["files"] = json!([{
+            "name": name, "mime_type": mime_type, "port_key": port_key,
+            "content_base64": STANDARD.encode(bytes),
+        }]);
+        http.post(&url).json(&request)
+    } else {
+        request["files"] = json!([{
+            "name": name, "mime_type": mime_type, "port_key": port_key, "part": "file",
+        }]);
+        let file = tokio::fs::File::open(&args.file)
+            .await
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
+        let form = reqwest::multipart::Form::new()
+            .text("request", request.to_string())
+            .part(
+                "file",
+                reqwest::multipart::Part::stream_with_length(reqwest::Body::from(file), size)
+                    .file_name(name.to_owned()),
+            );
+        http.post(&url).multipart(form)
+    };
+    if let Some(key) = &args.idempotency_key {
+        builder = builder.header("Idempotency-Key", key);
+    }
+    let response = builder
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the launcher at {}", client.launcher_url))?;
+    let run = json_or_error(response).await?;
+    let id = run["id"]
+        .as_str()
+        .context("the launcher returned no run id")?
+        .to_owned();
+    if args.no_wait {
+        println!("{id}");
+    } else {
+        eprintln!("submitted run {id}");
+        watch(client, &id).await?;
+    }
+    Ok(id)
+}
+
+/// Prints a run's state (and result, when it has one).
+pub async fn status(client: &ClientConfig, id: &str) -> anyhow::Result<()> {
+    let run = get_run(&reqwest::Client::new(), client, id).await?;
+    print_summary(&run);
+    Ok(())
+}
+
+/// Follows a run until it completes, with a progress line on a terminal, then prints its result.
+/// Fails (non-zero exit) when the run did not pass.
+pub async fn watch(client: &ClientConfig, id: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let tty = std::io::stderr().is_terminal();
+    let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let started = Instant::now();
+    let mut last_state = String::new();
+    let mut tick = 0usize;
+    loop {
+        let run = get_run(&http, client, id).await?;
+        let state = run["state"].as_str().unwrap_or("unknown").to_owned();
+        if state == "completed" {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            print_summary(&run);
+            return match run["result"].as_str() {
+                Some("passed") => Ok(()),
+                other => bail!("run {id} ended {}", other.unwrap_or("without a result")),
+            };
+        }
+        let attempt = run["attempts"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|a| a["state"].as_str())
+            .unwrap_or("-");
+        if tty {
+            eprint!(
+                "\r\x1b[2K{} {state} (attempt {attempt}) {:.1}s",
+                spinner[tick % spinner.len()],
+                started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        } else if state != last_state {
+            eprintln!("{state} (attempt {attempt})");
+        }
+        last_state = state;
+        tick += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asks the launcher to cancel a run.
+pub async fn cancel(client: &ClientConfig, id: &str) -> anyhow::Result<()> {
+    let url = format!(
+        "{}/v1/runs/{id}/cancel",
+        client.launcher_url.trim_end_matches('/')
+    );
+    let response = reqwest::Client::new()
+        .post(url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the launcher at {}", client.launcher_url))?;
+    let run = json_or_error(response).await?;
+    print_summary(&run);
+    Ok(())
+}
+
+async fn get_run(http: &reqwest::Client, client: &ClientConfig, id: &str) -> anyhow::Result<Value> {
+    let url = format!("{}/v1/runs/{id}", client.launcher_url.trim_end_matches('/'));
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the launcher at {}", client.launcher_url))?;
+    json_or_error(response).await
+}
+
+/// The JSON body of a 2xx answer; otherwise the launcher's error message as the error.
+async fn json_or_error(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    let message = body["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.to_string());
+    bail!("the launcher answered {status}: {message}")
+}
+
+fn print_summary(run: &Value) {
+    let id = run["id"].as_str().unwrap_or("?");
+    let state = run["state"].as_str().unwrap_or("?");
+    let validator = run["validator"]["id"].as_str().unwrap_or("?");
+    match run["result"].as_str() {
+        Some(result) => println!("run {id} ({validator}): {state}, result {result}"),
+        None => println!("run {id} ({validator}): {state}"),
+    }
+    for message in run["messages"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<7} {} {}",
+            message["severity"].as_str().unwrap_or(""),
+            message["code"].as_str().unwrap_or(""),
+            message["text"].as_str().unwrap_or("")
+        );
+    }
+    for metric in run["metrics"].as_array().into_iter().flatten() {
+        println!(
+            "  {} = {} {}",
+            metric["name"].as_str().unwrap_or(""),
+            metric["value"],
+            metric["unit"].as_str().unwrap_or("")
+        );
+    }
+}
