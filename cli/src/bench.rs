@@ -52,9 +52,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let running = dev::start(DevConfig {
         launcher_listen: "127.0.0.1:0".parse()?,
         callback_listen: "127.0.0.1:0".parse()?,
-        identity_listen: "127.0.0.1:0".parse()?,
-        mock_delay_ms: 0,
-        max_in_flight: args.max_in_flight,
+        local: runway_launcher::local::LocalArgs {
+            identity_listen: "127.0.0.1:0".parse()?,
+            mock_delay_ms: 0,
+            max_in_flight: args.max_in_flight,
+        },
         launcher: runway_launcher::config::LauncherArgs {
             validators_file: None,
             nonce_key: None,

@@ -10,19 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use runway_contract::HttpUrl;
+use anyhow::Context;
 use runway_core::config::CommonConfig;
 use runway_core::health::Dependencies;
-use runway_core::identity::{
-    LocalIssuer, LocalIssuerConfig, TokenVerifier, TrustedIssuer, VerifierConfig, metadata_router,
-};
+use runway_core::identity::{TokenVerifier, TrustedIssuer, VerifierConfig, metadata_router};
 use runway_core::server;
 use runway_launcher::backends::Backend;
-use runway_launcher::backends::mock::{MockBackend, MockSettings};
 use runway_launcher::config::LauncherArgs;
-use runway_launcher::dispatch::{DispatchSettings, Dispatcher};
-use runway_launcher::registry::BackendKind;
+use runway_launcher::local::{self, LocalArgs};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -36,18 +31,12 @@ pub struct DevConfig {
     /// Callback service address.
     #[arg(long, env = "RUNWAY_CALLBACK_ADDR", default_value = "127.0.0.1:8081")]
     pub callback_listen: SocketAddr,
-    /// Local identity (metadata server and JWKS) address.
-    #[arg(long, env = "RUNWAY_IDENTITY_ADDR", default_value = "127.0.0.1:8082")]
-    pub identity_listen: SocketAddr,
-    /// How long a mock job "runs", in milliseconds.
-    #[arg(long, env = "RUNWAY_MOCK_DELAY_MS", default_value_t = 1000)]
-    pub mock_delay_ms: u64,
+    /// Local identity, mock backend and dispatcher settings.
+    #[command(flatten)]
+    pub local: LocalArgs,
     /// Validators and the callback nonce key.
     #[command(flatten)]
     pub launcher: LauncherArgs,
-    /// Most dispatches in flight at once.
-    #[arg(long, env = "RUNWAY_DISPATCH_MAX_IN_FLIGHT", default_value_t = 64)]
-    pub max_in_flight: usize,
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,
@@ -79,13 +68,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         storage: common.open_storage().await?,
     };
     let registry = config.launcher.registry()?;
-    if let Some(v) = registry.iter().find(|v| v.backend != BackendKind::Mock) {
-        bail!(
-            "validator {:?} uses the {} backend; runway dev runs only the mock backend so far",
-            v.id,
-            v.backend.as_str()
-        );
-    }
+    local::ensure_mock_only(&registry)?;
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
     let nonce_key = config.launcher.nonce_key(common)?;
@@ -95,7 +78,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot listen on {addr} for the {what}"))
     };
-    let identity = bind(config.identity_listen, "local identity").await?;
+    let identity = bind(config.local.identity_listen, "local identity").await?;
     let callback = bind(config.callback_listen, "callback service").await?;
     let launcher = bind(config.launcher_listen, "launcher").await?;
     let identity_addr = identity.local_addr()?;
@@ -103,13 +86,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let callback_url = format!("http://{}", callback.local_addr()?);
     let launcher_url = format!("http://{}", launcher.local_addr()?);
 
-    let issuer = Arc::new(LocalIssuer::load_or_create(
-        &common.data_dir.join("identity.pem"),
-        LocalIssuerConfig {
-            issuer: identity_url.clone(),
-            ..LocalIssuerConfig::default()
-        },
-    )?);
+    let issuer = local::local_issuer(&common.data_dir, &identity_url)?;
     let verifier = Arc::new(TokenVerifier::new(VerifierConfig {
         trusted_issuers: vec![TrustedIssuer {
             issuer: issuer.issuer().to_owned(),
@@ -120,29 +97,12 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     })?);
 
     let state = runway_launcher::AppState::new(deps.clone(), registry, nonce_key.clone());
-    let backend: Arc<dyn Backend> = Arc::new(MockBackend::new(
-        deps.storage.clone(),
-        MockSettings {
-            delay: Duration::from_millis(config.mock_delay_ms),
-            metadata_host: identity_addr.to_string(),
-        },
-    )?);
-    let dispatcher = Arc::new(Dispatcher::new(
-        deps.store.clone(),
-        deps.storage.clone(),
-        state.registry.clone(),
-        backend.clone(),
-        nonce_key,
-        state.wake.clone(),
-        DispatchSettings {
-            callback_url: HttpUrl::parse(format!("{callback_url}/v1/callbacks"))
-                .map_err(anyhow::Error::msg)?,
-            max_in_flight: config.max_in_flight,
-            poll_interval: Duration::from_secs(1),
-            retry_backoff: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30),
-        },
-    ));
+    let (dispatcher, backend) = local::mock_dispatcher(
+        &state,
+        &config.local,
+        identity_addr,
+        &format!("{callback_url}/v1/callbacks"),
+    )?;
 
     let stop_http = CancellationToken::new();
     let stop_dispatch = CancellationToken::new();

@@ -28,18 +28,11 @@ impl Db {
         match kind {
             "sqlite" => Self::Sqlite,
             _ => {
-                use sqlx::Connection;
-                let admin = runway_tests::postgres_url();
-                let name = format!("runway_e2e_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
+                // Left for the throwaway server to discard: the system under test may still
+                // hold connections when a test ends.
+                let url = runway_tests::PostgresDatabase::create("runway_e2e")
                     .await
-                    .expect("create database");
-                let url = match admin.rsplit_once('/') {
-                    Some((base, _)) => format!("{base}/{name}"),
-                    None => panic!("unexpected postgres URL {admin}"),
-                };
+                    .url;
                 Self::Postgres(url)
             }
         }
@@ -50,13 +43,15 @@ fn config(data_dir: &Path, db: &Db, mock_delay_ms: u64, validators: Option<&Path
     DevConfig {
         launcher_listen: "127.0.0.1:0".parse().expect("addr"),
         callback_listen: "127.0.0.1:0".parse().expect("addr"),
-        identity_listen: "127.0.0.1:0".parse().expect("addr"),
-        mock_delay_ms,
+        local: runway_launcher::local::LocalArgs {
+            identity_listen: "127.0.0.1:0".parse().expect("addr"),
+            mock_delay_ms,
+            max_in_flight: 16,
+        },
         launcher: runway_launcher::config::LauncherArgs {
             validators_file: validators.map(Path::to_path_buf),
             nonce_key: None,
         },
-        max_in_flight: 16,
         common: CommonConfig {
             data_dir: data_dir.to_path_buf(),
             database_url: match db {

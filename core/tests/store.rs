@@ -15,10 +15,7 @@ use runway_core::store::{
     RunWithAttempts, StoreError,
 };
 use serde_json::json;
-use sqlx::Connection;
 use uuid::Uuid;
-
-const POSTGRES_URL_VAR: &str = "RUNWAY_TEST_POSTGRES_URL";
 
 /// A fresh, empty store and what is needed to reopen or remove it.
 struct Db {
@@ -32,10 +29,7 @@ enum Cleanup {
     Sqlite {
         _dir: tempfile::TempDir,
     },
-    Postgres {
-        admin_url: String,
-        name: String,
-    },
+    Postgres(runway_tests::PostgresDatabase),
 }
 
 impl Db {
@@ -51,29 +45,13 @@ impl Db {
     }
 
     async fn postgres() -> Self {
-        let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
-            panic!(
-                "{POSTGRES_URL_VAR} is not set: the Postgres store tests need a server. \
-                 Run them through scripts/test.sh, which starts one and sets it."
-            )
-        });
-        let name = format!("runway_t_{}", Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to the Postgres test server");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        admin.close().await.expect("close admin connection");
-        let mut url = url::Url::parse(&admin_url).expect("RUNWAY_TEST_POSTGRES_URL is a URL");
-        url.set_path(&name);
-        let url = url.to_string();
+        let database = runway_tests::PostgresDatabase::create("runway_t").await;
+        let url = database.url.clone();
         let store = store::connect(&url).await.expect("open postgres store");
         Self {
             store,
             url,
-            cleanup: Cleanup::Postgres { admin_url, name },
+            cleanup: Cleanup::Postgres(database),
         }
     }
 
@@ -84,14 +62,8 @@ impl Db {
     async fn finish(self) {
         let Db { store, cleanup, .. } = self;
         drop(store);
-        if let Cleanup::Postgres { admin_url, name } = cleanup {
-            let mut admin = sqlx::PgConnection::connect(&admin_url)
-                .await
-                .expect("connect to the Postgres test server");
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await
-                .expect("drop test database");
+        if let Cleanup::Postgres(database) = cleanup {
+            database.drop_database().await;
         }
     }
 }

@@ -20,6 +20,18 @@ pub struct Config {
     #[command(flatten)]
     pub launcher: LauncherArgs,
 
+    /// The callback service's callback URL, written into every input envelope.
+    #[arg(
+        long,
+        env = "RUNWAY_CALLBACK_URL",
+        default_value = "http://127.0.0.1:8081/v1/callbacks"
+    )]
+    pub callback_url: String,
+
+    /// Local identity, mock backend and dispatcher settings.
+    #[command(flatten)]
+    pub local: crate::local::LocalArgs,
+
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,

@@ -6,6 +6,7 @@
 //! - [`dispatch`]: claims due attempts, writes their input envelopes, starts their jobs.
 //! - [`backends`]: where jobs run (the mock backend so far).
 //! - [`envelope`]: an attempt's input envelope and storage layout.
+//! - [`local`]: local modes: the launcher's identity issuer and the mock backend.
 //! - [`registry`]: which validators exist and how they run.
 //! - [`spec`]: the run spec stored with each run, read back by the dispatcher.
 //! - [`config`]: flags and environment variables.
@@ -15,6 +16,7 @@ pub mod backends;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
+pub mod local;
 pub mod registry;
 pub mod spec;
 

@@ -1,9 +1,15 @@
-//! `runway-launcher`: config → telemetry → state → serve.
+//! `runway-launcher`: config → telemetry → state → serve the API, the local identity and the
+//! dispatcher until SIGINT/SIGTERM, then stop without losing work (no new dispatches, jobs
+//! finish, servers drain).
+
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use runway_core::identity::metadata_router;
 use runway_core::{health::Dependencies, server, telemetry};
-use runway_launcher::{AppState, config::Config, router};
+use runway_launcher::{AppState, config::Config, local, router};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
         config.common.log_filter.as_deref(),
     );
     let registry = config.launcher.registry()?;
+    local::ensure_mock_only(&registry)?;
     let nonce_key = config.launcher.nonce_key(&config.common)?;
     let deps = Dependencies {
         store: config.common.open_store().await?,
@@ -21,16 +28,45 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let identity = tokio::net::TcpListener::bind(config.local.identity_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the identity",
+                config.local.identity_listen
+            )
+        })?;
+    let identity_addr = identity.local_addr()?;
+    let issuer = local::local_issuer(&config.common.data_dir, &format!("http://{identity_addr}"))?;
+    let state = AppState::new(deps, registry, nonce_key);
+    let (dispatcher, backend) =
+        local::mock_dispatcher(&state, &config.local, identity_addr, &config.callback_url)?;
     tracing::info!(
         addr = %listener.local_addr()?,
-        validators = registry.iter().count(),
+        identity = %identity_addr,
+        validators = state.registry.iter().count(),
         "runway-launcher listening"
     );
-    server::serve(
+
+    let stop_http = CancellationToken::new();
+    let stop_dispatch = CancellationToken::new();
+    let api = tokio::spawn(server::serve(
         listener,
-        router(AppState::new(deps, registry, nonce_key)),
-        server::shutdown_signal(),
-    )
-    .await?;
+        router(state),
+        stop_http.clone().cancelled_owned(),
+    ));
+    let ids = tokio::spawn(server::serve(
+        identity,
+        metadata_router(issuer),
+        stop_http.clone().cancelled_owned(),
+    ));
+    let dispatching = tokio::spawn(dispatcher.run_until_stopped(stop_dispatch.clone()));
+    server::shutdown_signal().await;
+    stop_dispatch.cancel();
+    dispatching.await.context("dispatcher task")?;
+    backend.drain(Duration::from_secs(30)).await;
+    stop_http.cancel();
+    api.await.context("API task")??;
+    ids.await.context("identity task")??;
     Ok(())
 }

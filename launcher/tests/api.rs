@@ -23,7 +23,6 @@ use runway_launcher::api::ROUTES;
 use runway_launcher::{AppState, Registry, RunSpec, router};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::Connection;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -36,26 +35,15 @@ struct App {
     wake: Arc<Notify>,
     nonce_key: NonceKey,
     _dir: tempfile::TempDir,
-    postgres: Option<(String, String)>,
+    postgres: Option<runway_tests::PostgresDatabase>,
 }
 
 impl App {
     async fn spawn(postgres: bool) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (url, pg) = if postgres {
-            let admin_url = runway_tests::postgres_url();
-            let name = format!("runway_api_{}", Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(&admin_url)
-                .await
-                .expect("connect to the Postgres test server");
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut admin)
-                .await
-                .expect("create test database");
-            admin.close().await.expect("close admin connection");
-            let mut url = url::Url::parse(&admin_url).expect("a URL");
-            url.set_path(&name);
-            (url.to_string(), Some((admin_url, name)))
+            let database = runway_tests::PostgresDatabase::create("runway_api").await;
+            (database.url.clone(), Some(database))
         } else {
             (
                 format!("sqlite://{}", dir.path().join("runway.db").display()),
@@ -106,14 +94,8 @@ impl App {
             store, postgres, ..
         } = self;
         drop(store);
-        if let Some((admin_url, name)) = postgres {
-            let mut admin = sqlx::PgConnection::connect(&admin_url)
-                .await
-                .expect("connect to the Postgres test server");
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await
-                .expect("drop test database");
+        if let Some(database) = postgres {
+            database.drop_database().await;
         }
     }
 

@@ -123,3 +123,51 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// A fresh, empty database on the test PostgreSQL server, for one test.
+#[derive(Debug)]
+pub struct PostgresDatabase {
+    /// Its URL.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PostgresDatabase {
+    /// Creates `<prefix>_<uuid>` on the server at [`postgres_url`].
+    pub async fn create(prefix: &str) -> Self {
+        use sqlx::Connection;
+        let admin_url = postgres_url();
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to the Postgres test server");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.expect("close admin connection");
+        let mut url = url::Url::parse(&admin_url).expect("RUNWAY_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        Self {
+            url: url.to_string(),
+            admin_url,
+            name,
+        }
+    }
+
+    /// Drops it, disconnecting whoever is still connected.
+    pub async fn drop_database(self) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connect to the Postgres test server");
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("drop test database");
+    }
+}
