@@ -27,6 +27,7 @@ use runway_core::store::{
     RunStore, StoreError,
 };
 use serde_json::json;
+use tracing::Instrument;
 
 /// What the callback route needs.
 #[derive(Debug, Clone)]
@@ -139,8 +140,7 @@ async fn receive(
         attempt.id = %attempt.id,
         caller = %caller.email,
     );
-    let _guard = span.enter();
-    match accept(&state, &payload, &attempt).await {
+    match accept(&state, &payload, &attempt).instrument(span).await {
         Ok(response) => Ok(response),
         Err(e @ (CallbackError::Rejected(_) | CallbackError::OutputTooLarge(_))) => {
             let reason = e.to_string();

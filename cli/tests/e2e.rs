@@ -189,6 +189,32 @@ impl System {
         })
     }
 
+    /// The callback receipts recorded for an attempt.
+    async fn receipts(&self, attempt_id: &str) -> Vec<runway_core::store::CallbackReceipt> {
+        self.running
+            .deps
+            .store
+            .callback_receipts(attempt_id.parse().expect("attempt id"))
+            .await
+            .expect("receipts")
+    }
+
+    /// Waits until the run's first attempt is running; returns the attempt's id.
+    async fn wait_running(&self, run_id: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let (_, run) = self.get(&format!("/v1/runs/{run_id}")).await;
+            if run["attempts"][0]["state"] == "running" {
+                return run["attempts"][0]["id"].as_str().expect("id").to_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "run {run_id} never ran: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn shutdown(self) {
         self.running.shutdown().await.expect("clean shutdown");
     }
@@ -387,13 +413,7 @@ async fn duplicate_and_late_callbacks_have_no_second_effect(db: &str) {
     assert_eq!(answer["outcome"], "late");
     let (_, still) = sys.get(&format!("/v1/runs/{second_id}")).await;
     assert_eq!(still["result"], "canceled");
-    let receipts = sys
-        .running
-        .deps
-        .store
-        .callback_receipts(attempt.parse().expect("id"))
-        .await
-        .expect("receipts");
+    let receipts = sys.receipts(attempt).await;
     assert_eq!(receipts.len(), 1);
     sys.shutdown().await;
 }
@@ -403,13 +423,7 @@ async fn every_token_rejection_changes_nothing(db: &str) {
     let sys = System::start(db, 3000).await;
     let (_, created) = sys.create(&energyplus_run(MODEL), None).await;
     let run_id = created["id"].as_str().expect("id");
-    let attempt_id = loop {
-        let (_, run) = sys.get(&format!("/v1/runs/{run_id}")).await;
-        if run["attempts"][0]["state"] == "running" {
-            break run["attempts"][0]["id"].as_str().expect("id").to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let attempt_id = sys.wait_running(run_id).await;
     let payload = sys.callback_for(run_id, &attempt_id, "success").await;
     let audience = sys.running.callback_url.clone();
 
@@ -458,13 +472,7 @@ async fn every_token_rejection_changes_nothing(db: &str) {
         let (status, answer) = sys.post_callback(token, &payload).await;
         assert_eq!(status, 401, "{what}: {answer}");
     }
-    let receipts = sys
-        .running
-        .deps
-        .store
-        .callback_receipts(attempt_id.parse().expect("id"))
-        .await
-        .expect("receipts");
+    let receipts = sys.receipts(&attempt_id).await;
     assert!(
         receipts.is_empty(),
         "a refused token must leave no trace: {receipts:?}"
@@ -518,13 +526,7 @@ async fn tampered_outputs_are_rejected(db: &str) {
     for case in ["wrong hash", "wrong run", "wrong uri", "oversize"] {
         let (_, created) = sys.create(&energyplus_run(MODEL), None).await;
         let run_id = created["id"].as_str().expect("id").to_owned();
-        let attempt_id = loop {
-            let (_, run) = sys.get(&format!("/v1/runs/{run_id}")).await;
-            if run["attempts"][0]["state"] == "running" {
-                break run["attempts"][0]["id"].as_str().expect("id").to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let attempt_id = sys.wait_running(&run_id).await;
         let mut payload = sys.callback_for(&run_id, &attempt_id, "success").await;
         let output_uri = payload["result_uri"].as_str().expect("uri").to_owned();
         let output_key = storage.base().resolve(&output_uri).expect("key");
@@ -582,13 +584,7 @@ async fn tampered_outputs_are_rejected(db: &str) {
             run["state"], "running",
             "{case}: the run must not finish: {run}"
         );
-        let receipts = sys
-            .running
-            .deps
-            .store
-            .callback_receipts(attempt_id.parse().expect("id"))
-            .await
-            .expect("receipts");
+        let receipts = sys.receipts(&attempt_id).await;
         assert!(
             receipts.iter().any(|r| r.outcome.as_str() == "rejected"),
             "{case}: {receipts:?}"

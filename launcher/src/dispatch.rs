@@ -20,16 +20,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{TimeDelta, Utc};
-use runway_contract::HttpUrl;
+use runway_contract::{HttpUrl, InputEnvelope};
 use runway_core::nonce::{NonceKey, new_callback_id};
 use runway_core::storage::{Body, ObjectStore, StorageError};
 use runway_core::store::{
-    AfterEnd, Attempt, AttemptId, AttemptState, EndAttempt, MarkRunning, NewAttempt, RunStore,
-    StoreError,
+    AfterEnd, Attempt, AttemptId, AttemptState, EndAttempt, MarkRunning, NewAttempt, RunId,
+    RunStore, StoreError,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backends::{Backend, LaunchError, LaunchRequest};
 use crate::envelope;
@@ -49,6 +50,15 @@ pub struct DispatchSettings {
     pub retry_backoff: Duration,
     /// How long shutdown waits for in-flight dispatches.
     pub drain_timeout: Duration,
+}
+
+/// An attempt ready to launch: its envelope is written.
+#[derive(Debug)]
+struct Prepared {
+    run_id: RunId,
+    timeout_seconds: u32,
+    envelope: InputEnvelope,
+    input_uri: String,
 }
 
 /// Claims and dispatches attempts.
@@ -139,13 +149,17 @@ impl Dispatcher {
         for attempt in claimed {
             let permit = self.permits.clone().acquire_owned().await?;
             let this = self.clone();
-            in_flight.spawn(async move {
-                let id = attempt.id;
-                if let Err(e) = this.dispatch(attempt).await {
-                    tracing::error!(attempt.id = %id, error = %format!("{e:#}"), "dispatch failed");
+            let span =
+                tracing::info_span!("dispatch", run.id = %attempt.run_id, attempt.id = %attempt.id);
+            in_flight.spawn(
+                async move {
+                    if let Err(e) = this.dispatch(attempt).await {
+                        tracing::error!(error = %format!("{e:#}"), "dispatch failed");
+                    }
+                    drop(permit);
                 }
-                drop(permit);
-            });
+                .instrument(span),
+            );
         }
         Ok(count)
     }
@@ -160,52 +174,27 @@ impl Dispatcher {
 
     /// Dispatches one claimed attempt.
     async fn dispatch(&self, attempt: Attempt) -> anyhow::Result<()> {
-        let span =
-            tracing::info_span!("dispatch", run.id = %attempt.run_id, attempt.id = %attempt.id);
-        let _guard = span.enter();
-        let run = self
-            .store
-            .get_run(attempt.run_id)
-            .await?
-            .with_context(|| format!("run {} of a claimed attempt is missing", attempt.run_id))?
-            .run;
-        let spec: RunSpec = serde_json::from_value(run.spec.clone())
-            .with_context(|| format!("run {} has an unreadable spec", run.id))?;
-        let Some(validator) = self.registry.get(&spec.validator.id) else {
-            return self
-                .fail(&attempt, "the validator is no longer configured", false)
-                .await;
-        };
-        let envelope = envelope::input_envelope(
-            run.id,
-            &spec,
-            &attempt,
-            self.storage.as_ref(),
-            &self.nonce_key,
-            &self.settings.callback_url,
-        )?;
-        let bytes = envelope.to_json()?;
-        let key = envelope::attempt_key(&attempt, "input.json")?;
-        let input_uri = self.storage.uri_for(&key);
-        match self.storage.put_new(&key, Body::from(bytes.clone())).await {
-            Ok(_) => {}
-            Err(StorageError::AlreadyExists { .. }) => {
-                let existing = self
-                    .storage
-                    .read_bytes(&input_uri, bytes.len() as u64 + 1)
-                    .await?;
-                anyhow::ensure!(
-                    existing == bytes,
-                    "{input_uri} already exists with other content"
-                );
+        let prepared = match self.prepare(&attempt).await {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => return Ok(()),
+            // Nothing was launched: end the attempt (retried while attempts remain) rather than
+            // leave it claimed with no one to finish it.
+            Err(e) => {
+                return self
+                    .fail(&attempt, &format!("could not prepare the job: {e:#}"), true)
+                    .await;
             }
-            Err(e) => return Err(e).context("cannot write input.json"),
-        }
-
+        };
+        let Prepared {
+            run_id,
+            timeout_seconds,
+            envelope,
+            input_uri,
+        } = prepared;
         let launched = self
             .backend
             .launch(LaunchRequest {
-                run_id: run.id,
+                run_id,
                 attempt_id: attempt.id,
                 input_uri,
                 envelope: Arc::new(envelope),
@@ -213,8 +202,7 @@ impl Dispatcher {
             .await;
         match launched {
             Ok(launched) => {
-                let deadline =
-                    Utc::now() + TimeDelta::seconds(i64::from(validator.timeout_seconds));
+                let deadline = Utc::now() + TimeDelta::seconds(i64::from(timeout_seconds));
                 match self
                     .store
                     .mark_running(MarkRunning {
@@ -240,6 +228,55 @@ impl Dispatcher {
             Err(e @ LaunchError::Retryable(_)) => self.fail(&attempt, &e.to_string(), true).await,
             Err(e @ LaunchError::Permanent(_)) => self.fail(&attempt, &e.to_string(), false).await,
         }
+    }
+
+    /// Builds and writes the attempt's input envelope. `None` when the attempt was ended
+    /// instead (its validator is no longer configured).
+    async fn prepare(&self, attempt: &Attempt) -> anyhow::Result<Option<Prepared>> {
+        let run = self
+            .store
+            .get_run(attempt.run_id)
+            .await?
+            .with_context(|| format!("run {} of a claimed attempt is missing", attempt.run_id))?
+            .run;
+        let spec: RunSpec = serde_json::from_value(run.spec.clone())
+            .with_context(|| format!("run {} has an unreadable spec", run.id))?;
+        let Some(validator) = self.registry.get(&spec.validator.id) else {
+            self.fail(attempt, "the validator is no longer configured", false)
+                .await?;
+            return Ok(None);
+        };
+        let envelope = envelope::input_envelope(
+            run.id,
+            &spec,
+            attempt,
+            self.storage.as_ref(),
+            &self.nonce_key,
+            &self.settings.callback_url,
+        )?;
+        let bytes = envelope.to_json()?;
+        let key = envelope::attempt_key(attempt, "input.json")?;
+        let input_uri = self.storage.uri_for(&key);
+        match self.storage.put_new(&key, Body::from(bytes.clone())).await {
+            Ok(_) => {}
+            Err(StorageError::AlreadyExists { .. }) => {
+                let existing = self
+                    .storage
+                    .read_bytes(&input_uri, bytes.len() as u64 + 1)
+                    .await?;
+                anyhow::ensure!(
+                    existing == bytes,
+                    "{input_uri} already exists with other content"
+                );
+            }
+            Err(e) => return Err(e).context("cannot write input.json"),
+        }
+        Ok(Some(Prepared {
+            run_id: run.id,
+            timeout_seconds: validator.timeout_seconds,
+            envelope,
+            input_uri,
+        }))
     }
 
     /// Ends a claimed attempt that could not be launched: retried (with backoff) when that may
