@@ -4,7 +4,12 @@
 //! and finalizes attempt and run in one short transaction (no storage I/O while it runs).
 //!
 //! Every refusal after the token check is recorded as a `rejected` callback receipt, so an
-//! operator can see forged or broken callbacks; a refused token changes nothing at all.
+//! operator can see forged or broken callbacks; a refused token changes nothing at all. An
+//! output that can never finalize its attempt (it exists at the attempt's own URI but fails
+//! verification, and objects are create-only) also ends the attempt `failed` with the reason,
+//! retried per the run's policy, so the run is never stranded. The checks on `output.json` are
+//! the library's ([`runway_runs::verify`]), the same the reconciler applies to a job that never
+//! called back.
 
 use std::sync::Arc;
 
@@ -15,17 +20,14 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::Utc;
-use runway_contract::output::MAX_OUTPUT_ENVELOPE_BYTES;
-use runway_contract::{
-    CallbackPayload, ContractError, InputEnvelope, OutputEnvelope, Sha256Hex, ValidationStatus,
-    input::MAX_INPUT_ENVELOPE_BYTES,
-};
-use runway_core::identity::{TokenError, TokenVerifier};
-use runway_core::storage::{ObjectKey, ObjectStore, StorageError};
-use runway_core::store::{
-    Attempt, AttemptState, Finalize, FinalizeOutcome, NewReceipt, ReceiptOutcome, RunResult,
+use runway_contract::{CallbackPayload, ContractError, Sha256Hex};
+use runway_identity::{TokenError, TokenVerifier};
+use runway_runs::verify::{Verdict, output_uri, verify_output};
+use runway_runs::{
+    Attempt, AttemptState, EndAttempt, FinalizeOutcome, FinalizedBy, NewReceipt, ReceiptOutcome,
     RunStore, StoreError,
 };
+use runway_storage::ObjectStore;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -66,9 +68,6 @@ pub enum CallbackError {
     /// attempt's output.
     #[error("{0}")]
     Rejected(String),
-    /// The output envelope is too large.
-    #[error("{0}")]
-    OutputTooLarge(String),
     /// Something on our side failed; the caller should retry.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -84,7 +83,6 @@ impl IntoResponse for CallbackError {
             Self::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
             Self::UnknownCallback => (StatusCode::NOT_FOUND, "unknown_callback"),
             Self::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
-            Self::OutputTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "output_too_large"),
             Self::Internal(cause) => {
                 tracing::error!(error = %format!("{cause:#}"), "callback failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -142,7 +140,7 @@ async fn receive(
     );
     match accept(&state, &payload, &attempt).instrument(span).await {
         Ok(response) => Ok(response),
-        Err(e @ (CallbackError::Rejected(_) | CallbackError::OutputTooLarge(_))) => {
+        Err(e @ CallbackError::Rejected(_)) => {
             let reason = e.to_string();
             tracing::warn!(%reason, "callback rejected");
             state
@@ -172,13 +170,15 @@ async fn accept(
     if payload.run_id != attempt.run_id.to_string() {
         return reject("run_id does not match the attempt of this callback_id".into());
     }
-    let stored = Sha256Hex::parse(attempt.callback_nonce_sha256.clone())
+    let Some(stored) = attempt.callback_nonce_sha256.as_deref() else {
+        return reject("the attempt has not been dispatched with a callback nonce".into());
+    };
+    let stored = Sha256Hex::parse(stored.to_owned())
         .map_err(|e| internal(anyhow::anyhow!("stored nonce commitment is malformed: {e}")))?;
     if !payload.callback_nonce.commitment().ct_eq(&stored) {
         return reject("callback_nonce does not match the attempt".into());
     }
-    let output_key = key(&attempt.storage_prefix, "output.json")?;
-    let expected_output_uri = state.storage.uri_for(&output_key);
+    let expected_output_uri = output_uri(state.storage.as_ref(), attempt).map_err(internal)?;
     if payload.result_uri.as_str() != expected_output_uri {
         return reject(format!(
             "result_uri must be the attempt's output, {expected_output_uri}"
@@ -188,138 +188,107 @@ async fn accept(
     // A callback for a finished attempt is recorded (duplicate or late) and has no effect;
     // the store decides which under its own lock.
     if attempt.state.is_terminal() {
-        return finalize(state, attempt, payload, None).await;
+        return ended(state, attempt, payload).await;
     }
 
     // Storage reads happen here, before (never during) the finalizing transaction.
-    let output_bytes = match state
-        .storage
-        .read_bytes(
-            expected_output_uri.as_str(),
-            MAX_OUTPUT_ENVELOPE_BYTES as u64,
-        )
+    let output = match verify_output(state.storage.as_ref(), attempt)
         .await
+        .map_err(internal)?
     {
-        Ok(bytes) => bytes,
-        Err(StorageError::NotFound { .. }) => return reject("output.json does not exist".into()),
-        Err(StorageError::TooLarge { limit, .. }) => {
-            return Err(CallbackError::OutputTooLarge(format!(
-                "output.json is larger than {limit} bytes"
-            )));
-        }
-        Err(e) => return Err(internal(e)),
+        Verdict::Verified(output) => output,
+        Verdict::Missing => return reject("output.json does not exist".into()),
+        Verdict::Invalid(reason) => return fail_unusable(state, attempt, reason).await,
     };
-    let output = match OutputEnvelope::from_json(&output_bytes) {
-        Ok(output) => output,
-        Err(e) => return reject(format!("output.json is not a valid output envelope: {e}")),
-    };
-    let input_key = key(&attempt.storage_prefix, "input.json")?;
-    let input_bytes = state
-        .storage
-        .read_bytes(
-            &state.storage.uri_for(&input_key),
-            MAX_INPUT_ENVELOPE_BYTES as u64,
-        )
-        .await
-        .map_err(internal)?;
-    let input_sha256 = InputEnvelope::from_json(&input_bytes)
-        .and_then(|input| input.canonical_sha256())
-        .map_err(|e| internal(anyhow::anyhow!("stored input envelope is unreadable: {e}")))?;
-
-    if output.run_id != attempt.run_id.to_string() {
-        return reject("output.json names another run".into());
-    }
-    if output.execution_attempt_id.as_str() != attempt.id.to_string() {
-        return reject("output.json names another attempt".into());
-    }
-    if output.output_uri.as_str() != expected_output_uri {
-        return reject("output.json's output_uri is not where it was read from".into());
-    }
-    if !output.input_envelope_sha256.ct_eq(&input_sha256) {
-        return reject(
-            "output.json's input_envelope_sha256 does not match the input envelope".into(),
-        );
-    }
-    if output.status != payload.status {
+    if output.status() != payload.status {
         return reject(format!(
             "callback status {} differs from output.json's {}",
-            payload.status, output.status
+            payload.status,
+            output.status()
         ));
     }
-    let output_sha256 = Sha256Hex::digest(&output_bytes);
-    finalize(
-        state,
-        attempt,
-        payload,
-        Some((output, expected_output_uri, output_sha256)),
-    )
-    .await
-}
-
-/// Applies the callback: with an output, finalizes; without (already terminal), records it.
-async fn finalize(
-    state: &CallbackState,
-    attempt: &Attempt,
-    payload: &CallbackPayload,
-    output: Option<(OutputEnvelope, String, Sha256Hex)>,
-) -> Result<Response, CallbackError> {
-    let (to_state, result) = outcome_of(payload.status);
-    let (messages, metrics, output_uri, output_sha256) = match &output {
-        Some((envelope, uri, sha)) => (
-            serde_json::to_value(&envelope.messages).map_err(internal)?,
-            serde_json::to_value(&envelope.metrics).map_err(internal)?,
-            Some(uri.clone()),
-            Some(sha.to_string()),
-        ),
-        None => (json!([]), json!([]), None, None),
-    };
-    let outcome = state
-        .store
-        .finalize_attempt(Finalize {
-            attempt_id: attempt.id,
+    let finalize = output.finalize(
+        attempt.id,
+        FinalizedBy::Callback {
             callback_id: payload.callback_id.to_string(),
-            to_state,
-            result,
-            messages,
-            metrics,
-            output_uri,
-            output_sha256,
-            finished_at: Utc::now(),
-        })
-        .await;
-    match outcome {
+        },
+        Utc::now(),
+    );
+    match state.store.finalize_attempt(finalize).await {
         Ok(FinalizeOutcome::Finalized(run)) => {
             tracing::info!(result = ?run.run.result, "run finalized");
-            Ok(Json(json!({"outcome": "finalized"})).into_response())
+            Ok(outcome("finalized"))
         }
         Ok(FinalizeOutcome::AlreadyTerminal { recorded_as, .. }) => {
+            let recorded_as = recorded_as.unwrap_or(ReceiptOutcome::Duplicate);
             tracing::info!(
                 recorded_as = recorded_as.as_str(),
                 "callback for a finished attempt"
             );
-            Ok(Json(json!({"outcome": recorded_as.as_str()})).into_response())
+            Ok(outcome(recorded_as.as_str()))
         }
-        Err(StoreError::CallbackMismatch { .. }) => Err(CallbackError::Rejected(
-            "callback_id does not belong to this attempt".into(),
-        )),
-        Err(StoreError::Conflict { current, .. }) => Err(CallbackError::Rejected(format!(
-            "the attempt is {current}, not running"
-        ))),
-        Err(e) => Err(internal(e)),
+        Err(e) => Err(store_refusal(e)),
     }
 }
 
-/// How an output status ends the attempt and the run. A validation failure is a result, not a
-/// failure of the attempt.
-pub fn outcome_of(status: ValidationStatus) -> (AttemptState, RunResult) {
-    match status {
-        ValidationStatus::Success => (AttemptState::Completed, RunResult::Passed),
-        ValidationStatus::FailedValidation => (AttemptState::Completed, RunResult::Failed),
-        ValidationStatus::FailedRuntime => (AttemptState::Failed, RunResult::Error),
-        ValidationStatus::Cancelled => (AttemptState::Canceled, RunResult::Canceled),
-    }
+/// Records a callback for an attempt that has already ended.
+async fn ended(
+    state: &CallbackState,
+    attempt: &Attempt,
+    payload: &CallbackPayload,
+) -> Result<Response, CallbackError> {
+    let recorded_as = state
+        .store
+        .record_ended_callback(attempt.id, payload.callback_id.as_str(), Utc::now())
+        .await
+        .map_err(store_refusal)?;
+    tracing::info!(
+        recorded_as = recorded_as.as_str(),
+        "callback for a finished attempt"
+    );
+    Ok(outcome(recorded_as.as_str()))
 }
 
-fn key(prefix: &str, leaf: &str) -> Result<ObjectKey, CallbackError> {
-    ObjectKey::parse(format!("{prefix}/{leaf}")).map_err(internal)
+/// The attempt's `output.json` can never finalize it: the attempt ends `failed` with the
+/// reason (retried per the run's policy, in a fresh folder), and the callback is refused.
+async fn fail_unusable(
+    state: &CallbackState,
+    attempt: &Attempt,
+    reason: String,
+) -> Result<Response, CallbackError> {
+    let ended = state
+        .store
+        .end_attempt(EndAttempt {
+            attempt_id: attempt.id,
+            to: AttemptState::Failed,
+            reason: format!("its {reason}"),
+            exit_code: None,
+            log_tail: None,
+            retryable: true,
+            at: Utc::now(),
+        })
+        .await;
+    match ended {
+        Ok(outcome) => tracing::warn!(%reason, ?outcome, "unusable output ended the attempt"),
+        // Ended another way meanwhile (a cancel, the reconciler): that state stands.
+        Err(StoreError::Conflict { .. }) => {}
+        Err(e) => return Err(internal(e)),
+    }
+    Err(CallbackError::Rejected(reason))
+}
+
+fn outcome(recorded: &str) -> Response {
+    Json(json!({"outcome": recorded})).into_response()
+}
+
+fn store_refusal(e: StoreError) -> CallbackError {
+    match e {
+        StoreError::CallbackMismatch { .. } => {
+            CallbackError::Rejected("callback_id does not belong to this attempt".into())
+        }
+        StoreError::Conflict { current, .. } => {
+            CallbackError::Rejected(format!("the attempt is {current}, not running"))
+        }
+        other => internal(other),
+    }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
-use runway_core::config::CommonConfig;
+use runway_service::config::CommonConfig;
 
 /// Runway's callback service.
 #[derive(Debug, Clone, clap::Parser)]
@@ -51,7 +51,7 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// The verifier settings. A callback without an audience, an issuer or an allow-list would
     /// accept the wrong callers, so it refuses to start instead.
-    pub fn verifier_config(&self) -> anyhow::Result<runway_core::identity::VerifierConfig> {
+    pub fn verifier_config(&self) -> anyhow::Result<runway_identity::VerifierConfig> {
         let Some(audience) = self.audience.clone().filter(|a| !a.is_empty()) else {
             bail!(
                 "set RUNWAY_CALLBACK_AUDIENCE (the callback URL's origin) to start the callback service"
@@ -74,13 +74,13 @@ impl AuthConfig {
                 let (issuer, jwks_uri) = pair
                     .split_once('=')
                     .with_context(|| format!("trusted issuer {pair:?} must be ISSUER=JWKS_URI"))?;
-                Ok(runway_core::identity::TrustedIssuer {
+                Ok(runway_identity::TrustedIssuer {
                     issuer: issuer.to_owned(),
                     jwks_uri: jwks_uri.to_owned(),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(runway_core::identity::VerifierConfig {
+        Ok(runway_identity::VerifierConfig {
             trusted_issuers,
             audience,
             allowed_emails: self.allowed_callers.clone(),

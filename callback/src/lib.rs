@@ -8,8 +8,8 @@ pub mod config;
 use std::sync::Arc;
 
 use axum::Router;
-use runway_core::health::{self, Dependencies};
-use runway_core::identity::TokenVerifier;
+use runway_identity::TokenVerifier;
+use runway_service::health::{self, Dependencies};
 
 /// Everything the callback service's routes share.
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use runway_callback::{AppState, config::Config, router};
-use runway_core::identity::TokenVerifier;
-use runway_core::{health::Dependencies, server, telemetry};
+use runway_identity::TokenVerifier;
+use runway_service::{health::Dependencies, server, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

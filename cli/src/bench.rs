@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use runway_core::config::{CommonConfig, redact};
-use runway_core::store::{RunFilter, RunState};
+use runway_runs::{RunFilter, RunState};
+use runway_service::config::redact;
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -49,29 +49,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    let running = dev::start(DevConfig {
-        launcher_listen: "127.0.0.1:0".parse()?,
-        callback_listen: "127.0.0.1:0".parse()?,
-        local: runway_launcher::local::LocalArgs {
-            identity_listen: "127.0.0.1:0".parse()?,
-            mock_delay_ms: 0,
-            max_in_flight: args.max_in_flight,
-        },
-        launcher: runway_launcher::config::LauncherArgs {
-            validators_file: None,
-            nonce_key: None,
-        },
-        common: CommonConfig {
-            data_dir: dir.path().to_path_buf(),
-            database_url: Some(database.clone()),
-            storage_uri: None,
-            gcs_endpoint: None,
-            gcs_anonymous: false,
-            log_format: runway_core::telemetry::LogFormat::Text,
-            log_filter: None,
-        },
-    })
-    .await?;
+    let mut config = DevConfig::on_free_ports(dir.path());
+    config.local.mock_delay_ms = 0;
+    config.workers.max_in_flight = args.max_in_flight;
+    config.common.database_url = Some(database.clone());
+    let running = dev::start(config).await?;
     let model =
         STANDARD.encode(b"Version, 25.2;\nBuilding, Bench;\nOutput:SQLite, SimpleAndTabular;\n");
     let body = json!({

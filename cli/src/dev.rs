@@ -1,4 +1,4 @@
-//! The local all-in-one: launcher, dispatcher, mock backend, callback service and local
+//! The local all-in-one: launcher, dispatcher, reconciler, backends, callback service and local
 //! identity in one process on embedded defaults. `runway dev` runs it until Ctrl-C; end-to-end
 //! tests start it on port 0 against SQLite or PostgreSQL.
 //!
@@ -8,16 +8,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use runway_core::config::CommonConfig;
-use runway_core::health::Dependencies;
-use runway_core::identity::{TokenVerifier, TrustedIssuer, VerifierConfig, metadata_router};
-use runway_core::server;
-use runway_launcher::backends::Backend;
-use runway_launcher::config::LauncherArgs;
+use runway_identity::{TokenVerifier, TrustedIssuer, VerifierConfig, metadata_router};
+use runway_launcher::config::{LauncherArgs, WorkerArgs};
 use runway_launcher::local::{self, LocalArgs};
+use runway_launcher::workers::{RunningWorkers, WorkerConfig, Workers};
+use runway_service::config::CommonConfig;
+use runway_service::health::Dependencies;
+use runway_service::server;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,15 +30,44 @@ pub struct DevConfig {
     /// Callback service address.
     #[arg(long, env = "RUNWAY_CALLBACK_ADDR", default_value = "127.0.0.1:8081")]
     pub callback_listen: SocketAddr,
-    /// Local identity, mock backend and dispatcher settings.
+    /// Local identity and mock backend settings.
     #[command(flatten)]
     pub local: LocalArgs,
+    /// Dispatcher and reconciler settings.
+    #[command(flatten)]
+    pub workers: WorkerArgs,
     /// Validators and the callback nonce key.
     #[command(flatten)]
     pub launcher: LauncherArgs,
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,
+}
+
+impl DevConfig {
+    /// Every service on a free 127.0.0.1 port, state under `data_dir`, everything else as the
+    /// command line defaults it (tests and `runway bench` start from this).
+    pub fn on_free_ports(data_dir: &std::path::Path) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Args {
+            #[command(flatten)]
+            config: DevConfig,
+        }
+        let data_dir = data_dir.to_string_lossy();
+        Args::parse_from([
+            "runway-dev",
+            "--launcher-listen",
+            "127.0.0.1:0",
+            "--callback-listen",
+            "127.0.0.1:0",
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data_dir,
+        ])
+        .config
+    }
 }
 
 /// The all-in-one, running.
@@ -53,10 +81,10 @@ pub struct Running {
     pub identity_url: String,
     /// The run store (for tests' assertions).
     pub deps: Dependencies,
-    stop_dispatch: CancellationToken,
+    /// The workers as built (tests read the mock backend's counters and the reconciler).
+    pub workers: Arc<Workers>,
     stop_http: CancellationToken,
-    dispatcher: JoinHandle<()>,
-    backend: Arc<dyn Backend>,
+    running: RunningWorkers,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -68,7 +96,6 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         storage: common.open_storage().await?,
     };
     let registry = config.launcher.registry()?;
-    local::ensure_mock_only(&registry)?;
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
     let nonce_key = config.launcher.nonce_key(common)?;
@@ -97,15 +124,18 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     })?);
 
     let state = runway_launcher::AppState::new(deps.clone(), registry, nonce_key.clone());
-    let (dispatcher, backend) = local::mock_dispatcher(
+    let workers = Arc::new(Workers::build(
         &state,
-        &config.local,
-        identity_addr,
-        &format!("{callback_url}/v1/callbacks"),
-    )?;
+        &WorkerConfig {
+            callback_url: format!("{callback_url}/v1/callbacks"),
+            metadata_host: identity_addr,
+            workers: config.workers.clone(),
+            local: config.local.clone(),
+        },
+        config.workers.reconcile(),
+    )?);
 
     let stop_http = CancellationToken::new();
-    let stop_dispatch = CancellationToken::new();
     let serve = |listener, app| {
         tokio::spawn(server::serve(
             listener,
@@ -124,16 +154,15 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         ),
         serve(launcher, runway_launcher::router(state)),
     ];
-    let dispatcher = tokio::spawn(dispatcher.run_until_stopped(stop_dispatch.clone()));
+    let running = workers.start().await?;
     Ok(Running {
         launcher_url,
         callback_url,
         identity_url,
         deps,
-        stop_dispatch,
+        workers,
         stop_http,
-        dispatcher,
-        backend,
+        running,
         servers,
     })
 }
@@ -142,9 +171,7 @@ impl Running {
     /// Stops in the order that loses nothing: no new dispatches (in-flight ones finish), jobs
     /// finish and call back, then the servers stop (in-flight requests finish).
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.stop_dispatch.cancel();
-        self.dispatcher.await.context("dispatcher task")?;
-        self.backend.drain(Duration::from_secs(30)).await;
+        self.running.shutdown().await?;
         self.stop_http.cancel();
         for server in self.servers {
             server.await.context("server task")??;

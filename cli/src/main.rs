@@ -14,8 +14,8 @@ use clap::{Parser, Subcommand};
 use runway_cli::bench::{self, BenchArgs};
 use runway_cli::client::{self, ClientConfig, SubmitArgs};
 use runway_cli::dev::DevConfig;
-use runway_core::config::{CommonConfig, redact};
-use runway_core::{server, telemetry};
+use runway_service::config::{CommonConfig, redact};
+use runway_service::{server, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use runway_cli::dev::{self, DevConfig, Running};
-use runway_core::config::CommonConfig;
-use runway_core::identity::{IdTokenFetcher, LocalIssuer, LocalIssuerConfig};
-use runway_core::nonce::NonceKey;
-use runway_core::storage::{Body, ObjectKey};
-use runway_core::store::{AttemptId, AttemptState, RunFilter, RunId};
+use runway_identity::nonce::NonceKey;
+use runway_identity::{IdTokenFetcher, LocalIssuer, LocalIssuerConfig};
+use runway_runs::{AttemptId, AttemptState, RunFilter, RunId};
+use runway_storage::{Body, ObjectKey};
 use serde_json::{Value, json};
 
 const MODEL: &str = "Version, 25.2;\nBuilding, Box;\nOutput:SQLite, SimpleAndTabular;\n";
@@ -40,31 +39,15 @@ impl Db {
 }
 
 fn config(data_dir: &Path, db: &Db, mock_delay_ms: u64, validators: Option<&Path>) -> DevConfig {
-    DevConfig {
-        launcher_listen: "127.0.0.1:0".parse().expect("addr"),
-        callback_listen: "127.0.0.1:0".parse().expect("addr"),
-        local: runway_launcher::local::LocalArgs {
-            identity_listen: "127.0.0.1:0".parse().expect("addr"),
-            mock_delay_ms,
-            max_in_flight: 16,
-        },
-        launcher: runway_launcher::config::LauncherArgs {
-            validators_file: validators.map(Path::to_path_buf),
-            nonce_key: None,
-        },
-        common: CommonConfig {
-            data_dir: data_dir.to_path_buf(),
-            database_url: match db {
-                Db::Sqlite => None,
-                Db::Postgres(url) => Some(url.clone()),
-            },
-            storage_uri: None,
-            gcs_endpoint: None,
-            gcs_anonymous: false,
-            log_format: runway_core::telemetry::LogFormat::Text,
-            log_filter: None,
-        },
-    }
+    let mut config = DevConfig::on_free_ports(data_dir);
+    config.local.mock_delay_ms = mock_delay_ms;
+    config.workers.max_in_flight = 16;
+    config.launcher.validators_file = validators.map(Path::to_path_buf);
+    config.common.database_url = match db {
+        Db::Sqlite => None,
+        Db::Postgres(url) => Some(url.clone()),
+    };
+    config
 }
 
 struct System {
@@ -190,7 +173,7 @@ impl System {
     }
 
     /// The callback receipts recorded for an attempt.
-    async fn receipts(&self, attempt_id: &str) -> Vec<runway_core::store::CallbackReceipt> {
+    async fn receipts(&self, attempt_id: &str) -> Vec<runway_runs::CallbackReceipt> {
         self.running
             .deps
             .store
@@ -551,23 +534,26 @@ async fn tampered_outputs_are_rejected(db: &str) {
             "timing": {},
             "outputs": {"energyplus_returncode": 0, "execution_seconds": 1.0, "invocation_mode": "cli"},
         });
-        let expected_status = match case {
+        // An output at the attempt's own URI that fails verification can never finalize it
+        // (objects are create-only): the attempt ends `failed` and is retried. A callback that
+        // names another URI proves nothing about the attempt's output, which stays usable.
+        let unusable = match case {
             "wrong hash" => {
                 output["input_envelope_sha256"] = json!("0".repeat(64));
-                422
+                true
             }
             "wrong run" => {
                 output["run_id"] = json!(RunId::new().to_string());
-                422
+                true
             }
             "wrong uri" => {
                 payload["result_uri"] =
                     json!(output_uri.replace(&attempt_id, &AttemptId::new().to_string()));
-                422
+                false
             }
             _ => {
                 output["messages"] = json!([{"severity": "INFO", "text": "x".repeat(9 << 20)}]);
-                413
+                true
             }
         };
         storage
@@ -578,19 +564,34 @@ async fn tampered_outputs_are_rejected(db: &str) {
             .await
             .expect("write output");
         let (status, answer) = sys.post_callback(Some(&token), &payload).await;
-        assert_eq!(status, expected_status, "{case}: {answer}");
+        assert_eq!(status, 422, "{case}: {answer}");
         let (_, run) = sys.get(&format!("/v1/runs/{run_id}")).await;
-        assert_eq!(
-            run["state"], "running",
-            "{case}: the run must not finish: {run}"
+        assert_ne!(
+            run["state"], "completed",
+            "{case}: a refused output must not finish the run: {run}"
         );
+        let attempts = run["attempts"].as_array().expect("attempts");
+        if unusable {
+            assert_eq!(attempts[0]["state"], "failed", "{case}: {run}");
+            assert!(
+                attempts[0]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("output.json")),
+                "{case}: the reason is recorded: {run}"
+            );
+            assert_eq!(attempts.len(), 2, "{case}: a retry is queued: {run}");
+            assert_eq!(attempts[1]["state"], "pending", "{case}: {run}");
+        } else {
+            assert_eq!(attempts.len(), 1, "{case}: {run}");
+            assert_eq!(attempts[0]["state"], "running", "{case}: {run}");
+        }
         let receipts = sys.receipts(&attempt_id).await;
         assert!(
             receipts.iter().any(|r| r.outcome.as_str() == "rejected"),
             "{case}: {receipts:?}"
         );
     }
-    // Shutdown waits for the slow jobs, whose callbacks are rejected against the planted outputs.
+    // Shutdown waits for the slow jobs, whose callbacks meet the planted outputs.
     sys.shutdown().await;
 }
 
@@ -609,7 +610,7 @@ async fn concurrency_caps_are_honoured(db: &str) {
             .running
             .deps
             .store
-            .attempts_in_states(AttemptState::ACTIVE, 100)
+            .attempts_in_states(AttemptState::ACTIVE, None, 100)
             .await
             .expect("active")
             .len();

@@ -101,6 +101,28 @@ pub(crate) fn from_value_at<T: DeserializeOwned>(
     })
 }
 
+/// Parses JSON text into `T`, prefixing error paths with `prefix` (the text's place in a larger
+/// document), without building an untyped tree first.
+pub(crate) fn from_str_at<T: DeserializeOwned>(
+    what: &'static str,
+    prefix: &str,
+    text: &str,
+) -> Result<T, ContractError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = if inner == "." {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{inner}")
+        };
+        ContractError::invalid(what, path, strip_position(e.into_inner().to_string()))
+    })?;
+    de.end()
+        .map_err(|e| ContractError::invalid(what, prefix, e.to_string()))?;
+    Ok(value)
+}
+
 /// serde_json appends " at line L column C"; the field path already says where.
 fn strip_position(message: String) -> String {
     match message.rfind(" at line ") {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::canonical;
 use crate::energyplus::EnergyPlusInputs;
 use crate::enums::{MimeType, ValidatorType};
-use crate::error::{ContractError, from_value_at, parse_json};
+use crate::error::{ContractError, from_str_at, from_value_at, parse_json};
 use crate::fmu::FmuInputs;
 use crate::values::{
     CallbackNonce, HttpUrl, NonEmpty, PortKey, SafeName, Sha256Hex, StorageUri, StorageVersion,
@@ -289,6 +289,28 @@ impl ValidatorInputs {
             (ValidatorType::Fmu, Some(v)) => from_value_at(what, "inputs", v).map(Self::Fmu),
             (_, None) => Ok(Self::Other(Map::new())),
             (_, Some(v)) => from_value_at(what, "inputs", v).map(Self::Other),
+        }
+    }
+
+    /// As [`parse`](Self::parse), from JSON text (e.g. a stored run spec's `inputs`), straight
+    /// into the typed form.
+    pub fn parse_text(
+        what: &'static str,
+        kind: ValidatorType,
+        text: Option<&str>,
+    ) -> Result<Self, ContractError> {
+        match (kind, text) {
+            (ValidatorType::Energyplus | ValidatorType::Fmu, None) => Err(ContractError::invalid(
+                what,
+                "inputs",
+                format!("required for a {kind} validator"),
+            )),
+            (ValidatorType::Energyplus, Some(t)) => {
+                from_str_at(what, "inputs", t).map(Self::EnergyPlus)
+            }
+            (ValidatorType::Fmu, Some(t)) => from_str_at(what, "inputs", t).map(Self::Fmu),
+            (_, None) => Ok(Self::Other(Map::new())),
+            (_, Some(t)) => from_str_at(what, "inputs", t).map(Self::Other),
         }
     }
 

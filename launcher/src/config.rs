@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use runway_core::config::CommonConfig;
-use runway_core::nonce::NonceKey;
+use runway_identity::nonce::NonceKey;
+use runway_service::config::CommonConfig;
 
 use crate::registry::Registry;
 
@@ -28,9 +28,13 @@ pub struct Config {
     )]
     pub callback_url: String,
 
-    /// Local identity, mock backend and dispatcher settings.
+    /// Local identity and mock backend settings.
     #[command(flatten)]
     pub local: crate::local::LocalArgs,
+
+    /// Dispatcher and reconciler settings.
+    #[command(flatten)]
+    pub workers: WorkerArgs,
 
     /// Run store, object storage and logging.
     #[command(flatten)]
@@ -55,6 +59,46 @@ pub struct LauncherArgs {
         value_parser = parse_nonce_key
     )]
     pub nonce_key: Option<NonceKey>,
+}
+
+/// How the dispatcher and the reconciler run, flattened into `runway-launcher` and `runway dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Most dispatches in flight at once.
+    #[arg(long, env = "RUNWAY_DISPATCH_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Seconds between reconciler passes.
+    #[arg(long, env = "RUNWAY_RECONCILE_INTERVAL_SECONDS", default_value_t = 5)]
+    pub reconcile_interval_seconds: u64,
+    /// Seconds a job may have ended before its missing callback is given up on and its output
+    /// salvaged (or the attempt failed).
+    #[arg(long, env = "RUNWAY_RECONCILE_GRACE_SECONDS", default_value_t = 10)]
+    pub reconcile_grace_seconds: u64,
+    /// Most backend reads (observe, find, cancel) per reconciler pass.
+    #[arg(long, env = "RUNWAY_RECONCILE_READ_BUDGET", default_value_t = 100)]
+    pub reconcile_read_budget: usize,
+    /// Seconds an ambiguous launch's job may take to appear before the launch is taken to have
+    /// started nothing (and the attempt is retried).
+    #[arg(long, env = "RUNWAY_LAUNCH_SETTLE_SECONDS", default_value_t = 120)]
+    pub launch_settle_seconds: u64,
+    /// Seconds an attempt may stay `dispatching` before its dispatcher is taken to be lost.
+    #[arg(long, env = "RUNWAY_DISPATCH_STALE_SECONDS", default_value_t = 600)]
+    pub dispatch_stale_seconds: u64,
+}
+
+impl WorkerArgs {
+    /// The reconciler's settings.
+    pub fn reconcile(&self) -> crate::reconcile::ReconcileSettings {
+        use std::time::Duration;
+        crate::reconcile::ReconcileSettings {
+            interval: Duration::from_secs(self.reconcile_interval_seconds.max(1)),
+            grace: Duration::from_secs(self.reconcile_grace_seconds),
+            read_budget: self.reconcile_read_budget.max(1),
+            launch_settle: Duration::from_secs(self.launch_settle_seconds),
+            dispatch_stale: Duration::from_secs(self.dispatch_stale_seconds.max(1)),
+            ..crate::reconcile::ReconcileSettings::default()
+        }
+    }
 }
 
 fn parse_nonce_key(text: &str) -> Result<NonceKey, String> {

@@ -1,40 +1,45 @@
-//! The dispatcher: claims due attempts, writes their input envelopes and starts their jobs.
+//! The dispatcher: claims due attempts, writes their input envelopes and starts their jobs on
+//! their validators' backends.
 //!
 //! One loop per launcher process ([`Dispatcher::run_until_stopped`]): it wakes on new work (an
 //! in-process [`Notify`]) or on a polling interval, claims as many due attempts as it has room
-//! for (the store enforces per-validator concurrency caps atomically), and dispatches each on
-//! its own task, at most `max_in_flight` at once. Dispatching an attempt is:
+//! for (the store enforces per-validator concurrency caps atomically, and hands back each
+//! attempt with its run, so dispatching reads nothing more), and dispatches each on its own
+//! task, at most `max_in_flight` at once. Dispatching an attempt is:
 //!
-//! 1. build its input envelope from the run (deterministic: the nonce is derived);
-//! 2. write `input.json` create-only (an identical existing object is accepted, so a repeated
+//! 1. for a retry the store made, record the commitment of its derived callback nonce;
+//! 2. build its input envelope from the run spec (deterministic: the nonce is derived);
+//! 3. write `input.json` create-only (an identical existing object is accepted, so a repeated
 //!    dispatch is harmless; a different one is an error);
-//! 3. ask the backend to start the job;
-//! 4. record the outcome: `running` with the backend's handle, a retry or a failed run for a
-//!    refused launch, `unknown` for an ambiguous one.
+//! 4. build the [`JobSpec`] and ask the validator's backend to start the job;
+//! 5. record the outcome: `running` with the backend's reference and the deadline, a retry or
+//!    a failed run for a refused launch, `unknown` for an ambiguous one (the reconciler
+//!    resolves it).
 //!
 //! No storage or backend I/O happens inside a store transaction. On shutdown the loop stops
 //! claiming and waits for in-flight dispatches, so none is left half-done.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{TimeDelta, Utc};
-use runway_contract::{HttpUrl, InputEnvelope};
-use runway_core::nonce::{NonceKey, new_callback_id};
-use runway_core::storage::{Body, ObjectStore, StorageError};
-use runway_core::store::{
-    AfterEnd, Attempt, AttemptId, AttemptState, EndAttempt, MarkRunning, NewAttempt, RunId,
-    RunStore, StoreError,
+use chrono::TimeDelta;
+use runway_contract::HttpUrl;
+use runway_identity::nonce::NonceKey;
+use runway_runs::{
+    Attempt, AttemptState, BackendRef, Claimed, EndAttempt, MarkRunning, Run, RunStore, StoreError,
 };
+use runway_storage::{Body, ObjectStore, StorageError};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backends::{Backend, LaunchError, LaunchRequest};
+use crate::backends::{Backend, Backends, JobSpec, LaunchError};
+use crate::clock::Clock;
 use crate::envelope;
-use crate::registry::Registry;
+use crate::registry::{Registry, ValidatorConfig};
 use crate::spec::RunSpec;
 
 /// How the dispatcher behaves.
@@ -46,19 +51,28 @@ pub struct DispatchSettings {
     pub max_in_flight: usize,
     /// How often to look for due work when nothing wakes the loop.
     pub poll_interval: Duration,
-    /// Backoff before a retry of a failed launch.
-    pub retry_backoff: Duration,
     /// How long shutdown waits for in-flight dispatches.
     pub drain_timeout: Duration,
+    /// Variables added to every job's environment (in local modes, where the metadata server
+    /// is).
+    pub job_env: BTreeMap<String, String>,
 }
 
 /// An attempt ready to launch: its envelope is written.
 #[derive(Debug)]
 struct Prepared {
-    run_id: RunId,
-    timeout_seconds: u32,
-    envelope: InputEnvelope,
-    input_uri: String,
+    validator: ValidatorConfig,
+    backend: Arc<dyn Backend>,
+    job: JobSpec,
+}
+
+/// Why an attempt could not be prepared.
+#[derive(Debug)]
+enum NotPrepared {
+    /// Retrying may help (storage unreachable).
+    Retryable(anyhow::Error),
+    /// It cannot run as it is (validator gone, unreadable spec, another nonce key).
+    Permanent(anyhow::Error),
 }
 
 /// Claims and dispatches attempts.
@@ -67,32 +81,45 @@ pub struct Dispatcher {
     store: Arc<dyn RunStore>,
     storage: Arc<dyn ObjectStore>,
     registry: Arc<Registry>,
-    backend: Arc<dyn Backend>,
+    backends: Backends,
     nonce_key: NonceKey,
     wake: Arc<Notify>,
+    clock: Arc<dyn Clock>,
     settings: DispatchSettings,
     permits: Arc<Semaphore>,
 }
 
+/// What a dispatcher is built from.
+#[derive(Debug, Clone)]
+pub struct DispatcherParts {
+    /// The run store.
+    pub store: Arc<dyn RunStore>,
+    /// Object storage.
+    pub storage: Arc<dyn ObjectStore>,
+    /// The validators.
+    pub registry: Arc<Registry>,
+    /// Their backends.
+    pub backends: Backends,
+    /// Derives callback nonces.
+    pub nonce_key: NonceKey,
+    /// Notified when new work is due.
+    pub wake: Arc<Notify>,
+    /// What time it is.
+    pub clock: Arc<dyn Clock>,
+}
+
 impl Dispatcher {
     /// A dispatcher over these parts.
-    pub fn new(
-        store: Arc<dyn RunStore>,
-        storage: Arc<dyn ObjectStore>,
-        registry: Arc<Registry>,
-        backend: Arc<dyn Backend>,
-        nonce_key: NonceKey,
-        wake: Arc<Notify>,
-        settings: DispatchSettings,
-    ) -> Self {
+    pub fn new(parts: DispatcherParts, settings: DispatchSettings) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
-            store,
-            storage,
-            registry,
-            backend,
-            nonce_key,
-            wake,
+            store: parts.store,
+            storage: parts.storage,
+            registry: parts.registry,
+            backends: parts.backends,
+            nonce_key: parts.nonce_key,
+            wake: parts.wake,
+            clock: parts.clock,
             settings,
         }
     }
@@ -142,18 +169,21 @@ impl Dispatcher {
         }
         let claimed = self
             .store
-            .claim_due(Utc::now(), room as u32, &self.registry.caps())
+            .claim_due(self.clock.now(), room as u32, &self.registry.caps())
             .await
             .context("claim_due")?;
         let count = claimed.len();
-        for attempt in claimed {
+        for claimed in claimed {
             let permit = self.permits.clone().acquire_owned().await?;
             let this = self.clone();
-            let span =
-                tracing::info_span!("dispatch", run.id = %attempt.run_id, attempt.id = %attempt.id);
+            let span = tracing::info_span!(
+                "dispatch",
+                run.id = %claimed.run.id,
+                attempt.id = %claimed.attempt.id
+            );
             in_flight.spawn(
                 async move {
-                    if let Err(e) = this.dispatch(attempt).await {
+                    if let Err(e) = this.dispatch(claimed).await {
                         tracing::error!(error = %format!("{e:#}"), "dispatch failed");
                     }
                     drop(permit);
@@ -173,79 +203,102 @@ impl Dispatcher {
     }
 
     /// Dispatches one claimed attempt.
-    async fn dispatch(&self, attempt: Attempt) -> anyhow::Result<()> {
-        let prepared = match self.prepare(&attempt).await {
-            Ok(Some(prepared)) => prepared,
-            Ok(None) => return Ok(()),
+    async fn dispatch(&self, Claimed { attempt, run }: Claimed) -> anyhow::Result<()> {
+        let prepared = match self.prepare(&attempt, &run).await {
+            Ok(prepared) => prepared,
             // Nothing was launched: end the attempt (retried while attempts remain) rather than
             // leave it claimed with no one to finish it.
-            Err(e) => {
+            Err(NotPrepared::Retryable(e)) => {
                 return self
                     .fail(&attempt, &format!("could not prepare the job: {e:#}"), true)
                     .await;
             }
+            Err(NotPrepared::Permanent(e)) => {
+                return self
+                    .fail(&attempt, &format!("cannot run this attempt: {e:#}"), false)
+                    .await;
+            }
         };
         let Prepared {
-            run_id,
-            timeout_seconds,
-            envelope,
-            input_uri,
+            validator,
+            backend,
+            job,
         } = prepared;
-        let launched = self
-            .backend
-            .launch(LaunchRequest {
-                run_id,
-                attempt_id: attempt.id,
-                input_uri,
-                envelope: Arc::new(envelope),
-            })
-            .await;
-        match launched {
-            Ok(launched) => {
-                let deadline = Utc::now() + TimeDelta::seconds(i64::from(timeout_seconds));
-                match self
-                    .store
+        let launched = backend.launch(&job).await;
+        let accepted = match launched {
+            Ok(id) => {
+                self.store
                     .mark_running(MarkRunning {
                         attempt_id: attempt.id,
-                        backend_ref: Some(launched.backend_ref),
-                        deadline_at: Some(deadline),
-                        at: Utc::now(),
+                        backend: BackendRef {
+                            kind: backend.kind(),
+                            id,
+                        },
+                        deadline_at: Some(job.deadline),
+                        at: self.clock.now(),
                     })
                     .await
-                {
-                    // A fast job may have called back (and finished the attempt) already.
-                    Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
-                    Err(e) => Err(e).context("mark_running"),
-                }
             }
             Err(LaunchError::Ambiguous(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), validator = %validator.id, "launch outcome unknown");
                 self.store
-                    .mark_unknown(attempt.id, &format!("{e:#}"))
+                    .mark_unknown(attempt.id, &format!("{e:#}"), Some(job.deadline))
                     .await
-                    .context("mark_unknown")?;
-                Ok(())
             }
-            Err(e @ LaunchError::Retryable(_)) => self.fail(&attempt, &e.to_string(), true).await,
-            Err(e @ LaunchError::Permanent(_)) => self.fail(&attempt, &e.to_string(), false).await,
+            Err(e @ LaunchError::Retryable(_)) => {
+                return self.fail(&attempt, &e.to_string(), true).await;
+            }
+            Err(e @ LaunchError::Permanent(_)) => {
+                return self.fail(&attempt, &e.to_string(), false).await;
+            }
+        };
+        match accepted {
+            // A fast job may have called back (and finished the attempt) already.
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e).context("recording the launch"),
         }
     }
 
-    /// Builds and writes the attempt's input envelope. `None` when the attempt was ended
-    /// instead (its validator is no longer configured).
-    async fn prepare(&self, attempt: &Attempt) -> anyhow::Result<Option<Prepared>> {
-        let run = self
-            .store
-            .get_run(attempt.run_id)
-            .await?
-            .with_context(|| format!("run {} of a claimed attempt is missing", attempt.run_id))?
-            .run;
-        let spec: RunSpec = serde_json::from_value(run.spec.clone())
-            .with_context(|| format!("run {} has an unreadable spec", run.id))?;
-        let Some(validator) = self.registry.get(&spec.validator.id) else {
-            self.fail(attempt, "the validator is no longer configured", false)
-                .await?;
-            return Ok(None);
-        };
+    /// Records the nonce commitment if the store made this attempt, builds and writes its input
+    /// envelope, and builds its job.
+    async fn prepare(&self, attempt: &Attempt, run: &Run) -> Result<Prepared, NotPrepared> {
+        let spec = RunSpec::from_json(&run.spec)
+            .with_context(|| format!("run {}", run.id))
+            .map_err(NotPrepared::Permanent)?;
+        let validator = self
+            .registry
+            .get(&spec.validator.id)
+            .with_context(|| format!("validator {:?} is no longer configured", spec.validator.id))
+            .map_err(NotPrepared::Permanent)?
+            .clone();
+        let backend = self
+            .backends
+            .for_validator(&validator)
+            .with_context(|| format!("the {} backend is not built", validator.backend))
+            .map_err(NotPrepared::Permanent)?
+            .clone();
+
+        let commitment = self
+            .nonce_key
+            .commitment_for(&attempt.id.to_string())
+            .to_string();
+        match attempt.callback_nonce_sha256.as_deref() {
+            Some(stored) if stored == commitment => {}
+            Some(_) => {
+                return Err(NotPrepared::Permanent(anyhow::anyhow!(
+                    "the attempt was created under another callback nonce key \
+                     (RUNWAY_CALLBACK_NONCE_KEY differs between launcher replicas or restarts)"
+                )));
+            }
+            None => {
+                self.store
+                    .commit_nonce(attempt.id, &commitment)
+                    .await
+                    .context("recording the callback nonce commitment")
+                    .map_err(NotPrepared::Retryable)?;
+            }
+        }
+
         let envelope = envelope::input_envelope(
             run.id,
             &spec,
@@ -253,9 +306,16 @@ impl Dispatcher {
             self.storage.as_ref(),
             &self.nonce_key,
             &self.settings.callback_url,
-        )?;
-        let bytes = envelope.to_json()?;
-        let key = envelope::attempt_key(attempt, "input.json")?;
+        )
+        .map_err(NotPrepared::Permanent)?;
+        let bytes = envelope
+            .to_json()
+            .context("the input envelope")
+            .map_err(NotPrepared::Permanent)?;
+        let key = attempt
+            .paths()
+            .map_err(|e| NotPrepared::Permanent(e.into()))?
+            .input();
         let input_uri = self.storage.uri_for(&key);
         match self.storage.put_new(&key, Body::from(bytes.clone())).await {
             Ok(_) => {}
@@ -263,56 +323,54 @@ impl Dispatcher {
                 let existing = self
                     .storage
                     .read_bytes(&input_uri, bytes.len() as u64 + 1)
-                    .await?;
-                anyhow::ensure!(
-                    existing == bytes,
-                    "{input_uri} already exists with other content"
-                );
+                    .await
+                    .context("reading the existing input.json")
+                    .map_err(NotPrepared::Retryable)?;
+                if existing != bytes {
+                    return Err(NotPrepared::Permanent(anyhow::anyhow!(
+                        "{input_uri} already exists with other content"
+                    )));
+                }
             }
-            Err(e) => return Err(e).context("cannot write input.json"),
+            Err(e) => {
+                return Err(NotPrepared::Retryable(
+                    anyhow::Error::new(e).context("cannot write input.json"),
+                ));
+            }
         }
-        Ok(Some(Prepared {
-            run_id: run.id,
-            timeout_seconds: validator.timeout_seconds,
-            envelope,
-            input_uri,
-        }))
+        let deadline = self.clock.now() + TimeDelta::seconds(i64::from(validator.timeout_seconds));
+        let job = JobSpec::new(
+            &validator,
+            Arc::new(envelope),
+            run.id,
+            attempt.id,
+            &input_uri,
+            deadline,
+            &self.settings.job_env,
+        );
+        Ok(Prepared {
+            validator,
+            backend,
+            job,
+        })
     }
 
-    /// Ends a claimed attempt that could not be launched: retried (with backoff) when that may
-    /// help and attempts remain, otherwise the run completes with `error`.
-    async fn fail(&self, attempt: &Attempt, error: &str, retryable: bool) -> anyhow::Result<()> {
-        let then = if retryable {
-            let id = AttemptId::new();
-            AfterEnd::Retry(NewAttempt {
-                id,
-                not_before: Utc::now()
-                    + TimeDelta::from_std(self.settings.retry_backoff).unwrap_or(TimeDelta::zero()),
-                storage_prefix: sibling_prefix(&attempt.storage_prefix, &id.to_string()),
-                callback_id: new_callback_id(),
-                callback_nonce_sha256: self.nonce_key.commitment_for(&id.to_string()).to_string(),
-            })
-        } else {
-            AfterEnd::CompleteRun
-        };
+    /// Ends a claimed attempt that could not be launched: retried (with the run's backoff) when
+    /// that may help and attempts remain, otherwise the run completes with `error`.
+    async fn fail(&self, attempt: &Attempt, reason: &str, retryable: bool) -> anyhow::Result<()> {
+        tracing::warn!(%reason, retryable, "attempt not launched");
         self.store
             .end_attempt(EndAttempt {
                 attempt_id: attempt.id,
                 to: AttemptState::Failed,
-                error: Some(error.to_owned()),
-                at: Utc::now(),
-                then,
+                reason: reason.to_owned(),
+                exit_code: None,
+                log_tail: None,
+                retryable,
+                at: self.clock.now(),
             })
             .await
             .context("end_attempt")?;
         Ok(())
-    }
-}
-
-/// `runs/o/r/attempts/<old>` → `runs/o/r/attempts/<new>`.
-fn sibling_prefix(prefix: &str, attempt_id: &str) -> String {
-    match prefix.rsplit_once('/') {
-        Some((parent, _)) => format!("{parent}/{attempt_id}"),
-        None => attempt_id.to_owned(),
     }
 }

@@ -1,25 +1,15 @@
-//! Building an attempt's input envelope from its run, and where an attempt's objects live.
-//!
-//! Layout under the storage base: `runs/<org>/<run>/attempts/<attempt>/` holds `input.json`
-//! and `output.json` (the run's input files sit beside, under `runs/<org>/<run>/files/`).
+//! Building an attempt's input envelope from its run spec. Where its objects live is the
+//! storage layout's business ([`runway_storage::layout`]).
 
 use runway_contract::{
     AttemptContractVersion, ExecutionContext, HttpUrl, InputEnvelope, InputSchemaVersion, NonEmpty,
     StorageUri,
 };
-use runway_core::nonce::NonceKey;
-use runway_core::storage::{ObjectKey, ObjectStore};
-use runway_core::store::{Attempt, RunId};
+use runway_identity::nonce::NonceKey;
+use runway_runs::{Attempt, RunId};
+use runway_storage::{ObjectKey, ObjectStore};
 
 use crate::spec::RunSpec;
-
-/// The key of an object in an attempt's folder.
-pub fn attempt_key(attempt: &Attempt, leaf: &str) -> anyhow::Result<ObjectKey> {
-    Ok(ObjectKey::parse(format!(
-        "{}/{leaf}",
-        attempt.storage_prefix
-    ))?)
-}
 
 /// The input envelope of `attempt`. Deterministic: the nonce is derived from the attempt id,
 /// so dispatching the same attempt twice produces the same bytes.
@@ -32,25 +22,22 @@ pub fn input_envelope(
     callback_url: &HttpUrl,
 ) -> anyhow::Result<InputEnvelope> {
     let nonce = nonce_key.nonce_for(&attempt.id.to_string());
-    let uri = |leaf: Option<&str>| -> anyhow::Result<StorageUri> {
-        let key = match leaf {
-            Some(leaf) => attempt_key(attempt, leaf)?,
-            None => ObjectKey::parse(attempt.storage_prefix.clone())?,
-        };
-        StorageUri::parse(storage.uri_for(&key)).map_err(|e| anyhow::anyhow!("{e}"))
+    let paths = attempt.paths()?;
+    let uri = |key: &ObjectKey| -> anyhow::Result<StorageUri> {
+        StorageUri::parse(storage.uri_for(key)).map_err(|e| anyhow::anyhow!("{e}"))
     };
     let context = ExecutionContext {
         execution_attempt_id: NonEmpty::parse(attempt.id.to_string())
             .map_err(anyhow::Error::msg)?,
         step_run_id: NonEmpty::parse(run_id.to_string()).map_err(anyhow::Error::msg)?,
         attempt_contract_version: AttemptContractVersion,
-        expected_output_uri: uri(Some("output.json"))?,
+        expected_output_uri: uri(&paths.output())?,
         callback_id: Some(attempt.callback_id.clone()),
         callback_nonce_commitment: Some(nonce.commitment()),
         callback_nonce: Some(nonce),
         callback_url: Some(callback_url.clone()),
         skip_callback: false,
-        execution_bundle_uri: uri(None)?,
+        execution_bundle_uri: uri(paths.root())?,
         timeout_seconds: i64::from(run.timeout_seconds),
         tags: run.tags.clone(),
     };
@@ -62,7 +49,7 @@ pub fn input_envelope(
         workflow: run.workflow.clone(),
         input_files: run.input_files(),
         resource_files: Vec::new(),
-        inputs: run.typed_inputs()?,
+        inputs: run.inputs.clone(),
         context,
     })
 }

@@ -1,36 +1,44 @@
 //! Runway's launcher: the web app's entry point. It accepts runs (`POST /v1/runs`), stores them
 //! with their first attempt and their input files, and serves their state; the dispatcher (woken
-//! through [`AppState::wake`]) takes it from there.
+//! through [`AppState::wake`]) starts their jobs and the reconciler closes every attempt whose
+//! callback will not come.
 //!
 //! - [`api`]: the HTTP run API, its errors and its OpenAPI document.
 //! - [`dispatch`]: claims due attempts, writes their input envelopes, starts their jobs.
-//! - [`backends`]: where jobs run (the mock backend so far).
-//! - [`envelope`]: an attempt's input envelope and storage layout.
-//! - [`local`]: local modes: the launcher's identity issuer and the mock backend.
+//! - [`reconcile`]: observes jobs; salvages, fails, retries, times out and cancels attempts.
+//! - [`backends`]: where jobs run, and the contract every backend keeps.
+//! - [`workers`]: builds the backends, the dispatcher and the reconciler once, and stops them.
+//! - [`envelope`]: an attempt's input envelope.
+//! - [`local`]: local modes: the launcher's identity issuer and the mock backend's settings.
 //! - [`registry`]: which validators exist and how they run.
 //! - [`spec`]: the run spec stored with each run, read back by the dispatcher.
+//! - [`clock`]: what time it is (a manual clock in tests).
 //! - [`config`]: flags and environment variables.
 
 pub mod api;
 pub mod backends;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
 pub mod local;
+pub mod reconcile;
 pub mod registry;
 pub mod spec;
+pub mod workers;
 
 use std::sync::Arc;
 
-use runway_core::health::Dependencies;
-use runway_core::nonce::NonceKey;
+use runway_identity::nonce::NonceKey;
+use runway_service::health::Dependencies;
 use tokio::sync::Notify;
 
 pub use api::router;
+pub use clock::{Clock, SystemClock};
 pub use registry::Registry;
 pub use spec::RunSpec;
 
-/// Everything the launcher's routes (and its dispatcher) share. Cheap to clone.
+/// Everything the launcher's routes (and its workers) share. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// Run store and object storage.
@@ -41,16 +49,29 @@ pub struct AppState {
     pub nonce_key: NonceKey,
     /// Notified whenever a new attempt becomes due; the dispatcher waits on it.
     pub wake: Arc<Notify>,
+    /// What time it is.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl AppState {
-    /// State over `deps` with a fresh wake-up signal.
+    /// State over `deps` with a fresh wake-up signal, on the system clock.
     pub fn new(deps: Dependencies, registry: Registry, nonce_key: NonceKey) -> Self {
+        Self::with_clock(deps, registry, nonce_key, Arc::new(SystemClock))
+    }
+
+    /// As [`AppState::new`], telling time by `clock`.
+    pub fn with_clock(
+        deps: Dependencies,
+        registry: Registry,
+        nonce_key: NonceKey,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             deps,
             registry: Arc::new(registry),
             nonce_key,
             wake: Arc::new(Notify::new()),
+            clock,
         }
     }
 }

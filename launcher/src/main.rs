@@ -1,14 +1,13 @@
-//! `runway-launcher`: config → telemetry → state → serve the API, the local identity and the
-//! dispatcher until SIGINT/SIGTERM, then stop without losing work (no new dispatches, jobs
-//! finish, servers drain).
-
-use std::time::Duration;
+//! `runway-launcher`: config → telemetry → state → serve the API and the local identity, run
+//! the dispatcher and the reconciler until SIGINT/SIGTERM, then stop without losing work (no
+//! new dispatches, jobs finish, servers drain).
 
 use anyhow::Context;
 use clap::Parser;
-use runway_core::identity::metadata_router;
-use runway_core::{health::Dependencies, server, telemetry};
+use runway_identity::metadata_router;
+use runway_launcher::workers::{WorkerConfig, Workers};
 use runway_launcher::{AppState, config::Config, local, router};
+use runway_service::{health::Dependencies, server, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -19,7 +18,6 @@ async fn main() -> anyhow::Result<()> {
         config.common.log_filter.as_deref(),
     );
     let registry = config.launcher.registry()?;
-    local::ensure_mock_only(&registry)?;
     let nonce_key = config.launcher.nonce_key(&config.common)?;
     let deps = Dependencies {
         store: config.common.open_store().await?,
@@ -39,8 +37,16 @@ async fn main() -> anyhow::Result<()> {
     let identity_addr = identity.local_addr()?;
     let issuer = local::local_issuer(&config.common.data_dir, &format!("http://{identity_addr}"))?;
     let state = AppState::new(deps, registry, nonce_key);
-    let (dispatcher, backend) =
-        local::mock_dispatcher(&state, &config.local, identity_addr, &config.callback_url)?;
+    let workers = Workers::build(
+        &state,
+        &WorkerConfig {
+            callback_url: config.callback_url.clone(),
+            metadata_host: identity_addr,
+            workers: config.workers.clone(),
+            local: config.local.clone(),
+        },
+        config.workers.reconcile(),
+    )?;
     tracing::info!(
         addr = %listener.local_addr()?,
         identity = %identity_addr,
@@ -49,7 +55,6 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let stop_http = CancellationToken::new();
-    let stop_dispatch = CancellationToken::new();
     let api = tokio::spawn(server::serve(
         listener,
         router(state),
@@ -60,11 +65,9 @@ async fn main() -> anyhow::Result<()> {
         metadata_router(issuer),
         stop_http.clone().cancelled_owned(),
     ));
-    let dispatching = tokio::spawn(dispatcher.run_until_stopped(stop_dispatch.clone()));
+    let running = workers.start().await?;
     server::shutdown_signal().await;
-    stop_dispatch.cancel();
-    dispatching.await.context("dispatcher task")?;
-    backend.drain(Duration::from_secs(30)).await;
+    running.shutdown().await?;
     stop_http.cancel();
     api.await.context("API task")??;
     ids.await.context("identity task")??;

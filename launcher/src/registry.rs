@@ -9,59 +9,33 @@
 //! {"validators": [
 //!   {"id": "energyplus", "type": "ENERGYPLUS", "version": "25.2", "backend": "cloud_run",
 //!    "job_name": "projects/p/locations/r/jobs/energyplus", "timeout_seconds": 3600,
-//!    "max_concurrency": 10, "max_attempts": 3}
+//!    "max_concurrency": 10, "max_attempts": 3, "retry_backoff_seconds": 5,
+//!    "retry_backoff_max_seconds": 300, "limits": {"cpus": 2, "memory_mb": 4096, "pids": 512}}
 //! ]}
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use runway_contract::ValidatorType;
+pub use runway_runs::BackendKind;
+use runway_runs::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
 /// The default number of attempts per run.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The default job deadline, in seconds.
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 3600;
+/// The default wait before the first retry, in seconds (doubling for each later one).
+pub const DEFAULT_RETRY_BACKOFF_SECONDS: u32 = 5;
+/// The default longest wait between retries, in seconds.
+pub const DEFAULT_RETRY_BACKOFF_MAX_SECONDS: u32 = 300;
 /// Longest validator id (ids are also storage-key-safe).
 pub const MAX_ID_LEN: usize = 128;
 
-/// Where a validator's jobs run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    /// In-process mock (local development, tests).
-    Mock,
-    /// `validator-runner` as a child process.
-    Process,
-    /// A local Docker container (needs `image`).
-    Docker,
-    /// A Cloud Run Job (needs `job_name`).
-    CloudRun,
-}
-
-impl BackendKind {
-    /// The configuration spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mock => "mock",
-            Self::Process => "process",
-            Self::Docker => "docker",
-            Self::CloudRun => "cloud_run",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// One validator this launcher can run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidatorConfig {
     /// The id clients name in `POST /v1/runs` (1–128 of `[A-Za-z0-9._-]`).
@@ -85,9 +59,77 @@ pub struct ValidatorConfig {
     /// At most this many active attempts at once; absent means uncapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
-    /// Attempts per run, retries included (at least 1).
+    /// Attempts per run, retries included (at least 1). Launch errors, lost jobs and jobs
+    /// that end without a usable output are retried; validation failures never are.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// The wait before the first retry, in seconds; it doubles for each later retry, with
+    /// jitter (each wait is between half and all of its step).
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff_seconds: u32,
+    /// The longest wait between retries, in seconds.
+    #[serde(default = "default_retry_backoff_max")]
+    pub retry_backoff_max_seconds: u32,
+    /// Resource limits of one job.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Resource limits of one job (applied by the backends that can: Docker, Cloud Run's task
+/// size, the process backend's limits).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CPUs (fractions allowed).
+    #[serde(default = "default_cpus")]
+    pub cpus: f64,
+    /// Memory, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// Most processes (and threads) at once.
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            cpus: default_cpus(),
+            memory_mb: default_memory_mb(),
+            pids: default_pids(),
+        }
+    }
+}
+
+fn default_cpus() -> f64 {
+    1.0
+}
+
+fn default_memory_mb() -> u32 {
+    2048
+}
+
+fn default_pids() -> u32 {
+    256
+}
+
+fn default_retry_backoff() -> u32 {
+    DEFAULT_RETRY_BACKOFF_SECONDS
+}
+
+fn default_retry_backoff_max() -> u32 {
+    DEFAULT_RETRY_BACKOFF_MAX_SECONDS
+}
+
+impl ValidatorConfig {
+    /// The retry policy its runs are created with.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            initial_backoff_ms: u64::from(self.retry_backoff_seconds) * 1000,
+            max_backoff_ms: u64::from(self.retry_backoff_max_seconds) * 1000,
+        }
+    }
 }
 
 fn default_timeout() -> u32 {
@@ -144,6 +186,33 @@ impl Registry {
             if v.max_attempts == 0 {
                 bail!("validator {id:?} has max_attempts 0; it must be at least 1");
             }
+            if v.retry_backoff_max_seconds < v.retry_backoff_seconds {
+                bail!(
+                    "validator {id:?} has retry_backoff_max_seconds {} below \
+                     retry_backoff_seconds {}",
+                    v.retry_backoff_max_seconds,
+                    v.retry_backoff_seconds
+                );
+            }
+            let limits = v.limits;
+            if !(limits.cpus.is_finite() && limits.cpus > 0.0 && limits.cpus <= 64.0) {
+                bail!(
+                    "validator {id:?} has limits.cpus {}; it must be above 0 and at most 64",
+                    limits.cpus
+                );
+            }
+            if limits.memory_mb < 16 {
+                bail!(
+                    "validator {id:?} has limits.memory_mb {}; it must be at least 16",
+                    limits.memory_mb
+                );
+            }
+            if limits.pids < 8 {
+                bail!(
+                    "validator {id:?} has limits.pids {}; it must be at least 8",
+                    limits.pids
+                );
+            }
             if v.max_concurrency == Some(0) {
                 bail!(
                     "validator {id:?} has max_concurrency 0; it must be at least 1 \
@@ -186,6 +255,9 @@ impl Registry {
             timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
             max_concurrency: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_backoff_seconds: DEFAULT_RETRY_BACKOFF_SECONDS,
+            retry_backoff_max_seconds: DEFAULT_RETRY_BACKOFF_MAX_SECONDS,
+            limits: Limits::default(),
         };
         Self::new(vec![
             mock("energyplus", ValidatorType::Energyplus, "25.2"),
@@ -204,7 +276,7 @@ impl Registry {
         self.validators.iter()
     }
 
-    /// Concurrency caps for [`RunStore::claim_due`](runway_core::store::RunStore::claim_due):
+    /// Concurrency caps for [`RunStore::claim_due`](runway_runs::RunStore::claim_due):
     /// the validators that have one.
     pub fn caps(&self) -> HashMap<String, u32> {
         self.validators
@@ -227,7 +299,7 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && id != "."
         && id != ".."
-        && !id.starts_with(runway_core::storage::RESERVED_SEGMENT_PREFIX)
+        && !id.starts_with(runway_storage::RESERVED_SEGMENT_PREFIX)
 }
 
 #[cfg(test)]
@@ -268,6 +340,16 @@ mod tests {
         .expect("valid");
         assert_eq!(r.get("ep").map(|v| v.max_attempts), Some(3));
         assert_eq!(r.get("ep").map(|v| v.timeout_seconds), Some(3600));
+        let policy = r.get("ep").expect("ep").retry_policy();
+        assert_eq!(
+            (
+                policy.max_attempts,
+                policy.initial_backoff_ms,
+                policy.max_backoff_ms
+            ),
+            (3, 5_000, 300_000)
+        );
+        assert_eq!(r.get("fmu").expect("fmu").limits, Limits::default());
         assert_eq!(r.caps(), HashMap::from([("ep".to_owned(), 4)]));
         assert_eq!(r.iter().count(), 2);
         assert!(r.get("nope").is_none());
@@ -287,6 +369,15 @@ mod tests {
         );
         assert!(err(&one(r#""backend": "mock", "colour": "red""#)).contains("unknown field"));
         assert!(err(&one(r#""backend": "k8s""#)).contains("backend"));
+        assert!(
+            err(&one(
+                r#""backend": "mock", "retry_backoff_seconds": 10, "retry_backoff_max_seconds": 5"#
+            ))
+            .contains("below")
+        );
+        assert!(err(&one(r#""backend": "mock", "limits": {"cpus": 0}"#)).contains("cpus"));
+        assert!(err(&one(r#""backend": "mock", "limits": {"memory_mb": 1}"#)).contains("memory"));
+        assert!(err(&one(r#""backend": "mock", "limits": {"pids": 1}"#)).contains("pids"));
         let dup = r#"{"validators": [
             {"id": "v", "type": "FMU", "version": "1", "backend": "mock"},
             {"id": "v", "type": "FMU", "version": "1", "backend": "mock"}]}"#;

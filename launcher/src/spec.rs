@@ -3,17 +3,20 @@
 //!
 //! Everything in it has already been validated by the API (the typed inputs of the validator's
 //! type, safe names, known MIME types, files stored with their receipts), so reading it back
-//! only fails on hand-edited or corrupt data.
+//! only fails on hand-edited or corrupt data. The inputs stay typed throughout: the API parses
+//! the request's `inputs` once into the validator's typed form, the spec is written from that,
+//! and reading the stored text back parses `inputs` straight into the typed form again (never
+//! through an untyped JSON tree).
 
 use runway_contract::{
     ContractError, InputFileItem, MimeType, OrganizationInfo, PortKey, SafeName, Sha256Hex,
     StorageUri, StorageVersion, ValidatorInfo, ValidatorInputs, ValidatorType, WorkflowInfo,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// What a run asked for, as stored in `runs.spec`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSpec {
     /// The validator (from the registry at creation time).
     pub validator: ValidatorInfo,
@@ -21,8 +24,8 @@ pub struct RunSpec {
     pub org: OrganizationInfo,
     /// The workflow step.
     pub workflow: WorkflowInfo,
-    /// The validator's typed inputs, in their serialized (defaults filled in) form.
-    pub inputs: serde_json::Value,
+    /// The validator's typed inputs (defaults filled in).
+    pub inputs: ValidatorInputs,
     /// The input files, already in object storage.
     pub files: Vec<StoredFile>,
     /// The job's deadline, in seconds (from the registry at creation time).
@@ -70,20 +73,55 @@ impl From<StoredFile> for InputFileItem {
     }
 }
 
+/// The stored form, with `inputs` left as text until the validator's type is known.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredSpec<'a> {
+    validator: ValidatorInfo,
+    org: OrganizationInfo,
+    workflow: WorkflowInfo,
+    #[serde(borrow)]
+    inputs: &'a RawValue,
+    files: Vec<StoredFile>,
+    timeout_seconds: u32,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// Why a stored spec cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// Not the stored shape.
+    #[error("the run spec is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The inputs do not fit the validator's type.
+    #[error("the run spec's inputs are unreadable: {0}")]
+    Inputs(#[from] ContractError),
+}
+
 impl RunSpec {
     /// Reads a stored spec back.
-    pub fn from_value(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
-        Self::deserialize(value)
+    pub fn from_json(text: &str) -> Result<Self, SpecError> {
+        let stored: StoredSpec<'_> = serde_json::from_str(text)?;
+        let inputs = ValidatorInputs::parse_text(
+            "run spec",
+            stored.validator.kind,
+            Some(stored.inputs.get()),
+        )?;
+        Ok(Self {
+            validator: stored.validator,
+            org: stored.org,
+            workflow: stored.workflow,
+            inputs,
+            files: stored.files,
+            timeout_seconds: stored.timeout_seconds,
+            tags: stored.tags,
+        })
     }
 
     /// The spec as stored.
-    pub fn to_value(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("a run spec always serializes")
-    }
-
-    /// The typed inputs of the validator's type.
-    pub fn typed_inputs(&self) -> Result<ValidatorInputs, ContractError> {
-        ValidatorInputs::parse("run spec", self.validator.kind, Some(self.inputs.clone()))
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a run spec always serializes")
     }
 
     /// The files as the envelope's `input_files`.
@@ -126,7 +164,12 @@ mod tests {
                 step_id: "s1".into(),
                 step_name: None,
             },
-            inputs: serde_json::json!({"input_values": {}}),
+            inputs: ValidatorInputs::parse(
+                "test",
+                ValidatorType::Fmu,
+                Some(serde_json::json!({"input_values": {"u": 0.5}})),
+            )
+            .expect("inputs"),
             files: vec![StoredFile {
                 name: SafeName::parse("m.fmu".into()).expect("name"),
                 mime_type: MimeType::Fmu,
@@ -140,9 +183,17 @@ mod tests {
             timeout_seconds: 60,
             tags: vec!["t".into()],
         };
-        let back = RunSpec::from_value(&spec.to_value()).expect("parses");
+        let back = RunSpec::from_json(&spec.to_json()).expect("parses");
         assert_eq!(back, spec);
-        assert!(matches!(back.typed_inputs(), Ok(ValidatorInputs::Fmu(_))));
+        assert!(matches!(back.inputs, ValidatorInputs::Fmu(_)));
+        let mut other_type: serde_json::Value =
+            serde_json::from_str(&spec.to_json()).expect("json");
+        other_type["validator"]["type"] = "ENERGYPLUS".into();
+        other_type["inputs"] = serde_json::json!({"timestep_per_hour": 0});
+        assert!(matches!(
+            RunSpec::from_json(&other_type.to_string()),
+            Err(SpecError::Inputs(_))
+        ));
         assert_eq!(back.input_files()[0].port_key.as_str(), "fmu_model");
         assert_eq!(
             required_port(ValidatorType::Energyplus),

@@ -14,13 +14,15 @@ use base64::Engine;
 use chrono::Utc;
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
-use runway_core::health::Dependencies;
-use runway_core::nonce::NonceKey;
-use runway_core::store::{
-    self, AttemptState, Finalize, FinalizeOutcome, MarkRunning, RunId, RunResult, RunStore,
-};
+use runway_contract::ValidationStatus;
+use runway_identity::nonce::NonceKey;
 use runway_launcher::api::ROUTES;
 use runway_launcher::{AppState, Registry, RunSpec, router};
+use runway_runs::{
+    self as store, BackendKind, BackendRef, Finalize, FinalizeOutcome, FinalizedBy, MarkRunning,
+    RunId, RunStore,
+};
+use runway_service::health::Dependencies;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -52,7 +54,7 @@ impl App {
         };
         let store = store::connect(&url).await.expect("open the run store");
         let objects = dir.path().join("objects");
-        let storage = runway_core::storage::open(
+        let storage = runway_storage::open(
             &format!("file://{}", objects.display()),
             &Default::default(),
         )
@@ -72,7 +74,7 @@ impl App {
             .await
             .expect("bind a free port");
         let addr = listener.local_addr().expect("local address");
-        tokio::spawn(runway_core::server::serve(
+        tokio::spawn(runway_service::server::serve(
             listener,
             router(state),
             std::future::pending(),
@@ -350,8 +352,9 @@ async fn creates_an_energyplus_run_from_json(app: &App) {
     // The store holds the run, its spec and a first attempt with only the nonce's commitment.
     let stored = app.store.get_run(id).await.expect("get").expect("stored");
     assert_eq!(stored.run.validator_id, "energyplus");
-    assert_eq!(stored.run.max_attempts, 3);
-    let spec = RunSpec::from_value(&stored.run.spec).expect("spec");
+    assert_eq!(stored.run.retry.max_attempts, 3);
+    assert_eq!(stored.run.retry.initial_backoff_ms, 5_000);
+    let spec = RunSpec::from_json(&stored.run.spec).expect("spec");
     assert_eq!(spec.files[0].sha256.as_str(), sha(IDF));
     assert_eq!(
         spec.files[0].uri.as_str(),
@@ -365,9 +368,11 @@ async fn creates_an_energyplus_run_from_json(app: &App) {
     );
     assert_eq!(
         attempt.callback_nonce_sha256,
-        app.nonce_key
-            .commitment_for(&attempt.id.to_string())
-            .to_string()
+        Some(
+            app.nonce_key
+                .commitment_for(&attempt.id.to_string())
+                .to_string()
+        )
     );
     assert!(!attempt.callback_id.is_empty());
 
@@ -677,11 +682,15 @@ async fn cancel_of_a_finished_run_conflicts(app: &App) {
         .claim_due(Utc::now(), 10, &Default::default())
         .await
         .expect("claim")
-        .remove(0);
+        .remove(0)
+        .attempt;
     app.store
         .mark_running(MarkRunning {
             attempt_id: attempt.id,
-            backend_ref: Some("mock-1".into()),
+            backend: BackendRef {
+                kind: BackendKind::Mock,
+                id: "mock-1".into(),
+            },
             deadline_at: None,
             at: Utc::now(),
         })
@@ -691,14 +700,16 @@ async fn cancel_of_a_finished_run_conflicts(app: &App) {
         .store
         .finalize_attempt(Finalize {
             attempt_id: attempt.id,
-            callback_id: attempt.callback_id.clone(),
-            to_state: AttemptState::Completed,
-            result: RunResult::Passed,
+            by: FinalizedBy::Callback {
+                callback_id: attempt.callback_id.clone(),
+            },
+            status: ValidationStatus::Success,
             messages: json!([]),
             metrics: json!({"site_eui_kwh_m2": 100.0}),
-            output_uri: Some("file:///out/output.json".into()),
-            output_sha256: Some(sha(b"out")),
-            finished_at: Utc::now(),
+            outputs: None,
+            output_uri: "file:///out/output.json".into(),
+            output_sha256: sha(b"out"),
+            at: Utc::now(),
         })
         .await
         .expect("finalize");
@@ -1172,7 +1183,7 @@ async fn internal_failures_are_opaque() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("runway.db").display());
     let store = store::connect(&url).await.expect("store");
-    let storage = runway_core::storage::open("memory://opaque", &Default::default())
+    let storage = runway_storage::open("memory://opaque", &Default::default())
         .await
         .expect("storage");
     let state = AppState::new(
@@ -1187,7 +1198,7 @@ async fn internal_failures_are_opaque() {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(runway_core::server::serve(
+    tokio::spawn(runway_service::server::serve(
         listener,
         router(state),
         std::future::pending(),

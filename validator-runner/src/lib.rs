@@ -9,7 +9,7 @@
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use runway_contract::{InputEnvelope, Sha256Hex, input::MAX_INPUT_ENVELOPE_BYTES};
-use runway_core::storage::{self, OpenOptions};
+use runway_storage::OpenOptions;
 use sha2::{Digest, Sha256};
 
 /// What [`check_input`] verified.
@@ -25,7 +25,7 @@ pub struct InputReport {
 
 /// Reads and validates the input envelope at `input_uri` and verifies every file it names.
 pub async fn check_input(input_uri: &str, options: &OpenOptions) -> anyhow::Result<InputReport> {
-    let store = storage::open(root_of(input_uri)?, options).await?;
+    let store = runway_storage::open(root_of(input_uri)?, options).await?;
     let bytes = store
         .read_bytes(input_uri, MAX_INPUT_ENVELOPE_BYTES as u64)
         .await
@@ -44,7 +44,7 @@ pub async fn check_input(input_uri: &str, options: &OpenOptions) -> anyhow::Resu
         )
         .collect::<Vec<_>>();
     for (uri, size, sha256) in &files {
-        let file_store = storage::open(root_of(uri)?, options).await?;
+        let file_store = runway_storage::open(root_of(uri)?, options).await?;
         let mut stream = file_store
             .get(uri, *size)
             .await

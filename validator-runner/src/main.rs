@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use runway_core::storage::{GcsOptions, OpenOptions};
+use runway_storage::{GcsOptions, OpenOptions};
 
 #[derive(Debug, Parser)]
 #[command(name = "runway-validator-runner", version, about)]

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use runway_contract::{InputEnvelope, Sha256Hex, StorageVersion};
-use runway_core::storage::{self, Body, GcsOptions, ObjectKey, ObjectStore, OpenOptions};
+use runway_storage::{Body, GcsOptions, ObjectKey, ObjectStore, OpenOptions};
 use serde_json::json;
 
 const MODEL: &[u8] = b"Version, 25.2;\nOutput:SQLite, SimpleAndTabular;\n";
@@ -86,7 +86,7 @@ fn check_input(uri: &str, env: &[(&str, &str)]) -> (bool, String) {
 async fn verifies_an_envelope_and_its_files_on_local_storage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = format!("file://{}", dir.path().display());
-    let store = storage::open(&base, &OpenOptions::default())
+    let store = runway_storage::open(&base, &OpenOptions::default())
         .await
         .expect("open");
     let uri = publish(store.as_ref(), None).await;
@@ -107,7 +107,7 @@ async fn verifies_an_envelope_and_its_files_on_local_storage() {
 async fn refuses_a_file_whose_bytes_do_not_match_the_envelope() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = format!("file://{}", dir.path().display());
-    let store = storage::open(&base, &OpenOptions::default())
+    let store = runway_storage::open(&base, &OpenOptions::default())
         .await
         .expect("open");
     let wrong = Sha256Hex::digest(b"something else");
@@ -149,7 +149,7 @@ async fn verifies_an_envelope_on_gcs() {
             anonymous: true,
         },
     };
-    let store = storage::open(&format!("gs://{bucket}/runway"), &options)
+    let store = runway_storage::open(&format!("gs://{bucket}/runway"), &options)
         .await
         .expect("open");
     let uri = publish(store.as_ref(), None).await;

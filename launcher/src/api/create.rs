@@ -9,7 +9,8 @@
 //!
 //! Order of work: everything that can be checked without I/O is checked first (validator,
 //! ids, typed inputs, names, MIME types, required ports), so a bad request stores nothing.
-//! Then files go create-only to `runs/<org>/<run>/files/<index>-<name>`, and only then is the
+//! Then files go create-only to the run's `files/<index>-<name>` (the storage layout), and only
+//! then is the
 //! run stored with its first attempt, in one transaction (no storage I/O under a database
 //! lock). A failure between the two leaves orphaned files, never a run without its files; so
 //! can a multipart body that breaks off after some files were stored.
@@ -34,19 +35,18 @@ use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::{Bytes, BytesMut};
-use chrono::Utc;
 use futures::StreamExt;
 use runway_contract::{
     ContractError, MimeType, OrganizationInfo, PortKey, SafeName, Sha256Hex, StorageUri,
     StorageVersion, ValidatorInfo, ValidatorInputs, WorkflowInfo,
 };
-use runway_core::nonce::new_callback_id;
-use runway_core::storage::{Body, ObjectKey, ObjectStore, PutReceipt, StorageError};
-use runway_core::store::{
+use runway_runs::{
     AttemptId, CreateOutcome, Idempotency, NewAttempt, NewRun, RunId, RunWithAttempts, StoreError,
 };
+use runway_storage::layout::RunPaths;
+use runway_storage::{Body, ObjectKey, ObjectStore, PutReceipt, StorageError};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
@@ -84,8 +84,10 @@ struct CreateRunRequest {
     validator: String,
     org: OrgRequest,
     workflow: WorkflowRequest,
+    /// Kept as text until the validator's type is known, then parsed straight into its typed
+    /// inputs.
     #[serde(default)]
-    inputs: Option<Value>,
+    inputs: Option<Box<RawValue>>,
     #[serde(default)]
     files: Vec<FileRequest>,
     #[serde(default)]
@@ -137,7 +139,7 @@ struct Checked {
     validator: ValidatorConfig,
     org: OrganizationInfo,
     workflow: WorkflowInfo,
-    inputs: Value,
+    inputs: ValidatorInputs,
     files: Vec<FileMeta>,
     tags: Vec<String>,
 }
@@ -389,23 +391,20 @@ async fn commit(
         timeout_seconds: validator.timeout_seconds,
         tags: checked.tags,
     };
-    let now = Utc::now();
+    let now = state.clock.now();
     let attempt_id = AttemptId::new();
     let new = NewRun {
         id: run_id,
         created_at: now,
         validator_id: validator.id.clone(),
         validator_type: validator.kind.as_str().to_owned(),
-        org_id: org_id.clone(),
+        org_id,
         workflow_id,
-        spec: spec.to_value(),
-        max_attempts: validator.max_attempts,
+        spec: spec.to_json(),
+        retry: validator.retry_policy(),
         idempotency: idempotency.clone(),
         first_attempt: NewAttempt {
             id: attempt_id,
-            not_before: now,
-            storage_prefix: format!("runs/{org_id}/{run_id}/attempts/{attempt_id}"),
-            callback_id: new_callback_id(),
             callback_nonce_sha256: state
                 .nonce_key
                 .commitment_for(&attempt_id.to_string())
@@ -628,7 +627,12 @@ fn check(
         check_text("workflow.step_name", name)?;
     }
 
-    let inputs = ValidatorInputs::parse("inputs", validator.kind, request.inputs).map_err(|e| {
+    let inputs = ValidatorInputs::parse_text(
+        "inputs",
+        validator.kind,
+        request.inputs.as_deref().map(RawValue::get),
+    )
+    .map_err(|e| {
         let detail = match &e {
             ContractError::Invalid { path, message, .. } if !path.is_empty() => {
                 format!("field {path}: {message}")
@@ -643,7 +647,6 @@ fn check(
             ),
         )
     })?;
-    let inputs = serde_json::to_value(&inputs).context("serializing checked inputs")?;
 
     if request.files.len() > MAX_FILES {
         return Err(ApiError::bad_request(
@@ -673,7 +676,15 @@ fn check(
                 ),
             ));
         }
-        if ObjectKey::parse(format!("{index}-{}", file.name)).is_err() {
+        // Whether the storage layout can make a key of it (the run id does not matter).
+        if file_key(
+            &request.org.id,
+            RunId::from_uuid(uuid::Uuid::nil()),
+            index,
+            &name,
+        )
+        .is_err()
+        {
             return Err(bad(
                 "name",
                 format!("{:?} cannot be stored as a file name", file.name),
@@ -874,7 +885,8 @@ fn file_key(
     index: usize,
     name: &SafeName,
 ) -> anyhow::Result<ObjectKey> {
-    ObjectKey::parse(format!("runs/{org_id}/{run_id}/files/{index}-{name}"))
+    RunPaths::new(org_id, run_id.as_uuid())
+        .and_then(|paths| paths.input_file(index, name.as_str()))
         .context("building a file's object key from checked parts")
 }
 

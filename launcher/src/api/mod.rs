@@ -18,7 +18,7 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use runway_core::health;
+use runway_service::health;
 use tracing::Instrument;
 
 pub use create::{MAX_JSON_BODY_BYTES, MAX_MULTIPART_BODY_BYTES};

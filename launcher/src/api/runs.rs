@@ -6,8 +6,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use runway_core::store::{CancelOutcome, RunCursor, RunFilter, RunId, RunState, StoreError};
+use runway_runs::{CancelOutcome, RunCursor, RunFilter, RunId, RunState, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -168,7 +167,7 @@ pub(crate) async fn cancel_run(
 ) -> Result<Response, ApiError> {
     let id = run_id(path)?;
     let store = &state.deps.store;
-    let status = match store.request_cancel(id, Utc::now()).await {
+    let status = match store.request_cancel(id, state.clock.now()).await {
         Ok(CancelOutcome::Canceled(_)) => StatusCode::OK,
         Ok(CancelOutcome::Requested(_)) => StatusCode::ACCEPTED,
         Ok(CancelOutcome::AlreadyCompleted(run)) => {

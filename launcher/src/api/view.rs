@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use runway_core::store::{Attempt, Run, RunWithAttempts};
+use runway_runs::{Attempt, BackendRef, Run, RunWithAttempts};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -18,7 +18,7 @@ pub(crate) struct RunView {
     validator: ValidatorView,
     org: runway_contract::OrganizationInfo,
     workflow: runway_contract::WorkflowInfo,
-    inputs: Value,
+    inputs: runway_contract::ValidatorInputs,
     files: Vec<FileView>,
     tags: Vec<String>,
     created_at: DateTime<Utc>,
@@ -28,6 +28,8 @@ pub(crate) struct RunView {
     attempts: Option<Vec<AttemptView>>,
     messages: Option<Value>,
     metrics: Option<Value>,
+    /// The validator-specific results (EnergyPlus `metrics`, FMU `output_values`, …).
+    outputs: Option<Value>,
     output_uri: Option<String>,
     output_sha256: Option<String>,
     timing: Timing,
@@ -64,7 +66,13 @@ struct AttemptView {
     finished_at: Option<DateTime<Utc>>,
     deadline_at: Option<DateTime<Utc>>,
     cancel_requested: bool,
+    /// The job a backend started for it.
+    backend: Option<BackendRef>,
     error: Option<String>,
+    /// The job's exit code, when it ended without a result.
+    exit_code: Option<i32>,
+    /// The end of the job's log, when it ended without a result.
+    log_tail: Option<String>,
 }
 
 /// Durations known so far, in milliseconds; `null` until both ends are known.
@@ -90,7 +98,7 @@ impl RunView {
     }
 
     fn build(run: &Run, attempts: Option<&[Attempt]>) -> anyhow::Result<Self> {
-        let spec = RunSpec::from_value(&run.spec)
+        let spec = RunSpec::from_json(&run.spec)
             .with_context(|| format!("the stored spec of run {} is unreadable", run.id))?;
         let first = attempts.and_then(|a| a.first());
         let first_dispatch = first.and_then(|a| a.dispatched_at);
@@ -140,6 +148,7 @@ impl RunView {
             attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
             messages: run.messages.clone(),
             metrics: run.metrics.clone(),
+            outputs: run.outputs.clone(),
             output_uri: run.output_uri.clone(),
             output_sha256: run.output_sha256.clone(),
             timing,
@@ -165,7 +174,10 @@ impl From<&Attempt> for AttemptView {
             finished_at: a.finished_at,
             deadline_at: a.deadline_at,
             cancel_requested: a.cancel_requested,
+            backend: a.backend.clone(),
             error: a.error.clone(),
+            exit_code: a.exit_code,
+            log_tail: a.log_tail.clone(),
         }
     }
 }

@@ -8,14 +8,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use runway_core::store::{
-    self, AfterEnd, Attempt, AttemptId, AttemptState, CancelOutcome, CreateOutcome, EndAttempt,
-    EndOutcome, Finalize, FinalizeOutcome, Idempotency, MarkRunning, NewAttempt, NewReceipt,
-    NewRun, ReceiptOutcome, RunCursor, RunFilter, RunId, RunResult, RunState, RunStore,
-    RunWithAttempts, StoreError,
+use runway_contract::ValidationStatus;
+use runway_runs::{
+    self as store, Attempt, AttemptId, AttemptState, BackendKind, BackendRef, CancelOutcome,
+    Claimed, CreateOutcome, EndAttempt, EndOutcome, Finalize, FinalizeOutcome, FinalizedBy,
+    Idempotency, MarkRunning, NewAttempt, NewReceipt, NewRun, ReceiptOutcome, RetryPolicy,
+    RunCursor, RunFilter, RunId, RunResult, RunState, RunStore, RunWithAttempts, StoreError,
 };
 use serde_json::json;
-use uuid::Uuid;
 
 /// A fresh, empty store and what is needed to reopen or remove it.
 struct Db {
@@ -110,10 +110,14 @@ store_cases!(
     cancel_of_a_queued_run_completes_it,
     cancel_of_an_active_run_is_requested,
     retries_are_scheduled_up_to_max_attempts,
+    only_retryable_failures_are_retried,
     outbox_lease_retry_dead_and_delivered,
     list_runs_filters_and_pages,
     attempts_in_states_for_the_reconciler,
     migrations_are_idempotent,
+    salvage_finalizes_like_a_callback_and_only_once,
+    callbacks_for_ended_attempts_are_duplicate_or_late,
+    an_upgrade_from_the_first_schema_keeps_every_row,
     concurrent_claimers_claim_each_attempt_once_within_caps,
 );
 
@@ -130,14 +134,24 @@ fn secs(n: i64) -> TimeDelta {
     TimeDelta::seconds(n)
 }
 
-fn new_attempt(not_before: DateTime<Utc>) -> NewAttempt {
-    let id = AttemptId::new();
+fn new_attempt() -> NewAttempt {
     NewAttempt {
-        id,
-        not_before,
-        storage_prefix: format!("runs/org/attempts/{id}/"),
-        callback_id: format!("cb-{}", Uuid::new_v4()),
+        id: AttemptId::new(),
         callback_nonce_sha256: "ab".repeat(32),
+    }
+}
+
+/// Three attempts; retries wait 30–60 s, then 60–120 s.
+const POLICY: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    initial_backoff_ms: 60_000,
+    max_backoff_ms: 600_000,
+};
+
+fn backend(id: &str) -> BackendRef {
+    BackendRef {
+        kind: BackendKind::Mock,
+        id: id.to_owned(),
     }
 }
 
@@ -150,10 +164,11 @@ fn new_run(validator_id: &str, org_id: &str, created_at: DateTime<Utc>) -> NewRu
         validator_type: "energyplus".to_owned(),
         org_id: org_id.to_owned(),
         workflow_id: "wf-1".to_owned(),
-        spec: json!({"inputs": {"timestep": 4}, "files": [{"name": "model.idf", "size": 12}]}),
-        max_attempts: 3,
+        spec: json!({"inputs": {"timestep": 4}, "files": [{"name": "model.idf", "size": 12}]})
+            .to_string(),
+        retry: POLICY,
         idempotency: None,
-        first_attempt: new_attempt(created_at),
+        first_attempt: new_attempt(),
     }
 }
 
@@ -172,8 +187,13 @@ async fn claimed(store: &dyn RunStore) -> Attempt {
         .await
         .expect("claim");
     assert_eq!(got.len(), 1, "exactly the new attempt is due");
-    let attempt = got.remove(0);
+    let Claimed { attempt, run } = got.remove(0);
     assert_eq!(attempt.id, created.attempts[0].id);
+    assert_eq!(
+        run.id, created.run.id,
+        "the claim carries the attempt's run"
+    );
+    assert_eq!(run.state, RunState::Running);
     assert_eq!(attempt.state, AttemptState::Dispatching);
     attempt
 }
@@ -183,7 +203,7 @@ async fn running(store: &dyn RunStore) -> Attempt {
     store
         .mark_running(MarkRunning {
             attempt_id: attempt.id,
-            backend_ref: Some("exec-1".into()),
+            backend: backend("exec-1"),
             deadline_at: Some(t0() + secs(600)),
             at: t0() + secs(1),
         })
@@ -191,27 +211,38 @@ async fn running(store: &dyn RunStore) -> Attempt {
         .expect("mark running")
 }
 
-fn finalize_of(attempt: &Attempt, result: RunResult) -> Finalize {
+fn finalize_of(attempt: &Attempt, status: ValidationStatus) -> Finalize {
     Finalize {
         attempt_id: attempt.id,
-        callback_id: attempt.callback_id.clone(),
-        to_state: AttemptState::Completed,
-        result,
+        by: FinalizedBy::Callback {
+            callback_id: attempt.callback_id.clone(),
+        },
+        status,
         messages: json!([{"severity": "info", "text": "ok"}]),
         metrics: json!({"eui_kwh_m2": 123.5}),
-        output_uri: Some(format!("file:///out/{}/output.json", attempt.id)),
-        output_sha256: Some("cd".repeat(32)),
-        finished_at: t0() + secs(30),
+        outputs: Some(json!({"metrics": {"site_electricity_kwh": 8760.0}})),
+        output_uri: format!("file:///out/{}/output.json", attempt.id),
+        output_sha256: "cd".repeat(32),
+        at: t0() + secs(30),
     }
 }
 
-fn end(attempt: &Attempt, to: AttemptState, then: AfterEnd) -> EndAttempt {
+fn salvage_of(attempt: &Attempt) -> Finalize {
+    Finalize {
+        by: FinalizedBy::Salvage,
+        ..finalize_of(attempt, ValidationStatus::Success)
+    }
+}
+
+fn end(attempt: &Attempt, to: AttemptState, retryable: bool) -> EndAttempt {
     EndAttempt {
         attempt_id: attempt.id,
         to,
-        error: Some(format!("attempt ended as {to}")),
+        reason: format!("attempt ended as {to}"),
+        exit_code: None,
+        log_tail: None,
+        retryable,
         at: t0() + secs(20),
-        then,
     }
 }
 
@@ -257,7 +288,14 @@ async fn create_and_read_back(db: &Db) {
     assert_eq!(first.state, AttemptState::Pending);
     assert_eq!(first.id, new.first_attempt.id);
     assert_eq!(first.validator_id, "v-1");
-    assert_eq!(first.callback_nonce_sha256, "ab".repeat(32));
+    assert_eq!(first.callback_nonce_sha256, Some("ab".repeat(32)));
+    assert_eq!(created.run.retry, POLICY);
+    assert_eq!(
+        first.storage_prefix,
+        format!("runs/org-1/{}/attempts/{}", new.id, first.id),
+        "the first attempt's folder follows the storage layout"
+    );
+    assert_eq!(first.backend, None);
 
     assert_eq!(run_of(store, new.id).await, created);
     assert_eq!(attempt(store, first.id).await, *first);
@@ -276,7 +314,7 @@ async fn create_and_read_back(db: &Db) {
     );
 
     let mut zero = new_run("v-1", "org-1", t0());
-    zero.max_attempts = 0;
+    zero.retry.max_attempts = 0;
     assert!(matches!(
         store.create_run(zero).await,
         Err(StoreError::Invalid(_))
@@ -367,19 +405,19 @@ async fn happy_path_transitions(db: &Db) {
     let started = store
         .mark_running(MarkRunning {
             attempt_id: attempt.id,
-            backend_ref: Some("executions/abc".into()),
+            backend: backend("executions/abc"),
             deadline_at: Some(t0() + secs(600)),
             at: t0() + secs(2),
         })
         .await
         .expect("dispatching → running");
     assert_eq!(started.state, AttemptState::Running);
-    assert_eq!(started.backend_ref.as_deref(), Some("executions/abc"));
+    assert_eq!(started.backend, Some(backend("executions/abc")));
     assert_eq!(started.deadline_at, Some(t0() + secs(600)));
     assert_eq!(started.started_at, Some(t0() + secs(2)));
 
     let outcome = store
-        .finalize_attempt(finalize_of(&started, RunResult::Failed))
+        .finalize_attempt(finalize_of(&started, ValidationStatus::FailedValidation))
         .await
         .expect("running → completed");
     let FinalizeOutcome::Finalized(done) = outcome else {
@@ -397,7 +435,7 @@ async fn happy_path_transitions(db: &Db) {
     ] {
         let a = running(store).await;
         let outcome = store
-            .end_attempt(end(&a, to, AfterEnd::CompleteRun))
+            .end_attempt(end(&a, to, false))
             .await
             .expect("running → terminal");
         let EndOutcome::RunCompleted { ended, run, .. } = outcome else {
@@ -420,7 +458,7 @@ async fn unknown_is_resolved_every_allowed_way(db: &Db) {
 
     let a = claimed(store).await;
     let unknown = store
-        .mark_unknown(a.id, "jobs.run timed out")
+        .mark_unknown(a.id, "jobs.run timed out", None)
         .await
         .expect("dispatching → unknown");
     assert_eq!(unknown.state, AttemptState::Unknown);
@@ -428,7 +466,7 @@ async fn unknown_is_resolved_every_allowed_way(db: &Db) {
     let resolved = store
         .mark_running(MarkRunning {
             attempt_id: a.id,
-            backend_ref: Some("executions/found".into()),
+            backend: backend("executions/found"),
             deadline_at: None,
             at: t0() + secs(5),
         })
@@ -439,11 +477,11 @@ async fn unknown_is_resolved_every_allowed_way(db: &Db) {
 
     let a = claimed(store).await;
     store
-        .mark_unknown(a.id, "ambiguous")
+        .mark_unknown(a.id, "ambiguous", None)
         .await
         .expect("unknown");
     let outcome = store
-        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+        .finalize_attempt(finalize_of(&a, ValidationStatus::Success))
         .await
         .expect("unknown → completed");
     assert!(matches!(outcome, FinalizeOutcome::Finalized(_)));
@@ -455,11 +493,11 @@ async fn unknown_is_resolved_every_allowed_way(db: &Db) {
     ] {
         let a = claimed(store).await;
         store
-            .mark_unknown(a.id, "ambiguous")
+            .mark_unknown(a.id, "ambiguous", None)
             .await
             .expect("unknown");
         let outcome = store
-            .end_attempt(end(&a, to, AfterEnd::CompleteRun))
+            .end_attempt(end(&a, to, false))
             .await
             .expect("unknown → terminal");
         assert!(matches!(outcome, EndOutcome::RunCompleted { .. }));
@@ -472,7 +510,7 @@ async fn dispatching_may_end_directly(db: &Db) {
     // A fast job calls back before the dispatcher records `running`.
     let a = claimed(store).await;
     let outcome = store
-        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+        .finalize_attempt(finalize_of(&a, ValidationStatus::Success))
         .await
         .expect("dispatching → completed");
     assert!(matches!(outcome, FinalizeOutcome::Finalized(_)));
@@ -480,7 +518,7 @@ async fn dispatching_may_end_directly(db: &Db) {
     for to in [AttemptState::Failed, AttemptState::Canceled] {
         let a = claimed(store).await;
         store
-            .end_attempt(end(&a, to, AfterEnd::CompleteRun))
+            .end_attempt(end(&a, to, false))
             .await
             .expect("dispatching → failed/canceled");
         assert_eq!(attempt(store, a.id).await.state, to);
@@ -489,7 +527,7 @@ async fn dispatching_may_end_directly(db: &Db) {
     let a = claimed(store).await;
     assert_conflict(
         store
-            .end_attempt(end(&a, AttemptState::TimedOut, AfterEnd::CompleteRun))
+            .end_attempt(end(&a, AttemptState::TimedOut, false))
             .await,
         AttemptState::Dispatching,
     );
@@ -501,21 +539,22 @@ async fn refused_transitions_are_conflicts(db: &Db) {
     let p = &pending.attempts[0];
     let mark = |id| MarkRunning {
         attempt_id: id,
-        backend_ref: None,
+        backend: backend("x"),
         deadline_at: None,
         at: t0(),
     };
     assert_conflict(store.mark_running(mark(p.id)).await, AttemptState::Pending);
-    assert_conflict(store.mark_unknown(p.id, "x").await, AttemptState::Pending);
     assert_conflict(
-        store
-            .end_attempt(end(p, AttemptState::Failed, AfterEnd::CompleteRun))
-            .await,
+        store.mark_unknown(p.id, "x", None).await,
+        AttemptState::Pending,
+    );
+    assert_conflict(
+        store.end_attempt(end(p, AttemptState::Failed, false)).await,
         AttemptState::Pending,
     );
     assert_conflict(
         store
-            .finalize_attempt(finalize_of(p, RunResult::Passed))
+            .finalize_attempt(finalize_of(p, ValidationStatus::Success))
             .await,
         AttemptState::Pending,
     );
@@ -527,24 +566,21 @@ async fn refused_transitions_are_conflicts(db: &Db) {
     );
 
     let r = running(store).await;
-    assert_conflict(store.mark_unknown(r.id, "x").await, AttemptState::Running);
+    assert_conflict(
+        store.mark_unknown(r.id, "x", None).await,
+        AttemptState::Running,
+    );
     assert_conflict(store.mark_running(mark(r.id)).await, AttemptState::Running);
 
     // Arguments outside the model are refused before touching anything.
     assert!(matches!(
         store
-            .end_attempt(end(&r, AttemptState::Completed, AfterEnd::CompleteRun))
+            .end_attempt(end(&r, AttemptState::Completed, false))
             .await,
         Err(StoreError::Invalid(_))
     ));
-    let mut not_terminal = finalize_of(&r, RunResult::Passed);
-    not_terminal.to_state = AttemptState::Running;
     assert!(matches!(
-        store.finalize_attempt(not_terminal).await,
-        Err(StoreError::Invalid(_))
-    ));
-    assert!(matches!(
-        store.mark_unknown(AttemptId::new(), "x").await,
+        store.mark_unknown(AttemptId::new(), "x", None).await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(attempt(store, r.id).await, r);
@@ -587,7 +623,7 @@ async fn terminal_attempts_never_reopen(db: &Db) {
     let mut terminal = Vec::new();
     let a = running(store).await;
     store
-        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+        .finalize_attempt(finalize_of(&a, ValidationStatus::Success))
         .await
         .expect("finalize");
     terminal.push(a.id);
@@ -597,10 +633,7 @@ async fn terminal_attempts_never_reopen(db: &Db) {
         AttemptState::TimedOut,
     ] {
         let a = running(store).await;
-        store
-            .end_attempt(end(&a, to, AfterEnd::CompleteRun))
-            .await
-            .expect("end");
+        store.end_attempt(end(&a, to, false)).await.expect("end");
         terminal.push(a.id);
     }
     for id in terminal {
@@ -611,25 +644,20 @@ async fn terminal_attempts_never_reopen(db: &Db) {
             store
                 .mark_running(MarkRunning {
                     attempt_id: id,
-                    backend_ref: None,
+                    backend: backend("x"),
                     deadline_at: None,
                     at: t0(),
                 })
                 .await,
             state,
         );
-        assert_conflict(store.mark_unknown(id, "x").await, state);
+        assert_conflict(store.mark_unknown(id, "x", None).await, state);
         for to in [
             AttemptState::Failed,
             AttemptState::Canceled,
             AttemptState::TimedOut,
         ] {
-            assert_conflict(
-                store
-                    .end_attempt(end(&before, to, AfterEnd::Retry(new_attempt(t0()))))
-                    .await,
-                state,
-            );
+            assert_conflict(store.end_attempt(end(&before, to, true)).await, state);
         }
         assert_eq!(attempt(store, id).await, before);
         assert_eq!(run_of(store, before.run_id).await.run, run_before);
@@ -662,18 +690,22 @@ async fn claim_respects_not_before_and_due_order(db: &Db) {
         .claim_due(t0() + secs(1), 10, &no_caps)
         .await
         .expect("claim");
-    assert_eq!(ids(&first), vec![early.attempts[0].id]);
+    assert_eq!(claimed_ids(&first), vec![early.attempts[0].id]);
 
     let next = store
         .claim_due(t0() + secs(60), 1, &no_caps)
         .await
         .expect("claim");
-    assert_eq!(ids(&next), vec![middle.attempts[0].id], "oldest due first");
+    assert_eq!(
+        claimed_ids(&next),
+        vec![middle.attempts[0].id],
+        "oldest due first"
+    );
     let rest = store
         .claim_due(t0() + secs(60), 10, &no_caps)
         .await
         .expect("claim");
-    assert_eq!(ids(&rest), vec![late.attempts[0].id]);
+    assert_eq!(claimed_ids(&rest), vec![late.attempts[0].id]);
     assert!(
         store
             .claim_due(t0() + secs(60), 10, &no_caps)
@@ -695,6 +727,14 @@ async fn claim_respects_not_before_and_due_order(db: &Db) {
 
 fn ids(attempts: &[Attempt]) -> Vec<AttemptId> {
     attempts.iter().map(|a| a.id).collect()
+}
+
+fn attempts(claimed: Vec<Claimed>) -> Vec<Attempt> {
+    claimed.into_iter().map(|c| c.attempt).collect()
+}
+
+fn claimed_ids(claimed: &[Claimed]) -> Vec<AttemptId> {
+    claimed.iter().map(|c| c.attempt.id).collect()
 }
 
 fn per_validator(attempts: &[Attempt]) -> HashMap<String, usize> {
@@ -727,7 +767,7 @@ async fn claim_respects_concurrency_caps(db: &Db) {
         .collect();
 
     let now = t0() + secs(1);
-    let first = store.claim_due(now, 100, &caps).await.expect("claim");
+    let first = attempts(store.claim_due(now, 100, &caps).await.expect("claim"));
     let counts = per_validator(&first);
     assert_eq!(counts.get("capped"), Some(&2));
     assert_eq!(counts.get("free"), Some(&3));
@@ -746,7 +786,7 @@ async fn claim_respects_concurrency_caps(db: &Db) {
         .filter(|a| a.validator_id == "capped")
         .collect();
     store
-        .mark_unknown(capped[0].id, "ambiguous")
+        .mark_unknown(capped[0].id, "ambiguous", None)
         .await
         .expect("unknown");
     assert!(
@@ -757,10 +797,10 @@ async fn claim_respects_concurrency_caps(db: &Db) {
             .is_empty()
     );
     store
-        .finalize_attempt(finalize_of(capped[1], RunResult::Passed))
+        .finalize_attempt(finalize_of(capped[1], ValidationStatus::Success))
         .await
         .expect("finalize");
-    let more = store.claim_due(now, 100, &caps).await.expect("claim");
+    let more = attempts(store.claim_due(now, 100, &caps).await.expect("claim"));
     assert_eq!(per_validator(&more).get("capped"), Some(&1));
     assert_eq!(more.len(), 1);
 }
@@ -768,30 +808,31 @@ async fn claim_respects_concurrency_caps(db: &Db) {
 async fn finalize_happens_exactly_once(db: &Db) {
     let store = db.store();
     let a = running(store).await;
-    let fin = finalize_of(&a, RunResult::Passed);
+    let fin = finalize_of(&a, ValidationStatus::Success);
     let FinalizeOutcome::Finalized(done) = store.finalize_attempt(fin.clone()).await.expect("1st")
     else {
         panic!("the first finalize must finalize");
     };
     assert_eq!(done.run.state, RunState::Completed);
     assert_eq!(done.run.result, Some(RunResult::Passed));
-    assert_eq!(done.run.finished_at, Some(fin.finished_at));
+    assert_eq!(done.run.finished_at, Some(fin.at));
     assert_eq!(done.run.messages.as_ref(), Some(&fin.messages));
     assert_eq!(done.run.metrics.as_ref(), Some(&fin.metrics));
-    assert_eq!(done.run.output_uri, fin.output_uri);
-    assert_eq!(done.run.output_sha256, fin.output_sha256);
+    assert_eq!(done.run.outputs, fin.outputs);
+    assert_eq!(done.run.output_uri.as_ref(), Some(&fin.output_uri));
+    assert_eq!(done.run.output_sha256.as_ref(), Some(&fin.output_sha256));
     assert_eq!(done.attempts[0].state, AttemptState::Completed);
-    assert_eq!(done.attempts[0].finished_at, Some(fin.finished_at));
+    assert_eq!(done.attempts[0].finished_at, Some(fin.at));
 
     let mut second = fin.clone();
-    second.result = RunResult::Failed;
-    second.finished_at = fin.finished_at + secs(5);
+    second.status = ValidationStatus::FailedValidation;
+    second.at = fin.at + secs(5);
     match store.finalize_attempt(second).await.expect("2nd") {
         FinalizeOutcome::AlreadyTerminal {
             attempt,
             recorded_as,
         } => {
-            assert_eq!(recorded_as, ReceiptOutcome::Duplicate);
+            assert_eq!(recorded_as, Some(ReceiptOutcome::Duplicate));
             assert_eq!(attempt.state, AttemptState::Completed);
         }
         other => panic!("a second finalize must not finalize again: {other:?}"),
@@ -814,8 +855,10 @@ async fn finalize_happens_exactly_once(db: &Db) {
 
     // A callback id that is not the attempt's is refused outright.
     let b = running(store).await;
-    let mut wrong = finalize_of(&b, RunResult::Passed);
-    wrong.callback_id = a.callback_id.clone();
+    let mut wrong = finalize_of(&b, ValidationStatus::Success);
+    wrong.by = FinalizedBy::Callback {
+        callback_id: a.callback_id.clone(),
+    };
     assert!(matches!(
         store.finalize_attempt(wrong).await,
         Err(StoreError::CallbackMismatch { .. })
@@ -827,17 +870,17 @@ async fn late_and_rejected_callbacks_are_recorded(db: &Db) {
     let store = db.store();
     let a = running(store).await;
     store
-        .end_attempt(end(&a, AttemptState::TimedOut, AfterEnd::CompleteRun))
+        .end_attempt(end(&a, AttemptState::TimedOut, false))
         .await
         .expect("time out");
     let before = run_of(store, a.run_id).await;
     match store
-        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+        .finalize_attempt(finalize_of(&a, ValidationStatus::Success))
         .await
         .expect("late")
     {
         FinalizeOutcome::AlreadyTerminal { recorded_as, .. } => {
-            assert_eq!(recorded_as, ReceiptOutcome::Late)
+            assert_eq!(recorded_as, Some(ReceiptOutcome::Late))
         }
         other => panic!("expected late, got {other:?}"),
     }
@@ -931,11 +974,7 @@ async fn cancel_of_an_active_run_is_requested(db: &Db) {
 
     // The kill makes the job fail; no retry follows a cancel request and the run is canceled.
     let outcome = store
-        .end_attempt(end(
-            &a,
-            AttemptState::Failed,
-            AfterEnd::Retry(new_attempt(t0() + secs(30))),
-        ))
+        .end_attempt(end(&a, AttemptState::Failed, true))
         .await
         .expect("end");
     let EndOutcome::RunCompleted {
@@ -960,16 +999,19 @@ async fn retries_are_scheduled_up_to_max_attempts(db: &Db) {
         .claim_due(now, 1, &caps)
         .await
         .expect("claim")
-        .remove(0);
+        .remove(0)
+        .attempt;
     for number in 2..=3u32 {
-        let retry_at = now + secs(60);
+        let failed_at = now + secs(1);
         let outcome = store
             .end_attempt(EndAttempt {
                 attempt_id: current.id,
                 to: AttemptState::Failed,
-                error: Some("container lost".into()),
-                at: now + secs(1),
-                then: AfterEnd::Retry(new_attempt(retry_at)),
+                reason: "the container exited with 137 without an output".into(),
+                exit_code: Some(137),
+                log_tail: Some("Killed".into()),
+                retryable: true,
+                at: failed_at,
             })
             .await
             .expect("fail with retry");
@@ -980,9 +1022,26 @@ async fn retries_are_scheduled_up_to_max_attempts(db: &Db) {
             );
         };
         assert_eq!(ended.state, AttemptState::Failed);
+        assert_eq!(ended.exit_code, Some(137));
+        assert_eq!(ended.log_tail.as_deref(), Some("Killed"));
         assert_eq!(retry.number, number);
         assert_eq!(retry.state, AttemptState::Pending);
-        assert_eq!(retry.not_before, retry_at);
+        // Exponential backoff with equal jitter: in [b/2, b] for b = 60 s · 2^(n-2).
+        let full = secs(60 * (1 << (number - 2)));
+        assert!(
+            retry.not_before >= failed_at + full / 2 && retry.not_before <= failed_at + full,
+            "retry {number} is due {} after the failure; expected within [{}, {}]",
+            retry.not_before - failed_at,
+            full / 2,
+            full
+        );
+        // A fresh folder and callback id; its nonce commitment comes with its dispatch.
+        assert_eq!(
+            retry.paths().expect("paths"),
+            ended.paths().expect("paths").sibling(retry.id.as_uuid())
+        );
+        assert_ne!(retry.callback_id, ended.callback_id);
+        assert_eq!(retry.callback_nonce_sha256, None);
         assert_eq!(
             run_of(store, created.run.id).await.run.state,
             RunState::Queued
@@ -990,25 +1049,32 @@ async fn retries_are_scheduled_up_to_max_attempts(db: &Db) {
 
         assert!(
             store
-                .claim_due(retry_at - secs(1), 10, &caps)
+                .claim_due(retry.not_before - secs(1), 10, &caps)
                 .await
                 .expect("claim")
                 .is_empty(),
             "the retry waits for its backoff"
         );
-        now = retry_at;
-        let mut got = store.claim_due(now, 10, &caps).await.expect("claim");
-        assert_eq!(ids(&got), vec![retry.id]);
-        current = got.remove(0);
+        now = retry.not_before;
+        let got = store.claim_due(now, 10, &caps).await.expect("claim");
+        assert_eq!(claimed_ids(&got), vec![retry.id]);
+        current = got[0].attempt.clone();
+        let committed = store
+            .commit_nonce(current.id, &"ef".repeat(32))
+            .await
+            .expect("the dispatcher commits the retry's nonce");
+        assert_eq!(committed.callback_nonce_sha256, Some("ef".repeat(32)));
+        store
+            .commit_nonce(current.id, &"ef".repeat(32))
+            .await
+            .expect("committing the same nonce again is harmless");
+        assert!(matches!(
+            store.commit_nonce(current.id, &"00".repeat(32)).await,
+            Err(StoreError::Invalid(_))
+        ));
     }
     let outcome = store
-        .end_attempt(EndAttempt {
-            attempt_id: current.id,
-            to: AttemptState::Failed,
-            error: Some("no output".into()),
-            at: now + secs(1),
-            then: AfterEnd::Retry(new_attempt(now + secs(60))),
-        })
+        .end_attempt(end(&current, AttemptState::Failed, true))
         .await
         .expect("last failure");
     let EndOutcome::RunCompleted {
@@ -1027,6 +1093,33 @@ async fn retries_are_scheduled_up_to_max_attempts(db: &Db) {
     assert_eq!(numbers, vec![1, 2, 3]);
     assert!(all.iter().all(|a| a.state == AttemptState::Failed));
     assert_eq!(store.outbox_for_run(run.id).await.expect("outbox").len(), 1);
+}
+
+/// Only a retryable failure is retried: not a permanent one, not a timeout, not a cancel.
+async fn only_retryable_failures_are_retried(db: &Db) {
+    let store = db.store();
+    for (to, retryable, result) in [
+        (AttemptState::Failed, false, RunResult::Error),
+        (AttemptState::TimedOut, true, RunResult::TimedOut),
+        (AttemptState::Canceled, true, RunResult::Canceled),
+    ] {
+        let a = running(store).await;
+        let outcome = store
+            .end_attempt(end(&a, to, retryable))
+            .await
+            .expect("end");
+        let EndOutcome::RunCompleted {
+            run,
+            attempts_exhausted,
+            ..
+        } = outcome
+        else {
+            panic!("{to} (retryable: {retryable}) must not be retried, got {outcome:?}");
+        };
+        assert!(!attempts_exhausted);
+        assert_eq!(run.result, Some(result));
+        assert_eq!(run_of(store, a.run_id).await.attempts.len(), 1);
+    }
 }
 
 async fn outbox_lease_retry_dead_and_delivered(db: &Db) {
@@ -1229,13 +1322,13 @@ async fn attempts_in_states_for_the_reconciler(db: &Db) {
     let r = running(store).await;
     let u = claimed(store).await;
     store
-        .mark_unknown(u.id, "ambiguous")
+        .mark_unknown(u.id, "ambiguous", None)
         .await
         .expect("unknown");
     let p = create(store, new_run("v-1", "org-1", t0() + secs(999))).await;
 
     let found = store
-        .attempts_in_states(&[AttemptState::Running, AttemptState::Unknown], 10)
+        .attempts_in_states(&[AttemptState::Running, AttemptState::Unknown], None, 10)
         .await
         .expect("query");
     let mut got = ids(&found);
@@ -1244,13 +1337,13 @@ async fn attempts_in_states_for_the_reconciler(db: &Db) {
     want.sort();
     assert_eq!(got, want);
     let pending = store
-        .attempts_in_states(&[AttemptState::Pending], 10)
+        .attempts_in_states(&[AttemptState::Pending], None, 10)
         .await
         .expect("query");
     assert_eq!(ids(&pending), vec![p.attempts[0].id]);
     assert_eq!(
         store
-            .attempts_in_states(&[AttemptState::Running, AttemptState::Unknown], 1)
+            .attempts_in_states(&[AttemptState::Running, AttemptState::Unknown], None, 1)
             .await
             .expect("query")
             .len(),
@@ -1258,7 +1351,7 @@ async fn attempts_in_states_for_the_reconciler(db: &Db) {
     );
     assert!(
         store
-            .attempts_in_states(&[], 10)
+            .attempts_in_states(&[], None, 10)
             .await
             .expect("query")
             .is_empty()
@@ -1274,6 +1367,241 @@ async fn migrations_are_idempotent(db: &Db) {
         assert_eq!(run_of(reopened.as_ref(), created.run.id).await, created);
     }
 }
+
+async fn salvage_finalizes_like_a_callback_and_only_once(db: &Db) {
+    let store = db.store();
+    let a = running(store).await;
+    let FinalizeOutcome::Finalized(done) = store
+        .finalize_attempt(salvage_of(&a))
+        .await
+        .expect("salvage")
+    else {
+        panic!("a salvage of a running attempt finalizes it");
+    };
+    assert_eq!(done.run.result, Some(RunResult::Passed));
+    assert_eq!(done.attempts[0].state, AttemptState::Completed);
+    // The callback that was lost arrives after all: a duplicate, without a second effect.
+    match store
+        .finalize_attempt(finalize_of(&a, ValidationStatus::Success))
+        .await
+        .expect("late callback")
+    {
+        FinalizeOutcome::AlreadyTerminal { recorded_as, .. } => {
+            assert_eq!(recorded_as, Some(ReceiptOutcome::Duplicate))
+        }
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    // A second salvage (another reconciler) records nothing at all.
+    match store.finalize_attempt(salvage_of(&a)).await.expect("again") {
+        FinalizeOutcome::AlreadyTerminal { recorded_as, .. } => assert_eq!(recorded_as, None),
+        other => panic!("expected nothing, got {other:?}"),
+    }
+    let outcomes: Vec<ReceiptOutcome> = store
+        .callback_receipts(a.id)
+        .await
+        .expect("receipts")
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![ReceiptOutcome::Salvaged, ReceiptOutcome::Duplicate]
+    );
+    assert_eq!(
+        store.outbox_for_run(a.run_id).await.expect("outbox").len(),
+        1
+    );
+    assert_eq!(run_of(store, a.run_id).await.run, done.run);
+
+    // A salvage after a callback finalized changes nothing either.
+    let b = running(store).await;
+    store
+        .finalize_attempt(finalize_of(&b, ValidationStatus::FailedValidation))
+        .await
+        .expect("callback");
+    let before = run_of(store, b.run_id).await;
+    assert!(matches!(
+        store
+            .finalize_attempt(salvage_of(&b))
+            .await
+            .expect("salvage"),
+        FinalizeOutcome::AlreadyTerminal {
+            recorded_as: None,
+            ..
+        }
+    ));
+    assert_eq!(run_of(store, b.run_id).await, before);
+    assert_eq!(before.run.result, Some(RunResult::Failed));
+    assert_eq!(
+        store.callback_receipts(b.id).await.expect("receipts").len(),
+        1
+    );
+}
+
+async fn callbacks_for_ended_attempts_are_duplicate_or_late(db: &Db) {
+    let store = db.store();
+    let finalized = running(store).await;
+    store
+        .finalize_attempt(finalize_of(&finalized, ValidationStatus::Success))
+        .await
+        .expect("finalize");
+    let timed_out = running(store).await;
+    store
+        .end_attempt(end(&timed_out, AttemptState::TimedOut, false))
+        .await
+        .expect("time out");
+    assert_eq!(
+        store
+            .record_ended_callback(finalized.id, &finalized.callback_id, t0() + secs(40))
+            .await
+            .expect("record"),
+        ReceiptOutcome::Duplicate
+    );
+    assert_eq!(
+        store
+            .record_ended_callback(timed_out.id, &timed_out.callback_id, t0() + secs(40))
+            .await
+            .expect("record"),
+        ReceiptOutcome::Late
+    );
+    assert!(matches!(
+        store
+            .record_ended_callback(timed_out.id, &finalized.callback_id, t0())
+            .await,
+        Err(StoreError::CallbackMismatch { .. })
+    ));
+    let active = running(store).await;
+    assert!(matches!(
+        store
+            .record_ended_callback(active.id, &active.callback_id, t0())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(
+        store
+            .callback_receipts(active.id)
+            .await
+            .expect("receipts")
+            .is_empty()
+    );
+}
+
+/// A database made by the first schema, with a finished run in it, keeps every row through the
+/// later migrations, read back in the new model.
+async fn an_upgrade_from_the_first_schema_keeps_every_row(_db: &Db) {
+    let (first, url) = if _db.url.starts_with("sqlite") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect_with(
+                url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                    .expect("url")
+                    .create_if_missing(true),
+            )
+            .await
+            .expect("open");
+        first_migration(&store::sqlite::MIGRATOR)
+            .run(&pool)
+            .await
+            .expect("first migration");
+        for statement in OLD_ROWS_SQLITE {
+            sqlx::query(statement)
+                .execute(&pool)
+                .await
+                .expect(statement);
+        }
+        pool.close().await;
+        (Some(dir), url)
+    } else {
+        let database = runway_tests::PostgresDatabase::create("runway_up").await;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect(&database.url)
+            .await
+            .expect("connect");
+        first_migration(&store::postgres::MIGRATOR)
+            .run(&pool)
+            .await
+            .expect("first migration");
+        for statement in OLD_ROWS_POSTGRES {
+            sqlx::query(statement)
+                .execute(&pool)
+                .await
+                .expect(statement);
+        }
+        pool.close().await;
+        (None, database.url)
+    };
+    let upgraded = store::connect(&url).await.expect("later migrations apply");
+    let run_id: RunId = OLD_RUN.parse().expect("id");
+    let old = run_of(upgraded.as_ref(), run_id).await;
+    assert_eq!(old.run.result, Some(RunResult::Passed));
+    assert_eq!(old.run.retry.max_attempts, 3);
+    assert_eq!(
+        old.run.retry.initial_backoff_ms, 5_000,
+        "the default policy"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&old.run.spec).expect("spec"),
+        json!({"a": 1})
+    );
+    let attempt = &old.attempts[0];
+    assert_eq!(attempt.state, AttemptState::Completed);
+    assert_eq!(attempt.backend, Some(backend("mock:old")));
+    assert_eq!(attempt.callback_nonce_sha256, Some("ab".repeat(32)));
+    assert_eq!(attempt.exit_code, None);
+    let receipts = upgraded
+        .callback_receipts(attempt.id)
+        .await
+        .expect("receipts");
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].outcome, ReceiptOutcome::Finalized);
+    // And the upgraded database takes new runs, retries and salvages.
+    let fresh = create(upgraded.as_ref(), new_run("v-1", "org-1", t0())).await;
+    assert_eq!(
+        fresh.attempts[0].callback_nonce_sha256,
+        Some("ab".repeat(32))
+    );
+    drop(first);
+}
+
+const OLD_RUN: &str = "01890000-0000-7000-8000-000000000001";
+
+fn first_migration(all: &sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(all.migrations[..1].to_vec()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
+const OLD_ROWS_SQLITE: &[&str] = &[
+    "INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, workflow_id, spec, \
+     max_attempts, state, result, finished_at) VALUES ('01890000-0000-7000-8000-000000000001', \
+     1, 'v', 'energyplus', 'o', 'w', '{\"a\": 1}', 3, 'completed', 'passed', 2)",
+    "INSERT INTO attempts (id, run_id, number, state, validator_id, not_before, storage_prefix, \
+     callback_id, callback_nonce_sha256, backend_ref, created_at, finished_at) VALUES \
+     ('01890000-0000-7000-8000-000000000002', '01890000-0000-7000-8000-000000000001', 1, \
+     'completed', 'v', 1, 'runs/o/01890000-0000-7000-8000-000000000001/attempts/\
+     01890000-0000-7000-8000-000000000002', 'cb-old', \
+     'abababababababababababababababababababababababababababababababab', 'mock:old', 1, 2)",
+    "INSERT INTO callback_receipts (id, attempt_id, callback_id, received_at, outcome) VALUES \
+     ('01890000-0000-7000-8000-000000000003', '01890000-0000-7000-8000-000000000002', \
+     'cb-old', 2, 'finalized')",
+];
+
+const OLD_ROWS_POSTGRES: &[&str] = &[
+    "INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, workflow_id, spec, \
+     max_attempts, state, result, finished_at) VALUES ('01890000-0000-7000-8000-000000000001', \
+     now(), 'v', 'energyplus', 'o', 'w', '{\"a\": 1}', 3, 'completed', 'passed', now())",
+    "INSERT INTO attempts (id, run_id, number, state, validator_id, not_before, storage_prefix, \
+     callback_id, callback_nonce_sha256, backend_ref, created_at, finished_at) VALUES \
+     ('01890000-0000-7000-8000-000000000002', '01890000-0000-7000-8000-000000000001', 1, \
+     'completed', 'v', now(), 'runs/o/01890000-0000-7000-8000-000000000001/attempts/\
+     01890000-0000-7000-8000-000000000002', 'cb-old', \
+     'abababababababababababababababababababababababababababababababab', 'mock:old', now(), now())",
+    "INSERT INTO callback_receipts (id, attempt_id, callback_id, received_at, outcome) VALUES \
+     ('01890000-0000-7000-8000-000000000003', '01890000-0000-7000-8000-000000000002', \
+     'cb-old', now(), 'finalized')",
+];
 
 /// 200 due attempts over four validators (three capped), eight claimers looping until nothing
 /// is pending. Each attempt must be claimed exactly once and no cap ever exceeded.
@@ -1304,10 +1632,10 @@ async fn concurrent_claimers_claim_each_attempt_once_within_caps(db: &Db) {
         let active = active.clone();
         tasks.spawn(async move {
             loop {
-                let batch = store.claim_due(now, 7, &caps).await.expect("claim");
+                let batch = attempts(store.claim_due(now, 7, &caps).await.expect("claim"));
                 if batch.is_empty() {
                     let pending = store
-                        .attempts_in_states(&[AttemptState::Pending], 1)
+                        .attempts_in_states(&[AttemptState::Pending], None, 1)
                         .await
                         .expect("pending");
                     if pending.is_empty() {
@@ -1334,7 +1662,7 @@ async fn concurrent_claimers_claim_each_attempt_once_within_caps(db: &Db) {
                 }
                 // A snapshot straight from the database must agree.
                 let in_db = store
-                    .attempts_in_states(AttemptState::ACTIVE, 10_000)
+                    .attempts_in_states(AttemptState::ACTIVE, None, 10_000)
                     .await
                     .expect("active");
                 for (validator, n) in per_validator(&in_db) {
@@ -1350,7 +1678,7 @@ async fn concurrent_claimers_claim_each_attempt_once_within_caps(db: &Db) {
                     store
                         .mark_running(MarkRunning {
                             attempt_id: a.id,
-                            backend_ref: Some(format!("exec-{}", a.id)),
+                            backend: backend(&format!("exec-{}", a.id)),
                             deadline_at: None,
                             at: now,
                         })
@@ -1362,7 +1690,7 @@ async fn concurrent_claimers_claim_each_attempt_once_within_caps(db: &Db) {
                         .get_mut(&a.validator_id)
                         .expect("counted") -= 1;
                     let outcome = store
-                        .finalize_attempt(finalize_of(&a, RunResult::Passed))
+                        .finalize_attempt(finalize_of(&a, ValidationStatus::Success))
                         .await
                         .expect("finalize");
                     assert!(matches!(outcome, FinalizeOutcome::Finalized(_)));
@@ -1376,7 +1704,7 @@ async fn concurrent_claimers_claim_each_attempt_once_within_caps(db: &Db) {
     assert_eq!(claimed.lock().expect("lock").len(), ATTEMPTS);
     let completed = db
         .store()
-        .attempts_in_states(&[AttemptState::Completed], 10_000)
+        .attempts_in_states(&[AttemptState::Completed], None, 10_000)
         .await
         .expect("completed");
     assert_eq!(completed.len(), ATTEMPTS);

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::storage::{self, GcsOptions, ObjectStore, OpenOptions};
-use crate::store::{self, RunStore};
 use crate::telemetry::LogFormat;
+use runway_runs::{self as store, RunStore};
+use runway_storage::{self as storage, GcsOptions, ObjectStore, OpenOptions};
 
 /// Where state lives and how to log.
 #[derive(Debug, Clone, clap::Args)]

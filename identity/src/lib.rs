@@ -1,5 +1,5 @@
-//! Who is calling back: OIDC ID tokens, issued by Google in production and by Runway itself in
-//! local modes, through the same code path.
+//! Who is calling back, and with which secret: OIDC ID tokens (issued by Google in production and
+//! by Runway itself in local modes, through the same code path) and per-attempt callback nonces.
 //!
 //! A job container asks a metadata server for an ID token whose audience is the callback URL's
 //! origin, and sends it as `Authorization: Bearer <token>`; the callback service checks it against
@@ -13,37 +13,41 @@
 //! - [`TokenVerifier`] verifies a token against a list of trusted issuers, caching their keys by
 //!   `kid` with a refresh cool-down, and checks audience and the caller's email allow-list.
 //!
-//! [`IdTokenFetcher`] is available with the `identity-client` feature alone (the runner needs only
-//! that); the rest needs `identity`.
+//! [`nonce`] derives each attempt's callback nonce from the launcher's key, so that only its
+//! public commitment is ever stored.
+//!
+//! Without the default `issuer` feature the crate is [`IdTokenFetcher`] and [`nonce`] only: what
+//! a job container (the validator-runner) needs.
 
 mod fetcher;
-#[cfg(feature = "identity")]
+#[cfg(feature = "issuer")]
 mod issuer;
-#[cfg(feature = "identity")]
+#[cfg(feature = "issuer")]
 mod metadata;
-#[cfg(feature = "identity")]
+pub mod nonce;
+#[cfg(feature = "issuer")]
 mod verifier;
 
 pub use fetcher::{DEFAULT_METADATA_HOST, IdTokenFetcher, METADATA_HOST_ENV};
-#[cfg(feature = "identity")]
+#[cfg(feature = "issuer")]
 pub use issuer::{LocalIssuer, LocalIssuerConfig};
-#[cfg(feature = "identity")]
+#[cfg(feature = "issuer")]
 pub use metadata::metadata_router;
-#[cfg(feature = "identity")]
+#[cfg(feature = "issuer")]
 pub use verifier::{
     GOOGLE_ISSUER, GOOGLE_JWKS_URI, TokenError, TokenVerifier, TrustedIssuer, VerifiedToken,
     VerifierConfig,
 };
 
 /// The only signature algorithm issued or accepted.
-#[cfg(feature = "identity")]
+#[cfg(feature = "issuer")]
 const ALGORITHM: jsonwebtoken::Algorithm = jsonwebtoken::Algorithm::RS256;
 
 /// Makes `jsonwebtoken` use its pure-Rust backend. It picks one on its own only when exactly one
 /// backend feature is enabled in the build, and another crate in the tree (`google-cloud-auth`
 /// with `idtoken`) enables the other one; installing explicitly keeps signing and verifying from
 /// panicking in that build.
-#[cfg(feature = "identity")]
+#[cfg(feature = "issuer")]
 fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

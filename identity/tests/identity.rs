@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
-use runway_core::identity::{
+use runway_identity::{
     IdTokenFetcher, LocalIssuer, LocalIssuerConfig, TokenError, TokenVerifier, TrustedIssuer,
     VerifierConfig, metadata_router,
 };

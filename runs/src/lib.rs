@@ -1,19 +1,31 @@
-//! The run store: runs, their attempts, callback receipts and the webhook outbox.
+//! Runs and their lifecycle: runs, their attempts, callback receipts and the webhook outbox, on
+//! SQLite (the embedded default) or PostgreSQL (several replicas), chosen once from the
+//! database URL by [`connect`]; and [`verify`], the check of an attempt's `output.json` that the
+//! callback service and the reconciler share.
 //!
-//! One [`RunStore`] trait with two implementations, chosen once from the database URL by
-//! [`connect`]: [`SqliteStore`] (the embedded default) and [`PostgresStore`] (several launcher
-//! replicas). Each carries its own migrations.
+//! # How the code is cut
 //!
-//! Invariants every implementation keeps:
+//! One [`RunStore`] trait, in the manner of atuin's server database: each database implements
+//! only small operations — a write transaction ([`WriteTx`]: lock a row, insert a row, write a
+//! row back under a compare-and-set guard), reads, and its claim query — while every decision
+//! (retry or complete, duplicate or late, cancel a queued attempt or flag a running one, which
+//! state a run is in) is written once, in [`lifecycle`], as the trait's provided methods. A
+//! database module keeps only its SQL text, its encoding, how a transaction starts (`BEGIN
+//! IMMEDIATE` on SQLite, row locks on PostgreSQL) and its claim query; it must not override the
+//! provided methods.
+//!
+//! # Invariants
+//!
 //! - An attempt moves only along the edges of [`AttemptState::can_transition_to`], each move a
 //!   compare-and-set on its current state; terminal states never reopen, and a refused move is
 //!   [`StoreError::Conflict`], never a silent success.
-//! - A run's state and result are derived from its attempts and written in the same transaction
-//!   as the attempt transition that changes them; a completed run also gets its `run.completed`
-//!   outbox row in that transaction.
+//! - A run's state and result are derived from its current attempt ([`lifecycle::run_state_for`])
+//!   and written in the same transaction as the attempt transition that changes them; a
+//!   completed run also gets its `run.completed` outbox row in that transaction.
 //! - A run has at most one non-terminal attempt, always its highest-numbered one.
 //! - Claims never push a validator's active (`dispatching | running | unknown`) attempts above
 //!   its cap, even with concurrent claimers.
+//! - No method performs storage or network I/O inside a transaction.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,10 +33,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 
+pub mod lifecycle;
 mod model;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
+pub mod verify;
 
+pub use lifecycle::WriteTx;
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -107,14 +123,19 @@ impl StoreError {
 
 /// Durable state of runs and attempts. Every method is one short transaction (or one
 /// statement); none performs storage or network I/O.
+///
+/// The first group of methods is each database's own (its transaction, its reads and its claim
+/// query); the transitions below them are provided, written once in [`lifecycle`] over
+/// [`RunStore::begin`], and must not be overridden.
 #[async_trait]
 pub trait RunStore: Send + Sync + std::fmt::Debug {
-    /// Stores a run and its first (pending) attempt. With an idempotency key, a repeat of the
-    /// same request returns the existing run as [`CreateOutcome::Existing`] and stores nothing;
-    /// a different request under the same key is [`StoreError::IdempotencyMismatch`].
-    async fn create_run(&self, new: NewRun) -> Result<CreateOutcome, StoreError>;
+    // --- Each database's own operations -------------------------------------------------------
 
-    /// A run with all its attempts.
+    /// Starts a write transaction: `BEGIN IMMEDIATE` on SQLite (one writer at a time), a READ
+    /// COMMITTED transaction whose [`WriteTx::lock_attempt`] takes row locks on PostgreSQL.
+    async fn begin(&self) -> Result<Box<dyn WriteTx>, StoreError>;
+
+    /// A run with all its attempts, read in one snapshot.
     async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError>;
 
     /// One attempt.
@@ -134,53 +155,25 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<RunPage, StoreError>;
 
-    /// Attempts in any of `states`, oldest first (for the reconciler).
+    /// Attempts in any of `states`, by id, after `after` (a keyset cursor for the reconciler's
+    /// round-robin scan).
     async fn attempts_in_states(
         &self,
         states: &[AttemptState],
+        after: Option<AttemptId>,
         limit: u32,
     ) -> Result<Vec<Attempt>, StoreError>;
 
     /// Atomically moves up to `limit` due `pending` attempts (`not_before <= now`, oldest first)
-    /// to `dispatching` and their runs to `running`. `caps` maps a validator id to its maximum
-    /// of active attempts; validators absent from it are uncapped.
+    /// to `dispatching` and their runs to `running`, and returns them with their runs. `caps`
+    /// maps a validator id to its maximum of active attempts; validators absent from it are
+    /// uncapped.
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
         limit: u32,
         caps: &HashMap<String, u32>,
-    ) -> Result<Vec<Attempt>, StoreError>;
-
-    /// The backend accepted the attempt: `dispatching | unknown → running`.
-    async fn mark_running(&self, mark: MarkRunning) -> Result<Attempt, StoreError>;
-
-    /// The backend call's outcome is ambiguous: `dispatching → unknown`.
-    async fn mark_unknown(&self, attempt_id: AttemptId, error: &str)
-    -> Result<Attempt, StoreError>;
-
-    /// Ends an attempt without an output (`failed`, `canceled`, `timed_out`), then either
-    /// queues a retry or completes the run, in the same transaction.
-    async fn end_attempt(&self, end: EndAttempt) -> Result<EndOutcome, StoreError>;
-
-    /// Cancels a run: a pending attempt is canceled and the run completes as `canceled` at
-    /// once; an active one is flagged `cancel_requested` for the reconciler.
-    async fn request_cancel(
-        &self,
-        run_id: RunId,
-        at: DateTime<Utc>,
-    ) -> Result<CancelOutcome, StoreError>;
-
-    /// Applies a verified callback exactly once: the attempt's terminal state, the run's
-    /// result and output, a `finalized` receipt and the `run.completed` outbox row, in one
-    /// transaction. If the attempt was already terminal only a `duplicate`/`late` receipt is
-    /// recorded.
-    async fn finalize_attempt(&self, finalize: Finalize) -> Result<FinalizeOutcome, StoreError>;
-
-    /// Records a callback that was refused or arrived late, outside of finalization.
-    async fn record_callback_receipt(
-        &self,
-        receipt: NewReceipt,
-    ) -> Result<CallbackReceipt, StoreError>;
+    ) -> Result<Vec<Claimed>, StoreError>;
 
     /// Receipts recorded for an attempt, oldest first.
     async fn callback_receipts(
@@ -223,6 +216,85 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         at: DateTime<Utc>,
         error: &str,
     ) -> Result<(), StoreError>;
+
+    // --- The lifecycle, written once ----------------------------------------------------------
+
+    /// Stores a run and its first (pending) attempt. With an idempotency key, a repeat of the
+    /// same request returns the existing run as [`CreateOutcome::Existing`] and stores nothing;
+    /// a different request under the same key is [`StoreError::IdempotencyMismatch`].
+    async fn create_run(&self, new: NewRun) -> Result<CreateOutcome, StoreError> {
+        lifecycle::create_run(self.begin().await?, new).await
+    }
+
+    /// Records the callback nonce commitment of an attempt that has none yet (a retry the store
+    /// made), once its dispatcher has derived the nonce. A different commitment is refused.
+    async fn commit_nonce(
+        &self,
+        attempt_id: AttemptId,
+        commitment: &str,
+    ) -> Result<Attempt, StoreError> {
+        lifecycle::commit_nonce(self.begin().await?, attempt_id, commitment).await
+    }
+
+    /// The backend accepted the attempt: `dispatching | unknown → running`.
+    async fn mark_running(&self, mark: MarkRunning) -> Result<Attempt, StoreError> {
+        lifecycle::mark_running(self.begin().await?, mark).await
+    }
+
+    /// The backend call's outcome is ambiguous: `dispatching → unknown`. The deadline is set as
+    /// if it had started, so an attempt whose job is never found still ends.
+    async fn mark_unknown(
+        &self,
+        attempt_id: AttemptId,
+        error: &str,
+        deadline_at: Option<DateTime<Utc>>,
+    ) -> Result<Attempt, StoreError> {
+        lifecycle::mark_unknown(self.begin().await?, attempt_id, error, deadline_at).await
+    }
+
+    /// Ends an attempt without an output (`failed`, `canceled`, `timed_out`), then either
+    /// queues a retry (a fresh attempt with its own folder, due after the run's backoff) or
+    /// completes the run, in the same transaction.
+    async fn end_attempt(&self, end: EndAttempt) -> Result<EndOutcome, StoreError> {
+        lifecycle::end_attempt(self.begin().await?, end, rand::random::<f64>()).await
+    }
+
+    /// Cancels a run: a pending attempt is canceled and the run completes as `canceled` at
+    /// once; an active one is flagged `cancel_requested` for the reconciler.
+    async fn request_cancel(
+        &self,
+        run_id: RunId,
+        at: DateTime<Utc>,
+    ) -> Result<CancelOutcome, StoreError> {
+        lifecycle::request_cancel(self.begin().await?, run_id, at).await
+    }
+
+    /// Applies a verified output exactly once: the attempt's terminal state, the run's result
+    /// and output, a `finalized` (callback) or `salvaged` receipt and the `run.completed` outbox
+    /// row, in one transaction. If the attempt was already terminal, a callback is recorded as
+    /// `duplicate` or `late` and a salvage changes nothing.
+    async fn finalize_attempt(&self, finalize: Finalize) -> Result<FinalizeOutcome, StoreError> {
+        lifecycle::finalize_attempt(self.begin().await?, finalize).await
+    }
+
+    /// Records a callback for an attempt that has already ended, as `duplicate` (it was
+    /// finalized) or `late` (it ended another way); returns which.
+    async fn record_ended_callback(
+        &self,
+        attempt_id: AttemptId,
+        callback_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<ReceiptOutcome, StoreError> {
+        lifecycle::record_ended_callback(self.begin().await?, attempt_id, callback_id, at).await
+    }
+
+    /// Records a callback that was refused, outside of finalization.
+    async fn record_callback_receipt(
+        &self,
+        receipt: NewReceipt,
+    ) -> Result<CallbackReceipt, StoreError> {
+        lifecycle::record_receipt(self.begin().await?, receipt).await
+    }
 }
 
 /// Opens the store named by `url` and applies its migrations.
@@ -245,65 +317,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
     }
 }
 
-/// Checks a transition against the edge table, as the first half of every compare-and-set.
-pub(crate) fn check_transition(attempt: &Attempt, to: AttemptState) -> Result<(), StoreError> {
-    if attempt.state.can_transition_to(to) {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict {
-            id: attempt.id,
-            current: attempt.state,
-            wanted: to,
-        })
-    }
-}
-
-pub(crate) fn validate_new_run(new: &NewRun) -> Result<(), StoreError> {
-    if new.max_attempts == 0 {
-        return Err(StoreError::Invalid(
-            "max_attempts must be at least 1".into(),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_end(end: &EndAttempt) -> Result<(), StoreError> {
-    match end.to {
-        AttemptState::Failed | AttemptState::Canceled | AttemptState::TimedOut => Ok(()),
-        other => Err(StoreError::Invalid(format!(
-            "an attempt ends without output as failed, canceled or timed_out, not {other}"
-        ))),
-    }
-}
-
-pub(crate) fn validate_finalize(f: &Finalize) -> Result<(), StoreError> {
-    if f.to_state.is_terminal() {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "finalize needs a terminal attempt state, not {}",
-            f.to_state
-        )))
-    }
-}
-
 /// Limits are `u32` in the API; databases want `i64`.
 pub(crate) fn limit_i64(limit: u32) -> i64 {
     i64::from(limit)
-}
-
-/// A retry is made only while attempts remain and nobody asked to cancel.
-pub(crate) fn may_retry(ended: &Attempt, run: &Run) -> bool {
-    ended.number < run.max_attempts
-        && !ended.cancel_requested
-        && ended.state != AttemptState::Canceled
-}
-
-/// A cancel request wins over whatever failure the kill caused.
-pub(crate) fn end_result(ended: &Attempt) -> RunResult {
-    if ended.cancel_requested {
-        RunResult::Canceled
-    } else {
-        model::result_without_output(ended.state)
-    }
 }

@@ -9,9 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use runway_core::storage::{
-    self, Body, Expected, ObjectKey, ObjectStore, OpenOptions, StorageError,
-};
+use runway_storage::{self, Body, Expected, ObjectKey, ObjectStore, OpenOptions, StorageError};
 use sha2::{Digest, Sha256};
 
 /// Which backend a fixture runs; only the form of `storage_version` differs between them.
@@ -33,7 +31,7 @@ struct Fixture {
 }
 
 async fn memory() -> Fixture {
-    let store = storage::open("memory://suite/some/prefix", &OpenOptions::default())
+    let store = runway_storage::open("memory://suite/some/prefix", &OpenOptions::default())
         .await
         .expect("memory store opens");
     Fixture {
@@ -47,7 +45,7 @@ async fn file() -> Fixture {
     let dir = tempfile::tempdir().expect("temporary directory");
     // A directory that does not exist yet: open must create it.
     let base = format!("file://{}/objects/root", dir.path().display());
-    let store = storage::open(&base, &OpenOptions::default())
+    let store = runway_storage::open(&base, &OpenOptions::default())
         .await
         .expect("file store opens");
     Fixture {
@@ -79,12 +77,12 @@ async fn gcs() -> Fixture {
         response.status()
     );
     let options = OpenOptions {
-        gcs: storage::GcsOptions {
+        gcs: runway_storage::GcsOptions {
             endpoint: Some(endpoint),
             anonymous: true,
         },
     };
-    let store = storage::open(&format!("gs://{bucket}/some/prefix"), &options)
+    let store = runway_storage::open(&format!("gs://{bucket}/some/prefix"), &options)
         .await
         .expect("gcs store opens");
     Fixture {

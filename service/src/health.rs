@@ -10,8 +10,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::storage::ObjectStore;
-use crate::store::{RunFilter, RunStore};
+use runway_runs::{RunFilter, RunStore};
+use runway_storage::ObjectStore;
 
 /// What readiness checks.
 #[derive(Debug, Clone)]

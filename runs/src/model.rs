@@ -1,11 +1,14 @@
 //! The run store's vocabulary: identifiers, states, records and the inputs of each operation.
 //!
-//! Everything here is backend-neutral; `sqlite.rs` and `postgres.rs` map these to rows.
+//! Everything here is database-neutral; `sqlite.rs` and `postgres.rs` map these to rows, and
+//! `lifecycle.rs` decides how they change.
 
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use runway_contract::ValidationStatus;
+use runway_storage::layout::AttemptPaths;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -213,8 +216,42 @@ string_enum!(
         Late => "late",
         /// Refused before touching the attempt (bad token, nonce, output…).
         Rejected => "rejected",
+        /// Not a callback: the reconciler found the attempt's job ended without calling back,
+        /// read its `output.json`, verified it and finalized the attempt exactly as a callback
+        /// would have.
+        Salvaged => "salvaged",
     }
 );
+
+string_enum!(
+    /// Where an attempt's job runs.
+    BackendKind {
+        /// In-process jobs that behave like a validator container (development, tests).
+        Mock => "mock",
+        /// `validator-runner` as a local child process.
+        Process => "process",
+        /// A local Docker container.
+        Docker => "docker",
+        /// A Google Cloud Run Job execution.
+        CloudRun => "cloud_run",
+    }
+);
+
+/// Which job a backend started for an attempt: the backend, and its own id for the job
+/// (execution name, container id, process group…).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BackendRef {
+    /// The backend that started it.
+    pub kind: BackendKind,
+    /// The backend's id of the job.
+    pub id: String,
+}
+
+impl fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.id)
+    }
+}
 
 /// A stored run, with the outcome of the attempt that finalized it once completed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,10 +268,10 @@ pub struct Run {
     pub org_id: String,
     /// The workflow it belongs to.
     pub workflow_id: String,
-    /// The request as the API accepted it; opaque to the store.
-    pub spec: Value,
-    /// How many attempts may be made in total (at least 1).
-    pub max_attempts: u32,
+    /// The request as the API accepted it, as JSON text; opaque to the store.
+    pub spec: String,
+    /// How many attempts it gets and how long a retry waits, fixed when it was created.
+    pub retry: RetryPolicy,
     /// Derived from its attempts.
     pub state: RunState,
     /// Set exactly when `state` is `completed`.
@@ -245,6 +282,8 @@ pub struct Run {
     pub messages: Option<Value>,
     /// Final metrics from the finalizing attempt's output.
     pub metrics: Option<Value>,
+    /// The validator-specific results of the finalizing attempt's output (`outputs`).
+    pub outputs: Option<Value>,
     /// Where the finalizing attempt's output envelope lives.
     pub output_uri: Option<String>,
     /// Lowercase hex SHA-256 of that output envelope.
@@ -253,6 +292,49 @@ pub struct Run {
     pub idempotency_key: Option<String>,
     /// The caller-computed SHA-256 of the request that came with the key.
     pub request_sha256: Option<String>,
+}
+
+/// How many attempts a run gets and how long each retry waits: exponential backoff from
+/// `initial_backoff_ms`, doubling per failed attempt up to `max_backoff_ms`, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (at least 1).
+    pub max_attempts: u32,
+    /// The wait before the first retry, before jitter.
+    pub initial_backoff_ms: u64,
+    /// The longest wait, before jitter.
+    pub max_backoff_ms: u64,
+}
+
+impl RetryPolicy {
+    /// Three attempts, retries after about 5 s and 10 s, never more than 5 minutes apart.
+    pub const DEFAULT: Self = Self {
+        max_attempts: 3,
+        initial_backoff_ms: 5_000,
+        max_backoff_ms: 300_000,
+    };
+
+    /// The wait before the attempt after attempt `failed` (1-based) starts: the exponential
+    /// backoff `b` for that attempt, jittered to `b/2 + jitter·b/2` ("equal jitter": never
+    /// less than half, so retries of many runs spread out without any coming at once).
+    /// `jitter` is in `[0, 1]`.
+    pub fn backoff(&self, failed: u32, jitter: f64) -> TimeDelta {
+        let doublings = failed.saturating_sub(1).min(63);
+        let full = self
+            .initial_backoff_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.max_backoff_ms)
+            .max(self.initial_backoff_ms.min(self.max_backoff_ms));
+        let half = full / 2;
+        let jittered = half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64;
+        TimeDelta::milliseconds(i64::try_from(jittered).unwrap_or(i64::MAX))
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// A stored attempt.
@@ -270,20 +352,25 @@ pub struct Attempt {
     pub validator_id: String,
     /// Not dispatched before this time (backoff for retries).
     pub not_before: DateTime<Utc>,
-    /// Object-storage prefix of its input and output.
+    /// Its folder in object storage (see [`Attempt::paths`]).
     pub storage_prefix: String,
     /// The identifier its callback must carry (unique across attempts).
     pub callback_id: String,
-    /// Hash (commitment) of the callback nonce; the nonce itself is never stored.
-    pub callback_nonce_sha256: String,
+    /// Hash (commitment) of the callback nonce; the nonce itself is never stored. A retry made
+    /// by the store has none until the launcher, which holds the nonce key, dispatches it.
+    pub callback_nonce_sha256: Option<String>,
     /// When it must have finished, set once it is dispatched.
     pub deadline_at: Option<DateTime<Utc>>,
-    /// The backend's handle (execution name, container id…), once dispatched.
-    pub backend_ref: Option<String>,
+    /// The job a backend started for it, once one did.
+    pub backend: Option<BackendRef>,
     /// Cancellation was asked for while it was active; the reconciler carries it to the backend.
     pub cancel_requested: bool,
     /// Why it failed or went unknown.
     pub error: Option<String>,
+    /// The job's exit code, when it ended without a result and the backend said how.
+    pub exit_code: Option<i32>,
+    /// The end of the job's log, when it ended without a result and the backend kept one.
+    pub log_tail: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When a dispatcher claimed it.
@@ -292,6 +379,15 @@ pub struct Attempt {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal state.
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Attempt {
+    /// Its objects in storage: `input.json`, `output.json`, `outputs/…`.
+    pub fn paths(&self) -> Result<AttemptPaths, StoreError> {
+        AttemptPaths::from_root(&self.storage_prefix).map_err(|e| {
+            StoreError::Corrupt(format!("attempt {} has a bad storage prefix: {e}", self.id))
+        })
+    }
 }
 
 /// A run together with all its attempts, oldest first.
@@ -303,19 +399,22 @@ pub struct RunWithAttempts {
     pub attempts: Vec<Attempt>,
 }
 
-/// Identity and secrets of an attempt about to be created. Ids are chosen by the caller because
-/// the storage prefix embeds them.
+/// A claimed attempt with its run, so that dispatching needs no further read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The attempt, now `dispatching`.
+    pub attempt: Attempt,
+    /// Its run, now `running`.
+    pub run: Run,
+}
+
+/// The first attempt of a new run. Its id is chosen by the caller because the callback nonce
+/// (and so its commitment) is derived from it by the launcher's key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAttempt {
     /// Its identifier.
     pub id: AttemptId,
-    /// Not dispatched before this time.
-    pub not_before: DateTime<Utc>,
-    /// Object-storage prefix of its input and output.
-    pub storage_prefix: String,
-    /// The callback identifier (must be unique).
-    pub callback_id: String,
-    /// The commitment of the callback nonce.
+    /// The commitment of its callback nonce.
     pub callback_nonce_sha256: String,
 }
 
@@ -333,20 +432,20 @@ pub struct Idempotency {
 pub struct NewRun {
     /// Its identifier.
     pub id: RunId,
-    /// When it was accepted.
+    /// When it was accepted (and when its first attempt is due).
     pub created_at: DateTime<Utc>,
     /// The validator to run.
     pub validator_id: String,
     /// The validator's kind.
     pub validator_type: String,
-    /// The organisation that asked.
+    /// The organisation that asked (one storage key segment).
     pub org_id: String,
     /// The workflow it belongs to.
     pub workflow_id: String,
-    /// The accepted request; opaque to the store.
-    pub spec: Value,
-    /// Total attempts allowed (at least 1).
-    pub max_attempts: u32,
+    /// The accepted request as JSON text; opaque to the store.
+    pub spec: String,
+    /// Attempts and backoff.
+    pub retry: RetryPolicy,
     /// Present when the client sent an `Idempotency-Key`.
     pub idempotency: Option<Idempotency>,
     /// The first attempt.
@@ -376,37 +475,32 @@ impl CreateOutcome {
 pub struct MarkRunning {
     /// The attempt (in `dispatching` or `unknown`).
     pub attempt_id: AttemptId,
-    /// The backend's handle; kept if `None` and one is already stored.
-    pub backend_ref: Option<String>,
-    /// When it must have finished; kept if `None`.
+    /// The job the backend started.
+    pub backend: BackendRef,
+    /// When it must have finished; kept if `None` and one is already stored.
     pub deadline_at: Option<DateTime<Utc>>,
     /// When the backend accepted it.
     pub at: DateTime<Utc>,
 }
 
-/// What to do with the run once an attempt ends without an output.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AfterEnd {
-    /// Complete the run now.
-    CompleteRun,
-    /// Create this attempt as number n + 1 (due at its `not_before`, the backoff) if
-    /// `n < max_attempts` and no cancel was asked for; otherwise complete the run.
-    Retry(NewAttempt),
-}
-
-/// Ends an attempt without an output (`failed`, `canceled` or `timed_out`).
+/// Ends an attempt without an output: `failed`, `canceled` or `timed_out`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndAttempt {
     /// The attempt.
     pub attempt_id: AttemptId,
     /// `failed`, `canceled` or `timed_out`.
     pub to: AttemptState,
-    /// Why.
-    pub error: Option<String>,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// The job's exit code, if the backend reported one.
+    pub exit_code: Option<i32>,
+    /// The end of the job's log, if the backend kept one.
+    pub log_tail: Option<String>,
+    /// Whether another attempt could succeed (a launch error, a lost or crashed job, an
+    /// unusable output); the store retries only then, and only while the run's policy allows.
+    pub retryable: bool,
     /// When.
     pub at: DateTime<Utc>,
-    /// Retry or complete the run.
-    pub then: AfterEnd,
 }
 
 /// What [`RunStore::end_attempt`](super::RunStore::end_attempt) did to the run.
@@ -425,32 +519,44 @@ pub enum EndOutcome {
         ended: Attempt,
         /// The completed run.
         run: Run,
-        /// A retry was asked for but `max_attempts` was reached.
+        /// The attempt was retryable but the run's attempts were used up.
         attempts_exhausted: bool,
     },
 }
 
-/// A callback's verified outcome, to record in one transaction.
+/// Who finalizes an attempt with its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinalizedBy {
+    /// The job's verified callback, presenting this callback id.
+    Callback {
+        /// The callback id it presented (must be the attempt's).
+        callback_id: String,
+    },
+    /// The reconciler, which found a verified `output.json` of a job that never called back.
+    Salvage,
+}
+
+/// A verified output envelope to record, in one transaction, as the attempt's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finalize {
     /// The attempt being finalized.
     pub attempt_id: AttemptId,
-    /// The callback id it presented (must be the attempt's).
-    pub callback_id: String,
-    /// The terminal state for the attempt (usually `completed`).
-    pub to_state: AttemptState,
-    /// The run's result.
-    pub result: RunResult,
+    /// A callback, or the reconciler's salvage.
+    pub by: FinalizedBy,
+    /// The output envelope's status: decides the attempt's end and the run's result.
+    pub status: ValidationStatus,
     /// Messages from the output envelope.
     pub messages: Value,
     /// Metrics from the output envelope.
     pub metrics: Value,
+    /// The output envelope's validator-specific results.
+    pub outputs: Option<Value>,
     /// Where the output envelope lives.
-    pub output_uri: Option<String>,
+    pub output_uri: String,
     /// Its SHA-256.
-    pub output_sha256: Option<String>,
-    /// When the callback was accepted.
-    pub finished_at: DateTime<Utc>,
+    pub output_sha256: String,
+    /// When it was accepted.
+    pub at: DateTime<Utc>,
 }
 
 /// What [`RunStore::finalize_attempt`](super::RunStore::finalize_attempt) did.
@@ -458,12 +564,13 @@ pub struct Finalize {
 pub enum FinalizeOutcome {
     /// This call finalized the attempt and completed the run.
     Finalized(RunWithAttempts),
-    /// The attempt was already terminal; only a `duplicate` or `late` receipt was recorded.
+    /// The attempt was already terminal. A callback is recorded as a `duplicate` or `late`
+    /// receipt; a salvage records nothing (`recorded_as` is `None`).
     AlreadyTerminal {
         /// The attempt as it stands.
         attempt: Attempt,
-        /// `duplicate` or `late`.
-        recorded_as: ReceiptOutcome,
+        /// The receipt recorded for a callback.
+        recorded_as: Option<ReceiptOutcome>,
     },
 }
 
@@ -478,14 +585,14 @@ pub enum CancelOutcome {
     AlreadyCompleted(Run),
 }
 
-/// One received callback, whatever became of it.
+/// One received callback, whatever became of it (and the reconciler's salvages).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallbackReceipt {
     /// Its identifier.
     pub id: ReceiptId,
     /// The attempt it named, when one was found.
     pub attempt_id: Option<AttemptId>,
-    /// The callback id it presented.
+    /// The callback id it presented (the attempt's own for a salvage).
     pub callback_id: String,
     /// When it arrived.
     pub received_at: DateTime<Utc>,
@@ -609,27 +716,23 @@ pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} µs is out of range")))
 }
 
-pub(crate) fn completion_payload(run: &Run, attempt_id: AttemptId) -> Value {
-    serde_json::json!({
-        "type": RUN_COMPLETED_EVENT,
-        "run_id": run.id,
-        "attempt_id": attempt_id,
-        "org_id": run.org_id,
-        "workflow_id": run.workflow_id,
-        "validator_id": run.validator_id,
-        "state": run.state,
-        "result": run.result,
-        "finished_at": run.finished_at,
-        "output_uri": run.output_uri,
-        "output_sha256": run.output_sha256,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The run result implied by an attempt that ended without an output.
-pub(crate) fn result_without_output(state: AttemptState) -> RunResult {
-    match state {
-        AttemptState::Canceled => RunResult::Canceled,
-        AttemptState::TimedOut => RunResult::TimedOut,
-        _ => RunResult::Error,
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_jitters_within_the_upper_half() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 8_000,
+        };
+        let ms = |failed, jitter| policy.backoff(failed, jitter).num_milliseconds();
+        assert_eq!((ms(1, 0.0), ms(1, 1.0)), (500, 1_000));
+        assert_eq!((ms(2, 0.0), ms(2, 1.0)), (1_000, 2_000));
+        assert_eq!((ms(3, 0.5), ms(4, 1.0)), (3_000, 8_000));
+        assert_eq!(ms(40, 1.0), 8_000, "capped");
+        assert_eq!(ms(u32::MAX, 1.0), 8_000, "no overflow");
+        assert_eq!(ms(1, 7.0), 1_000, "jitter is clamped");
     }
 }

@@ -1,4 +1,5 @@
-//! Object storage: one create-only interface over `gs://`, `file://` and memory.
+//! Object storage: one create-only interface over `gs://`, `file://` and memory, and the
+//! [`layout`] of runs and attempts in it (the only place object keys are made).
 //!
 //! A service calls [`open`] once at start-up with its configured base URI and keeps the
 //! returned `Arc<dyn ObjectStore>`. Objects are addressed by a validated [`ObjectKey`] relative
@@ -18,6 +19,7 @@ mod error;
 mod file;
 #[cfg(feature = "gcs")]
 mod gcs;
+pub mod layout;
 mod memory;
 mod uri;
 

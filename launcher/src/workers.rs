@@ -1,0 +1,189 @@
+//! The launcher's background work, built once at start-up: every backend the registry names,
+//! the dispatcher feeding them and the reconciler watching them. `runway-launcher` and
+//! `runway dev` both start it here, and stop it in the order that loses nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use runway_contract::HttpUrl;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::backends::mock::{MockBackend, MockSettings};
+use crate::backends::{Backend, Backends, ENV_METADATA_HOST};
+use crate::config::WorkerArgs;
+use crate::dispatch::{DispatchSettings, Dispatcher, DispatcherParts};
+use crate::local::LocalArgs;
+use crate::reconcile::{ReconcileSettings, Reconciler, ReconcilerParts};
+use crate::registry::BackendKind;
+
+/// How long shutdown waits for dispatches and jobs in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the workers need to know about the services around them.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The callback service's `/v1/callbacks`, written into envelopes.
+    pub callback_url: String,
+    /// The local identity (metadata server) as jobs reach it, `host:port`.
+    pub metadata_host: SocketAddr,
+    /// Dispatcher and reconciler settings.
+    pub workers: WorkerArgs,
+    /// Mock backend settings.
+    pub local: LocalArgs,
+}
+
+/// The backends, the dispatcher and the reconciler, built and not yet running.
+#[derive(Debug)]
+pub struct Workers {
+    /// Every backend the registry names.
+    pub backends: Backends,
+    /// The dispatcher.
+    pub dispatcher: Arc<Dispatcher>,
+    /// The reconciler.
+    pub reconciler: Arc<Reconciler>,
+    /// The mock backend, when a validator uses it (tests read its counters).
+    pub mock: Option<Arc<MockBackend>>,
+}
+
+impl Workers {
+    /// Builds every backend the registry names (refusing, with a sentence, one that cannot be
+    /// built here), the dispatcher and the reconciler.
+    pub fn build(
+        state: &AppState,
+        config: &WorkerConfig,
+        reconcile: ReconcileSettings,
+    ) -> anyhow::Result<Self> {
+        let mut built: Vec<Arc<dyn Backend>> = Vec::new();
+        let mut mock = None;
+        let mut kinds: Vec<BackendKind> = state.registry.iter().map(|v| v.backend).collect();
+        kinds.sort_by_key(|k| k.as_str());
+        kinds.dedup();
+        for kind in kinds {
+            match kind {
+                BackendKind::Mock => {
+                    let backend = Arc::new(MockBackend::new(
+                        state.deps.storage.clone(),
+                        MockSettings {
+                            delay: Duration::from_millis(config.local.mock_delay_ms),
+                            metadata_host: config.metadata_host.to_string(),
+                        },
+                        state.clock.clone(),
+                    )?);
+                    mock = Some(backend.clone());
+                    built.push(backend);
+                }
+                other => {
+                    let users: Vec<&str> = state
+                        .registry
+                        .iter()
+                        .filter(|v| v.backend == other)
+                        .map(|v| v.id.as_str())
+                        .collect();
+                    bail!(
+                        "the {other} backend is not available in this build yet; validators {} \
+                         use it (run them on the mock backend for now)",
+                        users.join(", ")
+                    );
+                }
+            }
+        }
+        let backends = Backends::new(&state.registry, built)?;
+        let callback_url = HttpUrl::parse(config.callback_url.clone())
+            .map_err(|e| anyhow::anyhow!("the callback URL: {e}"))
+            .context("set the callback service's URL, e.g. http://127.0.0.1:8081/v1/callbacks")?;
+        let dispatcher = Arc::new(Dispatcher::new(
+            DispatcherParts {
+                store: state.deps.store.clone(),
+                storage: state.deps.storage.clone(),
+                registry: state.registry.clone(),
+                backends: backends.clone(),
+                nonce_key: state.nonce_key.clone(),
+                wake: state.wake.clone(),
+                clock: state.clock.clone(),
+            },
+            DispatchSettings {
+                callback_url,
+                max_in_flight: config.workers.max_in_flight,
+                poll_interval: Duration::from_secs(1),
+                drain_timeout: DRAIN_TIMEOUT,
+                job_env: BTreeMap::from([(
+                    ENV_METADATA_HOST.to_owned(),
+                    config.metadata_host.to_string(),
+                )]),
+            },
+        ));
+        let reconciler = Arc::new(Reconciler::new(
+            ReconcilerParts {
+                store: state.deps.store.clone(),
+                storage: state.deps.storage.clone(),
+                registry: state.registry.clone(),
+                backends: backends.clone(),
+                clock: state.clock.clone(),
+            },
+            reconcile,
+        ));
+        Ok(Self {
+            backends,
+            dispatcher,
+            reconciler,
+            mock,
+        })
+    }
+
+    /// Sweeps jobs of no active attempt (left by an earlier process), then starts the
+    /// dispatcher and the reconciler.
+    pub async fn start(&self) -> anyhow::Result<RunningWorkers> {
+        self.reconciler
+            .sweep()
+            .await
+            .context("sweeping orphaned jobs at start-up")?;
+        let stop_dispatch = CancellationToken::new();
+        let stop_reconcile = CancellationToken::new();
+        Ok(RunningWorkers {
+            dispatcher: tokio::spawn(
+                self.dispatcher
+                    .clone()
+                    .run_until_stopped(stop_dispatch.clone()),
+            ),
+            reconciler: tokio::spawn(
+                self.reconciler
+                    .clone()
+                    .run_until_stopped(stop_reconcile.clone()),
+            ),
+            stop_dispatch,
+            stop_reconcile,
+            backends: self.backends.clone(),
+        })
+    }
+}
+
+/// The dispatcher and the reconciler, running.
+#[derive(Debug)]
+pub struct RunningWorkers {
+    dispatcher: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
+    stop_dispatch: CancellationToken,
+    stop_reconcile: CancellationToken,
+    backends: Backends,
+}
+
+impl RunningWorkers {
+    /// Stops in the order that loses nothing: no new dispatches (in-flight ones finish), jobs
+    /// finish and call back, then the reconciler stops. The HTTP servers (the callback service
+    /// above all) must still be up while this runs.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop_dispatch.cancel();
+        self.dispatcher.await.context("dispatcher task")?;
+        for backend in self.backends.iter() {
+            backend.drain(DRAIN_TIMEOUT).await;
+        }
+        self.stop_reconcile.cancel();
+        self.reconciler.await.context("reconciler task")?;
+        Ok(())
+    }
+}

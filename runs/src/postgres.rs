@@ -1,0 +1,682 @@
+//! The run store on PostgreSQL, for several launcher (and callback) replicas sharing one
+//! database.
+//!
+//! This module holds PostgreSQL's SQL text, its encoding, how its transactions take locks and
+//! its claim query; every decision lives in [`lifecycle`](crate::lifecycle).
+//!
+//! Transactions are short and READ COMMITTED. [`WriteTx::lock_attempt`] is `SELECT … FOR
+//! UPDATE`; the lifecycle touches a run only after locking its attempt, so the lock order is
+//! always attempt → run and operations cannot deadlock one another. Claims skip locked rows
+//! instead of waiting for them. A run's `spec` is stored as `json` (verbatim) and read back as text.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::lifecycle::{WriteTx, pair, run_state_for};
+use crate::rows::*;
+use crate::*;
+
+/// The PostgreSQL migrations, embedded.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+const MAX_CONNECTIONS: u32 = 16;
+
+/// [`RunStore`] on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://…` or `postgresql://…`) and applies migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::BadUrl(format!("not a usable PostgreSQL URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Wraps an existing pool and applies migrations (they take an advisory lock, so
+    /// replicas starting together do not race).
+    pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+// --- Encoding: native `uuid` and `timestamptz`; counts as `integer`, durations as `bigint` ---
+
+fn enc_id(id: Uuid) -> Uuid {
+    id
+}
+
+fn enc_ts(t: DateTime<Utc>) -> DateTime<Utc> {
+    t
+}
+
+fn enc_opt_ts(t: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    t
+}
+
+fn enc_count(n: u32) -> Result<i32, StoreError> {
+    i32::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} is too large")))
+}
+
+fn enc_millis(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} ms is too long")))
+}
+
+fn id_col(row: &PgRow, col: &str) -> Result<Uuid, StoreError> {
+    Ok(row.try_get(col)?)
+}
+
+fn opt_id_col(row: &PgRow, col: &str) -> Result<Option<Uuid>, StoreError> {
+    Ok(row.try_get(col)?)
+}
+
+fn ts_col(row: &PgRow, col: &str) -> Result<DateTime<Utc>, StoreError> {
+    Ok(row.try_get(col)?)
+}
+
+fn opt_ts_col(row: &PgRow, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(row.try_get(col)?)
+}
+
+fn count_col(row: &PgRow, col: &str) -> Result<u32, StoreError> {
+    let n: i32 = row.try_get(col)?;
+    u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col} {n} is out of range")))
+}
+
+fn millis_col(row: &PgRow, col: &str) -> Result<u64, StoreError> {
+    let n: i64 = row.try_get(col)?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col} {n} is out of range")))
+}
+
+fn enum_col<T: FromStr<Err = StoreError>>(row: &PgRow, col: &str) -> Result<T, StoreError> {
+    row.try_get::<String, _>(col)?.parse()
+}
+
+fn opt_enum_col<T: FromStr<Err = StoreError>>(
+    row: &PgRow,
+    col: &str,
+) -> Result<Option<T>, StoreError> {
+    row.try_get::<Option<String>, _>(col)?
+        .map(|s| s.parse())
+        .transpose()
+}
+
+fn json_col(row: &PgRow, col: &str) -> Result<Option<Value>, StoreError> {
+    Ok(row.try_get::<Option<Json<Value>>, _>(col)?.map(|j| j.0))
+}
+
+decoders!(PgRow);
+
+// --- Queries shared by transactions and plain reads -------------------------------------------
+
+async fn fetch_run(conn: &mut PgConnection, id: RunId) -> Result<Option<Run>, StoreError> {
+    sqlx::query(concat!(
+        "SELECT ",
+        run_columns!("spec::text AS spec"),
+        " FROM runs WHERE id = $1"
+    ))
+    .bind(id.as_uuid())
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(run_from_row)
+    .transpose()
+}
+
+async fn fetch_attempts_of(
+    conn: &mut PgConnection,
+    run_id: RunId,
+) -> Result<Vec<Attempt>, StoreError> {
+    sqlx::query(concat!(
+        "SELECT ",
+        attempt_columns!(),
+        " FROM attempts WHERE run_id = $1 ORDER BY number"
+    ))
+    .bind(run_id.as_uuid())
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(attempt_from_row)
+    .collect()
+}
+
+// --- The write transaction -----------------------------------------------------------------
+
+/// One READ COMMITTED transaction; attempts are locked row by row.
+struct PgTx(Transaction<'static, Postgres>);
+
+#[async_trait]
+impl WriteTx for PgTx {
+    async fn lock_attempt(&mut self, id: AttemptId) -> Result<Option<Attempt>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *self.0)
+        .await?
+        .as_ref()
+        .map(attempt_from_row)
+        .transpose()
+    }
+
+    async fn lock_latest_attempt(&mut self, run_id: RunId) -> Result<Option<Attempt>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE run_id = $1 ORDER BY number DESC LIMIT 1 FOR UPDATE"
+        ))
+        .bind(run_id.as_uuid())
+        .fetch_optional(&mut *self.0)
+        .await?
+        .as_ref()
+        .map(attempt_from_row)
+        .transpose()
+    }
+
+    async fn run(&mut self, id: RunId) -> Result<Option<Run>, StoreError> {
+        fetch_run(&mut self.0, id).await
+    }
+
+    async fn attempts_of(&mut self, run_id: RunId) -> Result<Vec<Attempt>, StoreError> {
+        fetch_attempts_of(&mut self.0, run_id).await
+    }
+
+    async fn insert_run(&mut self, run: &Run) -> Result<bool, StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, \
+             workflow_id, spec, max_attempts, retry_initial_ms, retry_max_ms, state, \
+             idempotency_key, request_sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
+             DO NOTHING",
+        );
+        let inserted = bind_run_insert!(query, run).execute(&mut *self.0).await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn run_by_idempotency_key(
+        &mut self,
+        org_id: &str,
+        key: &str,
+    ) -> Result<Option<Run>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            run_columns!("spec::text AS spec"),
+            " FROM runs WHERE org_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(org_id)
+        .bind(key)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .as_ref()
+        .map(run_from_row)
+        .transpose()
+    }
+
+    async fn insert_attempt(&mut self, a: &Attempt) -> Result<(), StoreError> {
+        bind_attempt!(sqlx::query(INSERT_ATTEMPT), a)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_attempt(
+        &mut self,
+        a: &Attempt,
+        from: AttemptState,
+    ) -> Result<bool, StoreError> {
+        let updated = bind_attempt_update!(sqlx::query(UPDATE_ATTEMPT), a, from)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn update_run(&mut self, r: &Run, from: RunState) -> Result<bool, StoreError> {
+        let updated = bind_run_update!(sqlx::query(UPDATE_RUN), r, from)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn insert_receipt(&mut self, r: &CallbackReceipt) -> Result<(), StoreError> {
+        bind_receipt!(sqlx::query(INSERT_RECEIPT), r)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn has_receipt(
+        &mut self,
+        attempt_id: AttemptId,
+        outcomes: &[ReceiptOutcome],
+    ) -> Result<bool, StoreError> {
+        let outcomes: Vec<&str> = outcomes.iter().map(ReceiptOutcome::as_str).collect();
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM callback_receipts \
+             WHERE attempt_id = $1 AND outcome = ANY($2))",
+        )
+        .bind(attempt_id.as_uuid())
+        .bind(&outcomes)
+        .fetch_one(&mut *self.0)
+        .await?)
+    }
+
+    async fn insert_outbox(&mut self, e: &OutboxEvent) -> Result<(), StoreError> {
+        bind_outbox!(sqlx::query(INSERT_OUTBOX), e)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+impl PostgresStore {
+    /// Applies an outbox update guarded by "still open"; explains a miss.
+    async fn close_outbox<'q>(
+        &self,
+        id: OutboxId,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<(), StoreError> {
+        if query.execute(&self.pool).await?.rows_affected() == 1 {
+            return Ok(());
+        }
+        let row = sqlx::query("SELECT delivered_at FROM outbox WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("outbox event", id))?;
+        let delivered: Option<DateTime<Utc>> = row.try_get("delivered_at")?;
+        Err(StoreError::OutboxClosed {
+            id,
+            status: if delivered.is_some() {
+                "delivered"
+            } else {
+                "dead"
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl RunStore for PostgresStore {
+    async fn begin(&self) -> Result<Box<dyn WriteTx>, StoreError> {
+        Ok(Box::new(PgTx(self.pool.begin().await?)))
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError> {
+        // One snapshot for the run and its attempts.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(run) = fetch_run(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let attempts = fetch_attempts_of(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(RunWithAttempts { run, attempts }))
+    }
+
+    async fn get_attempt(&self, id: AttemptId) -> Result<Option<Attempt>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE id = $1"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(attempt_from_row)
+        .transpose()
+    }
+
+    async fn attempt_by_callback_id(
+        &self,
+        callback_id: &str,
+    ) -> Result<Option<Attempt>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE callback_id = $1"
+        ))
+        .bind(callback_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(attempt_from_row)
+        .transpose()
+    }
+
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        after: Option<&RunCursor>,
+        limit: u32,
+    ) -> Result<RunPage, StoreError> {
+        let limit = limit.max(1);
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!("spec::text AS spec"),
+            " FROM runs WHERE ($1::text IS NULL OR state = $1) \
+             AND ($2::text IS NULL OR validator_id = $2) AND ($3::text IS NULL OR org_id = $3) \
+             AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid)) \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
+        ))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.validator_id.as_deref())
+        .bind(filter.org_id.as_deref())
+        .bind(after.map(|c| c.created_at))
+        .bind(after.map(|c| c.id.as_uuid()))
+        // One extra row tells whether another page exists.
+        .bind(limit_i64(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs = rows
+            .iter()
+            .map(run_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if runs.len() > limit as usize {
+            runs.truncate(limit as usize);
+            runs.last().map(RunCursor::after)
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next_cursor })
+    }
+
+    async fn attempts_in_states(
+        &self,
+        states: &[AttemptState],
+        after: Option<AttemptId>,
+        limit: u32,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let states: Vec<&str> = states.iter().map(AttemptState::as_str).collect();
+        sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE state = ANY($1) AND ($2::uuid IS NULL OR id > $2) \
+             ORDER BY id LIMIT $3"
+        ))
+        .bind(&states)
+        .bind(after.map(|a| a.as_uuid()))
+        .bind(limit_i64(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect()
+    }
+
+    /// How caps hold across replicas: `SKIP LOCKED` alone keeps two claimers from taking the
+    /// same row, but not from each counting the same free slots of a capped validator. So for
+    /// every capped validator with due work, the claimer first takes a transaction-scoped
+    /// advisory lock with `pg_try_advisory_xact_lock`, and only then counts its active
+    /// attempts. Only claims make attempts active, so while the lock is held the count can only
+    /// fall; the lock is released at commit, and the next holder's count (a new statement under
+    /// READ COMMITTED) sees the committed claims. A validator whose lock is busy is skipped in
+    /// this round rather than waited for: concurrent claimers split the validators between them
+    /// and no claimer ever waits (no deadlock). Two validators whose lock keys hash alike
+    /// merely share a lock.
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        caps: &HashMap<String, u32>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+
+        let capped: Vec<&str> = caps.keys().map(String::as_str).collect();
+        let mut busy: Vec<String> = Vec::new();
+        let mut budget: HashMap<String, u32> = HashMap::new();
+        if !capped.is_empty() {
+            let with_work: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT validator_id FROM attempts \
+                 WHERE state = 'pending' AND not_before <= $1 AND validator_id = ANY($2)",
+            )
+            .bind(now)
+            .bind(&capped)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut locked = Vec::new();
+            for validator in with_work {
+                let got: bool = sqlx::query_scalar(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended('runway.claim:' || $1, 0))",
+                )
+                .bind(&validator)
+                .fetch_one(&mut *tx)
+                .await?;
+                if got {
+                    locked.push(validator);
+                } else {
+                    busy.push(validator);
+                }
+            }
+            let active: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT validator_id, COUNT(*) FROM attempts \
+                 WHERE state IN ('dispatching', 'running', 'unknown') AND validator_id = ANY($1) \
+                 GROUP BY validator_id",
+            )
+            .bind(&locked)
+            .fetch_all(&mut *tx)
+            .await?;
+            let active: HashMap<String, i64> = active.into_iter().collect();
+            for validator in locked {
+                let cap = caps.get(&validator).copied().unwrap_or(0);
+                let used = active.get(&validator).copied().unwrap_or(0);
+                let used = u32::try_from(used).unwrap_or(u32::MAX);
+                budget.insert(validator, cap.saturating_sub(used));
+            }
+        }
+
+        // Capped validators are excluded once their budget is spent (or their lock is busy),
+        // and the query repeats for what is left; rows locked but passed over stay untouched.
+        let mut excluded: Vec<String> = busy;
+        excluded.extend(
+            budget
+                .iter()
+                .filter(|(_, left)| **left == 0)
+                .map(|(v, _)| v.clone()),
+        );
+        // A capped validator with no due work this instant was never locked; keep it out so
+        // that work becoming due mid-claim cannot slip past the count.
+        excluded.extend(caps.keys().filter(|v| !budget.contains_key(*v)).cloned());
+        let mut seen: Vec<Uuid> = Vec::new();
+        let mut chosen: Vec<Uuid> = Vec::new();
+        let mut chosen_runs: HashSet<Uuid> = HashSet::new();
+        while chosen.len() < limit as usize {
+            let want = limit as usize - chosen.len();
+            let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+                "SELECT id, run_id, validator_id FROM attempts \
+                 WHERE state = 'pending' AND not_before <= $1 \
+                 AND validator_id <> ALL($2) AND id <> ALL($3) \
+                 ORDER BY not_before, created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(now)
+            .bind(&excluded)
+            .bind(&seen)
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for (id, run_id, validator) in rows {
+                seen.push(id);
+                if let Some(left) = budget.get_mut(&validator) {
+                    if *left == 0 {
+                        continue;
+                    }
+                    *left -= 1;
+                    if *left == 0 {
+                        excluded.push(validator);
+                    }
+                }
+                chosen.push(id);
+                chosen_runs.insert(run_id);
+            }
+        }
+        if chosen.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+
+        let rows = sqlx::query(concat!(
+            "UPDATE attempts SET state = $3, dispatched_at = $2 \
+             WHERE id = ANY($1) AND state = 'pending' RETURNING ",
+            attempt_columns!()
+        ))
+        .bind(&chosen)
+        .bind(now)
+        .bind(AttemptState::Dispatching.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let runs: Vec<Uuid> = chosen_runs.into_iter().collect();
+        let run_rows = sqlx::query(concat!(
+            "UPDATE runs SET state = $2 WHERE id = ANY($1) RETURNING ",
+            run_columns!("spec::text AS spec")
+        ))
+        .bind(&runs)
+        .bind(run_state_for(AttemptState::Dispatching).as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut claimed = rows
+            .iter()
+            .map(attempt_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|a| (a.not_before, a.created_at, a.id));
+        let runs = run_rows
+            .iter()
+            .map(run_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        pair(claimed, runs)
+    }
+    async fn callback_receipts(
+        &self,
+        attempt_id: AttemptId,
+    ) -> Result<Vec<CallbackReceipt>, StoreError> {
+        sqlx::query(
+            "SELECT id, attempt_id, callback_id, received_at, outcome, detail \
+             FROM callback_receipts WHERE attempt_id = $1 ORDER BY received_at, id",
+        )
+        .bind(attempt_id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(receipt_from_row)
+        .collect()
+    }
+
+    async fn claim_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: TimeDelta,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        // One statement: the rows are locked (skipping those another deliverer holds) and
+        // their lease pushed forward atomically.
+        let rows = sqlx::query(concat!(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2 \
+             WHERE id IN (SELECT id FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL \
+             AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3 \
+             FOR UPDATE SKIP LOCKED) RETURNING ",
+            outbox_columns!()
+        ))
+        .bind(now)
+        .bind(now + lease)
+        .bind(limit_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(outbox_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| (e.created_at, e.id));
+        Ok(events)
+    }
+
+    async fn outbox_for_run(&self, run_id: RunId) -> Result<Vec<OutboxEvent>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM outbox WHERE run_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(run_id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox_from_row)
+        .collect()
+    }
+
+    async fn mark_outbox_delivered(
+        &self,
+        id: OutboxId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE outbox SET delivered_at = $2 \
+             WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(id.as_uuid())
+        .bind(at);
+        self.close_outbox(id, query).await
+    }
+
+    async fn mark_outbox_retry(
+        &self,
+        id: OutboxId,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = $2, last_error = $3 \
+             WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(id.as_uuid())
+        .bind(next_attempt_at)
+        .bind(error.to_owned());
+        self.close_outbox(id, query).await
+    }
+
+    async fn mark_outbox_dead(
+        &self,
+        id: OutboxId,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE outbox SET dead_at = $2, last_error = $3 \
+             WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(id.as_uuid())
+        .bind(at)
+        .bind(error.to_owned());
+        self.close_outbox(id, query).await
+    }
+}

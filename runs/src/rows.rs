@@ -1,0 +1,277 @@
+//! The row shapes both databases share, written once: the column lists, the SQL text that is
+//! the same on both, and (as macros each database module expands over its own encoding
+//! functions) decoding a row into a record and binding a record's fields in column order.
+//!
+//! A database module provides, with these names, the functions the macros call: `id_col`,
+//! `opt_id_col`, `ts_col`, `opt_ts_col`, `count_col`, `millis_col`, `enum_col`,
+//! `opt_enum_col`, `json_col` (decoding) and `enc_id`, `enc_ts`, `enc_opt_ts`, `enc_count`,
+//! `enc_millis` (encoding). Types differ (SQLite keeps UUIDs as text and times as integer
+//! microseconds; PostgreSQL has `uuid` and `timestamptz`); the shapes do not.
+
+/// The attempt columns, in the order [`bind_attempt`] binds them.
+macro_rules! attempt_columns {
+    () => {
+        "id, run_id, number, state, validator_id, not_before, storage_prefix, callback_id, \
+         callback_nonce_sha256, deadline_at, backend_kind, backend_ref, cancel_requested, error, \
+         exit_code, log_tail, created_at, dispatched_at, started_at, finished_at"
+    };
+}
+
+/// The outbox columns.
+macro_rules! outbox_columns {
+    () => {
+        "id, run_id, event, payload, created_at, attempts, next_attempt_at, delivered_at, \
+         dead_at, last_error"
+    };
+}
+
+/// The run columns; `$spec` is how the database reads the spec back as text.
+macro_rules! run_columns {
+    ($spec:literal) => {
+        concat!(
+            "id, created_at, validator_id, validator_type, org_id, workflow_id, ",
+            $spec,
+            ", max_attempts, retry_initial_ms, retry_max_ms, state, result, finished_at, \
+             messages, metrics, outputs, output_uri, output_sha256, idempotency_key, \
+             request_sha256"
+        )
+    };
+}
+
+pub(crate) use {attempt_columns, outbox_columns, run_columns};
+
+/// Inserts an attempt; bind with [`bind_attempt`].
+pub(crate) const INSERT_ATTEMPT: &str = concat!(
+    "INSERT INTO attempts (",
+    attempt_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19, $20)"
+);
+
+/// Writes back an attempt's mutable columns under a compare-and-set on its state; bind with
+/// [`bind_attempt_update`].
+pub(crate) const UPDATE_ATTEMPT: &str = "UPDATE attempts SET state = $3, not_before = $4, \
+     callback_nonce_sha256 = $5, deadline_at = $6, backend_kind = $7, backend_ref = $8, \
+     cancel_requested = $9, error = $10, exit_code = $11, log_tail = $12, dispatched_at = $13, \
+     started_at = $14, finished_at = $15 WHERE id = $1 AND state = $2";
+
+/// Writes back a run's mutable columns under a compare-and-set on its state; bind with
+/// [`bind_run_update`].
+pub(crate) const UPDATE_RUN: &str = "UPDATE runs SET state = $3, result = $4, finished_at = $5, \
+     messages = $6, metrics = $7, outputs = $8, output_uri = $9, output_sha256 = $10 \
+     WHERE id = $1 AND state = $2";
+
+/// Inserts a receipt; bind with [`bind_receipt`].
+pub(crate) const INSERT_RECEIPT: &str = "INSERT INTO callback_receipts (id, attempt_id, \
+     callback_id, received_at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Inserts an outbox event; bind with [`bind_outbox`].
+pub(crate) const INSERT_OUTBOX: &str = "INSERT INTO outbox (id, run_id, event, payload, \
+     created_at, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// `run_from_row`, `attempt_from_row`, `receipt_from_row` and `outbox_from_row` for `$row`.
+macro_rules! decoders {
+    ($row:ty) => {
+        fn run_from_row(row: &$row) -> Result<Run, StoreError> {
+            Ok(Run {
+                id: RunId::from_uuid(id_col(row, "id")?),
+                created_at: ts_col(row, "created_at")?,
+                validator_id: row.try_get("validator_id")?,
+                validator_type: row.try_get("validator_type")?,
+                org_id: row.try_get("org_id")?,
+                workflow_id: row.try_get("workflow_id")?,
+                spec: row.try_get("spec")?,
+                retry: RetryPolicy {
+                    max_attempts: count_col(row, "max_attempts")?,
+                    initial_backoff_ms: millis_col(row, "retry_initial_ms")?,
+                    max_backoff_ms: millis_col(row, "retry_max_ms")?,
+                },
+                state: enum_col(row, "state")?,
+                result: opt_enum_col(row, "result")?,
+                finished_at: opt_ts_col(row, "finished_at")?,
+                messages: json_col(row, "messages")?,
+                metrics: json_col(row, "metrics")?,
+                outputs: json_col(row, "outputs")?,
+                output_uri: row.try_get("output_uri")?,
+                output_sha256: row.try_get("output_sha256")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                request_sha256: row.try_get("request_sha256")?,
+            })
+        }
+
+        fn attempt_from_row(row: &$row) -> Result<Attempt, StoreError> {
+            let backend = match (
+                opt_enum_col::<BackendKind>(row, "backend_kind")?,
+                row.try_get::<Option<String>, _>("backend_ref")?,
+            ) {
+                (Some(kind), Some(id)) => Some(BackendRef { kind, id }),
+                _ => None,
+            };
+            Ok(Attempt {
+                id: AttemptId::from_uuid(id_col(row, "id")?),
+                run_id: RunId::from_uuid(id_col(row, "run_id")?),
+                number: count_col(row, "number")?,
+                state: enum_col(row, "state")?,
+                validator_id: row.try_get("validator_id")?,
+                not_before: ts_col(row, "not_before")?,
+                storage_prefix: row.try_get("storage_prefix")?,
+                callback_id: row.try_get("callback_id")?,
+                callback_nonce_sha256: row.try_get("callback_nonce_sha256")?,
+                deadline_at: opt_ts_col(row, "deadline_at")?,
+                backend,
+                cancel_requested: row.try_get("cancel_requested")?,
+                error: row.try_get("error")?,
+                exit_code: row.try_get("exit_code")?,
+                log_tail: row.try_get("log_tail")?,
+                created_at: ts_col(row, "created_at")?,
+                dispatched_at: opt_ts_col(row, "dispatched_at")?,
+                started_at: opt_ts_col(row, "started_at")?,
+                finished_at: opt_ts_col(row, "finished_at")?,
+            })
+        }
+
+        fn receipt_from_row(row: &$row) -> Result<CallbackReceipt, StoreError> {
+            Ok(CallbackReceipt {
+                id: ReceiptId::from_uuid(id_col(row, "id")?),
+                attempt_id: opt_id_col(row, "attempt_id")?.map(AttemptId::from_uuid),
+                callback_id: row.try_get("callback_id")?,
+                received_at: ts_col(row, "received_at")?,
+                outcome: enum_col(row, "outcome")?,
+                detail: row.try_get("detail")?,
+            })
+        }
+
+        fn outbox_from_row(row: &$row) -> Result<OutboxEvent, StoreError> {
+            Ok(OutboxEvent {
+                id: OutboxId::from_uuid(id_col(row, "id")?),
+                run_id: RunId::from_uuid(id_col(row, "run_id")?),
+                event: row.try_get("event")?,
+                payload: json_col(row, "payload")?.unwrap_or(Value::Null),
+                created_at: ts_col(row, "created_at")?,
+                attempts: count_col(row, "attempts")?,
+                next_attempt_at: ts_col(row, "next_attempt_at")?,
+                delivered_at: opt_ts_col(row, "delivered_at")?,
+                dead_at: opt_ts_col(row, "dead_at")?,
+                last_error: row.try_get("last_error")?,
+            })
+        }
+    };
+}
+
+/// Binds every column of attempt `$a` to `$q`, in [`attempt_columns`] order.
+macro_rules! bind_attempt {
+    ($q:expr, $a:expr) => {{
+        let a = $a;
+        $q.bind(enc_id(a.id.as_uuid()))
+            .bind(enc_id(a.run_id.as_uuid()))
+            .bind(enc_count(a.number)?)
+            .bind(a.state.as_str())
+            .bind(&a.validator_id)
+            .bind(enc_ts(a.not_before))
+            .bind(&a.storage_prefix)
+            .bind(&a.callback_id)
+            .bind(a.callback_nonce_sha256.as_deref())
+            .bind(enc_opt_ts(a.deadline_at))
+            .bind(a.backend.as_ref().map(|b| b.kind.as_str()))
+            .bind(a.backend.as_ref().map(|b| b.id.as_str()))
+            .bind(a.cancel_requested)
+            .bind(a.error.as_deref())
+            .bind(a.exit_code)
+            .bind(a.log_tail.as_deref())
+            .bind(enc_ts(a.created_at))
+            .bind(enc_opt_ts(a.dispatched_at))
+            .bind(enc_opt_ts(a.started_at))
+            .bind(enc_opt_ts(a.finished_at))
+    }};
+}
+
+/// Binds [`UPDATE_ATTEMPT`]'s parameters: attempt `$a`, expected to be in state `$from`.
+macro_rules! bind_attempt_update {
+    ($q:expr, $a:expr, $from:expr) => {{
+        let a = $a;
+        $q.bind(enc_id(a.id.as_uuid()))
+            .bind($from.as_str())
+            .bind(a.state.as_str())
+            .bind(enc_ts(a.not_before))
+            .bind(a.callback_nonce_sha256.as_deref())
+            .bind(enc_opt_ts(a.deadline_at))
+            .bind(a.backend.as_ref().map(|b| b.kind.as_str()))
+            .bind(a.backend.as_ref().map(|b| b.id.as_str()))
+            .bind(a.cancel_requested)
+            .bind(a.error.as_deref())
+            .bind(a.exit_code)
+            .bind(a.log_tail.as_deref())
+            .bind(enc_opt_ts(a.dispatched_at))
+            .bind(enc_opt_ts(a.started_at))
+            .bind(enc_opt_ts(a.finished_at))
+    }};
+}
+
+/// Binds [`UPDATE_RUN`]'s parameters: run `$r`, expected to be in state `$from`.
+macro_rules! bind_run_update {
+    ($q:expr, $r:expr, $from:expr) => {{
+        let r = $r;
+        $q.bind(enc_id(r.id.as_uuid()))
+            .bind($from.as_str())
+            .bind(r.state.as_str())
+            .bind(r.result.map(|x| x.as_str()))
+            .bind(enc_opt_ts(r.finished_at))
+            .bind(r.messages.as_ref().map(Json))
+            .bind(r.metrics.as_ref().map(Json))
+            .bind(r.outputs.as_ref().map(Json))
+            .bind(r.output_uri.as_deref())
+            .bind(r.output_sha256.as_deref())
+    }};
+}
+
+/// Binds a new run's parameters (the database's insert names its own columns and casts).
+macro_rules! bind_run_insert {
+    ($q:expr, $r:expr) => {{
+        let r = $r;
+        $q.bind(enc_id(r.id.as_uuid()))
+            .bind(enc_ts(r.created_at))
+            .bind(&r.validator_id)
+            .bind(&r.validator_type)
+            .bind(&r.org_id)
+            .bind(&r.workflow_id)
+            .bind(&r.spec)
+            .bind(enc_count(r.retry.max_attempts)?)
+            .bind(enc_millis(r.retry.initial_backoff_ms)?)
+            .bind(enc_millis(r.retry.max_backoff_ms)?)
+            .bind(r.state.as_str())
+            .bind(r.idempotency_key.as_deref())
+            .bind(r.request_sha256.as_deref())
+    }};
+}
+
+/// Binds [`INSERT_RECEIPT`]'s parameters.
+macro_rules! bind_receipt {
+    ($q:expr, $r:expr) => {{
+        let r = $r;
+        $q.bind(enc_id(r.id.as_uuid()))
+            .bind(r.attempt_id.map(|a| enc_id(a.as_uuid())))
+            .bind(&r.callback_id)
+            .bind(enc_ts(r.received_at))
+            .bind(r.outcome.as_str())
+            .bind(r.detail.as_deref())
+    }};
+}
+
+/// Binds [`INSERT_OUTBOX`]'s parameters.
+macro_rules! bind_outbox {
+    ($q:expr, $e:expr) => {{
+        let e = $e;
+        $q.bind(enc_id(e.id.as_uuid()))
+            .bind(enc_id(e.run_id.as_uuid()))
+            .bind(&e.event)
+            .bind(Json(&e.payload))
+            .bind(enc_ts(e.created_at))
+            .bind(enc_count(e.attempts)?)
+            .bind(enc_ts(e.next_attempt_at))
+    }};
+}
+
+pub(crate) use {
+    bind_attempt, bind_attempt_update, bind_outbox, bind_receipt, bind_run_insert, bind_run_update,
+    decoders,
+};

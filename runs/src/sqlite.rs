@@ -1,0 +1,676 @@
+//! The run store on SQLite: the embedded default for a single launcher process.
+//!
+//! This module holds SQLite's SQL text, its encoding and how its transactions start; every
+//! decision lives in [`lifecycle`](crate::lifecycle).
+//!
+//! Every write runs in a `BEGIN IMMEDIATE` transaction, which takes SQLite's single write lock
+//! up front. Writers are therefore serialized (waiting up to the busy timeout instead of
+//! failing with `SQLITE_BUSY` when a read lock would have to be upgraded), so "lock a row" is
+//! a plain read: the whole database is locked. The `WHERE state = …` guards are kept anyway so
+//! each update states the transition it performs.
+//!
+//! Timestamps are stored as integer microseconds (UTC) and ids as hyphenated UUID text; both
+//! sort correctly as stored, which the listing cursor, the due-time queries and the reconciler's
+//! scan rely on.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
+use uuid::Uuid;
+
+use crate::lifecycle::{WriteTx, pair, run_state_for};
+use crate::model::from_micros;
+use crate::rows::*;
+use crate::*;
+
+/// The SQLite migrations, embedded.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a writer waits for SQLite's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_CONNECTIONS: u32 = 8;
+
+/// [`RunStore`] on a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite:PATH` or `sqlite://PATH`) in
+    /// WAL mode and applies migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::BadUrl(format!("not a usable SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across application crashes in WAL mode; only an OS crash can
+            // lose the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Wraps an existing pool and applies migrations.
+    pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+// --- Encoding: UUIDs as hyphenated text, times as integer microseconds ---------------------
+
+fn enc_id(id: Uuid) -> String {
+    id.hyphenated().to_string()
+}
+
+fn enc_ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn enc_opt_ts(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(enc_ts)
+}
+
+fn enc_count(n: u32) -> Result<i64, StoreError> {
+    Ok(i64::from(n))
+}
+
+fn enc_millis(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} ms is too long")))
+}
+
+fn parse_uuid(col: &str, text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("{col} {text:?}: {e}")))
+}
+
+fn id_col(row: &SqliteRow, col: &str) -> Result<Uuid, StoreError> {
+    parse_uuid(col, &row.try_get::<String, _>(col)?)
+}
+
+fn opt_id_col(row: &SqliteRow, col: &str) -> Result<Option<Uuid>, StoreError> {
+    row.try_get::<Option<String>, _>(col)?
+        .map(|text| parse_uuid(col, &text))
+        .transpose()
+}
+
+fn ts_col(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>, StoreError> {
+    from_micros(row.try_get(col)?)
+}
+
+fn opt_ts_col(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    row.try_get::<Option<i64>, _>(col)?
+        .map(from_micros)
+        .transpose()
+}
+
+fn count_col(row: &SqliteRow, col: &str) -> Result<u32, StoreError> {
+    let n: i64 = row.try_get(col)?;
+    u32::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col} {n} is out of range")))
+}
+
+fn millis_col(row: &SqliteRow, col: &str) -> Result<u64, StoreError> {
+    let n: i64 = row.try_get(col)?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col} {n} is out of range")))
+}
+
+fn enum_col<T: FromStr<Err = StoreError>>(row: &SqliteRow, col: &str) -> Result<T, StoreError> {
+    row.try_get::<String, _>(col)?.parse()
+}
+
+fn opt_enum_col<T: FromStr<Err = StoreError>>(
+    row: &SqliteRow,
+    col: &str,
+) -> Result<Option<T>, StoreError> {
+    row.try_get::<Option<String>, _>(col)?
+        .map(|s| s.parse())
+        .transpose()
+}
+
+fn json_col(row: &SqliteRow, col: &str) -> Result<Option<Value>, StoreError> {
+    Ok(row.try_get::<Option<Json<Value>>, _>(col)?.map(|j| j.0))
+}
+
+decoders!(SqliteRow);
+
+// --- Queries shared by transactions and plain reads -------------------------------------------
+
+async fn fetch_run(conn: &mut SqliteConnection, id: RunId) -> Result<Option<Run>, StoreError> {
+    sqlx::query(concat!(
+        "SELECT ",
+        run_columns!("spec"),
+        " FROM runs WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(run_from_row)
+    .transpose()
+}
+
+async fn fetch_attempt(
+    conn: &mut SqliteConnection,
+    id: AttemptId,
+) -> Result<Option<Attempt>, StoreError> {
+    sqlx::query(concat!(
+        "SELECT ",
+        attempt_columns!(),
+        " FROM attempts WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(attempt_from_row)
+    .transpose()
+}
+
+async fn fetch_attempts_of(
+    conn: &mut SqliteConnection,
+    run_id: RunId,
+) -> Result<Vec<Attempt>, StoreError> {
+    sqlx::query(concat!(
+        "SELECT ",
+        attempt_columns!(),
+        " FROM attempts WHERE run_id = $1 ORDER BY number"
+    ))
+    .bind(run_id.to_string())
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(attempt_from_row)
+    .collect()
+}
+
+// --- The write transaction -----------------------------------------------------------------
+
+/// One `BEGIN IMMEDIATE` transaction.
+struct SqliteTx(Transaction<'static, Sqlite>);
+
+#[async_trait]
+impl WriteTx for SqliteTx {
+    async fn lock_attempt(&mut self, id: AttemptId) -> Result<Option<Attempt>, StoreError> {
+        // The transaction holds the database's write lock: a read is a lock.
+        fetch_attempt(&mut self.0, id).await
+    }
+
+    async fn lock_latest_attempt(&mut self, run_id: RunId) -> Result<Option<Attempt>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE run_id = $1 ORDER BY number DESC LIMIT 1"
+        ))
+        .bind(run_id.to_string())
+        .fetch_optional(&mut *self.0)
+        .await?
+        .as_ref()
+        .map(attempt_from_row)
+        .transpose()
+    }
+
+    async fn run(&mut self, id: RunId) -> Result<Option<Run>, StoreError> {
+        fetch_run(&mut self.0, id).await
+    }
+
+    async fn attempts_of(&mut self, run_id: RunId) -> Result<Vec<Attempt>, StoreError> {
+        fetch_attempts_of(&mut self.0, run_id).await
+    }
+
+    async fn insert_run(&mut self, run: &Run) -> Result<bool, StoreError> {
+        let query = sqlx::query(
+            "INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, \
+             workflow_id, spec, max_attempts, retry_initial_ms, retry_max_ms, state, \
+             idempotency_key, request_sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
+             DO NOTHING",
+        );
+        let inserted = bind_run_insert!(query, run).execute(&mut *self.0).await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn run_by_idempotency_key(
+        &mut self,
+        org_id: &str,
+        key: &str,
+    ) -> Result<Option<Run>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            run_columns!("spec"),
+            " FROM runs WHERE org_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(org_id)
+        .bind(key)
+        .fetch_optional(&mut *self.0)
+        .await?
+        .as_ref()
+        .map(run_from_row)
+        .transpose()
+    }
+
+    async fn insert_attempt(&mut self, a: &Attempt) -> Result<(), StoreError> {
+        bind_attempt!(sqlx::query(INSERT_ATTEMPT), a)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_attempt(
+        &mut self,
+        a: &Attempt,
+        from: AttemptState,
+    ) -> Result<bool, StoreError> {
+        let updated = bind_attempt_update!(sqlx::query(UPDATE_ATTEMPT), a, from)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn update_run(&mut self, r: &Run, from: RunState) -> Result<bool, StoreError> {
+        let updated = bind_run_update!(sqlx::query(UPDATE_RUN), r, from)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn insert_receipt(&mut self, r: &CallbackReceipt) -> Result<(), StoreError> {
+        bind_receipt!(sqlx::query(INSERT_RECEIPT), r)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn has_receipt(
+        &mut self,
+        attempt_id: AttemptId,
+        outcomes: &[ReceiptOutcome],
+    ) -> Result<bool, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT EXISTS (SELECT 1 FROM callback_receipts WHERE attempt_id = ",
+        );
+        query.push_bind(attempt_id.to_string());
+        query.push(" AND outcome IN (");
+        let mut list = query.separated(", ");
+        for outcome in outcomes {
+            list.push_bind(outcome.as_str());
+        }
+        query.push("))");
+        Ok(query
+            .build_query_scalar::<bool>()
+            .fetch_one(&mut *self.0)
+            .await?)
+    }
+
+    async fn insert_outbox(&mut self, e: &OutboxEvent) -> Result<(), StoreError> {
+        bind_outbox!(sqlx::query(INSERT_OUTBOX), e)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
+}
+
+impl SqliteStore {
+    /// Applies an outbox update guarded by "still open"; explains a miss.
+    async fn close_outbox<'q>(
+        &self,
+        id: OutboxId,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        if query.execute(&mut *tx).await?.rows_affected() == 1 {
+            tx.commit().await?;
+            return Ok(());
+        }
+        let row = sqlx::query("SELECT delivered_at, dead_at FROM outbox WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found("outbox event", id))?;
+        let delivered: Option<i64> = row.try_get("delivered_at")?;
+        Err(StoreError::OutboxClosed {
+            id,
+            status: if delivered.is_some() {
+                "delivered"
+            } else {
+                "dead"
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn begin(&self) -> Result<Box<dyn WriteTx>, StoreError> {
+        Ok(Box::new(SqliteTx(self.write().await?)))
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError> {
+        // A deferred (read) transaction: one snapshot for the run and its attempts.
+        let mut tx = self.pool.begin().await?;
+        let Some(run) = fetch_run(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let attempts = fetch_attempts_of(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(RunWithAttempts { run, attempts }))
+    }
+
+    async fn get_attempt(&self, id: AttemptId) -> Result<Option<Attempt>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_attempt(&mut conn, id).await
+    }
+
+    async fn attempt_by_callback_id(
+        &self,
+        callback_id: &str,
+    ) -> Result<Option<Attempt>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE callback_id = $1"
+        ))
+        .bind(callback_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(attempt_from_row)
+        .transpose()
+    }
+
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        after: Option<&RunCursor>,
+        limit: u32,
+    ) -> Result<RunPage, StoreError> {
+        let limit = limit.max(1);
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!("spec"),
+            " FROM runs WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR validator_id = $2) \
+             AND ($3 IS NULL OR org_id = $3) AND ($4 IS NULL OR (created_at, id) < ($4, $5)) \
+             ORDER BY created_at DESC, id DESC LIMIT $6"
+        ))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.validator_id.as_deref())
+        .bind(filter.org_id.as_deref())
+        .bind(after.map(|c| enc_ts(c.created_at)))
+        .bind(after.map(|c| c.id.to_string()))
+        // One extra row tells whether another page exists.
+        .bind(limit_i64(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs = rows
+            .iter()
+            .map(run_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if runs.len() > limit as usize {
+            runs.truncate(limit as usize);
+            runs.last().map(RunCursor::after)
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next_cursor })
+    }
+
+    async fn attempts_in_states(
+        &self,
+        states: &[AttemptState],
+        after: Option<AttemptId>,
+        limit: u32,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE state IN ("
+        ));
+        let mut list = query.separated(", ");
+        for state in states {
+            list.push_bind(state.as_str());
+        }
+        query.push(")");
+        if let Some(after) = after {
+            query.push(" AND id > ");
+            query.push_bind(after.to_string());
+        }
+        query.push(" ORDER BY id LIMIT ");
+        query.push_bind(limit_i64(limit));
+        query
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(attempt_from_row)
+            .collect()
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        caps: &HashMap<String, u32>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The write lock is held from here to commit, so counting active attempts and then
+        // claiming cannot race with another claimer.
+        let mut tx = self.write().await?;
+        let mut budget: HashMap<String, u32> = caps.clone();
+        {
+            let mut active = sqlx::query(
+                "SELECT validator_id, COUNT(*) AS n FROM attempts \
+                 WHERE state IN ('dispatching', 'running', 'unknown') GROUP BY validator_id",
+            )
+            .fetch(&mut *tx);
+            while let Some(row) = active.try_next().await? {
+                let validator: String = row.try_get("validator_id")?;
+                let n: i64 = row.try_get("n")?;
+                if let Some(left) = budget.get_mut(&validator) {
+                    *left = left.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+                }
+            }
+        }
+        let mut chosen: Vec<String> = Vec::new();
+        {
+            // Scanned in due order; rows of validators at their cap are passed over, so one
+            // saturated validator does not hold back the others.
+            let mut due = sqlx::query(
+                "SELECT id, validator_id FROM attempts \
+                 WHERE state = 'pending' AND not_before <= $1 \
+                 ORDER BY not_before, created_at, id",
+            )
+            .bind(enc_ts(now))
+            .fetch(&mut *tx);
+            while let Some(row) = due.try_next().await? {
+                let validator: String = row.try_get("validator_id")?;
+                if let Some(left) = budget.get_mut(&validator) {
+                    if *left == 0 {
+                        continue;
+                    }
+                    *left -= 1;
+                }
+                chosen.push(row.try_get("id")?);
+                if chosen.len() >= limit as usize {
+                    break;
+                }
+            }
+        }
+        if chosen.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut update = QueryBuilder::<Sqlite>::new("UPDATE attempts SET state = ");
+        update.push_bind(AttemptState::Dispatching.as_str());
+        update.push(", dispatched_at = ");
+        update.push_bind(enc_ts(now));
+        update.push(" WHERE state = 'pending' AND id IN (");
+        let mut list = update.separated(", ");
+        for id in &chosen {
+            list.push_bind(id);
+        }
+        update.push(concat!(") RETURNING ", attempt_columns!()));
+        let mut attempts = update
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(attempt_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if attempts.len() != chosen.len() {
+            return Err(StoreError::Corrupt(
+                "attempts left pending during an exclusive claim".into(),
+            ));
+        }
+        let mut runs = QueryBuilder::<Sqlite>::new("UPDATE runs SET state = ");
+        runs.push_bind(run_state_for(AttemptState::Dispatching).as_str());
+        runs.push(" WHERE id IN (");
+        let mut list = runs.separated(", ");
+        for attempt in &attempts {
+            list.push_bind(attempt.run_id.to_string());
+        }
+        runs.push(concat!(") RETURNING ", run_columns!("spec")));
+        let runs = runs
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(run_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        attempts.sort_by_key(|a| (a.not_before, a.created_at, a.id));
+        pair(attempts, runs)
+    }
+
+    async fn callback_receipts(
+        &self,
+        attempt_id: AttemptId,
+    ) -> Result<Vec<CallbackReceipt>, StoreError> {
+        sqlx::query(
+            "SELECT id, attempt_id, callback_id, received_at, outcome, detail \
+             FROM callback_receipts WHERE attempt_id = $1 ORDER BY received_at, rowid",
+        )
+        .bind(attempt_id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(receipt_from_row)
+        .collect()
+    }
+
+    async fn claim_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: TimeDelta,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(concat!(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2 \
+             WHERE id IN (SELECT id FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL \
+             AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3) RETURNING ",
+            outbox_columns!()
+        ))
+        .bind(enc_ts(now))
+        .bind(enc_ts(now + lease))
+        .bind(limit_i64(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut events = rows
+            .iter()
+            .map(outbox_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| (e.created_at, e.id));
+        Ok(events)
+    }
+
+    async fn outbox_for_run(&self, run_id: RunId) -> Result<Vec<OutboxEvent>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM outbox WHERE run_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(run_id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox_from_row)
+        .collect()
+    }
+
+    async fn mark_outbox_delivered(
+        &self,
+        id: OutboxId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE outbox SET delivered_at = $2 \
+             WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(enc_ts(at));
+        self.close_outbox(id, query).await
+    }
+
+    async fn mark_outbox_retry(
+        &self,
+        id: OutboxId,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = $2, last_error = $3 \
+             WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(enc_ts(next_attempt_at))
+        .bind(error.to_owned());
+        self.close_outbox(id, query).await
+    }
+
+    async fn mark_outbox_dead(
+        &self,
+        id: OutboxId,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE outbox SET dead_at = $2, last_error = $3 \
+             WHERE id = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(enc_ts(at))
+        .bind(error.to_owned());
+        self.close_outbox(id, query).await
+    }
+}
