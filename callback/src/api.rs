@@ -58,6 +58,9 @@ pub enum CallbackError {
     /// The token could not be checked (JWKS unreachable).
     #[error("cannot verify the token now: {0}")]
     VerifierUnavailable(TokenError),
+    /// The body is not JSON by its `Content-Type`.
+    #[error("Content-Type {0} is not accepted; a callback is application/json")]
+    UnsupportedMediaType(String),
     /// The body is not a valid callback payload.
     #[error("{0}")]
     BadPayload(ContractError),
@@ -79,6 +82,9 @@ impl IntoResponse for CallbackError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::VerifierUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "verifier_unavailable")
+            }
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
             Self::UnknownCallback => (StatusCode::NOT_FOUND, "unknown_callback"),
@@ -123,6 +129,7 @@ async fn receive(
             CallbackError::Unauthorized(e)
         }
     })?;
+    require_json(&headers)?;
     let payload = CallbackPayload::from_json(&body).map_err(CallbackError::BadPayload)?;
     let Some(attempt) = state
         .store
@@ -143,7 +150,7 @@ async fn receive(
         Err(e @ CallbackError::Rejected(_)) => {
             let reason = e.to_string();
             tracing::warn!(%reason, "callback rejected");
-            state
+            let recorded = state
                 .store
                 .record_callback_receipt(NewReceipt {
                     attempt_id: Some(attempt.id),
@@ -154,6 +161,9 @@ async fn receive(
                 })
                 .await
                 .map_err(internal)?;
+            if recorded.is_none() {
+                tracing::debug!("rejected callback not recorded: the attempt holds enough");
+            }
             Err(e)
         }
         Err(other) => Err(other),
@@ -275,6 +285,24 @@ async fn fail_unusable(
         Err(e) => return Err(internal(e)),
     }
     Err(CallbackError::Rejected(reason))
+}
+
+/// A callback must say it is JSON, as the launcher's API requires of its clients.
+fn require_json(headers: &HeaderMap) -> Result<(), CallbackError> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let essence = raw
+        .as_deref()
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    if essence.as_deref() == Some("application/json") {
+        Ok(())
+    } else {
+        Err(CallbackError::UnsupportedMediaType(
+            raw.map_or_else(|| "(none)".to_owned(), |t| format!("{t:?}")),
+        ))
+    }
 }
 
 fn outcome(recorded: &str) -> Response {

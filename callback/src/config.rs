@@ -17,6 +17,10 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthConfig,
 
+    /// How long receipts are kept.
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,
@@ -46,9 +50,43 @@ pub struct AuthConfig {
         value_delimiter = ','
     )]
     pub allowed_callers: Vec<String>,
+
+    /// Longest lifetime (`exp − iat`) of a caller's token, in seconds; Google's ID tokens live
+    /// one hour.
+    #[arg(
+        long,
+        env = "RUNWAY_CALLBACK_MAX_TOKEN_LIFETIME_SECONDS",
+        default_value_t = 3600
+    )]
+    pub max_token_lifetime_seconds: u64,
+}
+
+/// How long the receipts of callbacks that changed nothing are kept.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// Days to keep the receipts of refused, repeated and late callbacks (the receipts that
+    /// finalized attempts are kept for good).
+    #[arg(long, env = "RUNWAY_RECEIPT_RETENTION_DAYS", default_value_t = 30)]
+    pub receipt_retention_days: u32,
+}
+
+impl RetentionArgs {
+    /// The retention as a duration.
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.receipt_retention_days.max(1)) * 86_400)
+    }
 }
 
 impl AuthConfig {
+    /// The verifier these settings describe.
+    pub fn verifier(&self) -> anyhow::Result<runway_identity::TokenVerifier> {
+        Ok(
+            runway_identity::TokenVerifier::new(self.verifier_config()?)?.with_max_lifetime(
+                std::time::Duration::from_secs(self.max_token_lifetime_seconds),
+            ),
+        )
+    }
+
     /// The verifier settings. A callback without an audience, an issuer or an allow-list would
     /// accept the wrong callers, so it refuses to start instead.
     pub fn verifier_config(&self) -> anyhow::Result<runway_identity::VerifierConfig> {

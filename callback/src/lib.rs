@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod receipts;
 
 use std::sync::Arc;
 

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use runway_callback::{AppState, config::Config, router};
-use runway_identity::TokenVerifier;
 use runway_service::{health::Dependencies, server, telemetry};
 
 #[tokio::main]
@@ -15,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         config.common.log_format,
         config.common.log_filter.as_deref(),
     );
-    let verifier = Arc::new(TokenVerifier::new(config.auth.verifier_config()?)?);
+    let verifier = Arc::new(config.auth.verifier()?);
     let deps = Dependencies {
         store: config.common.open_store().await?,
         storage: config.common.open_storage().await?,
@@ -24,11 +23,19 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "runway-callback listening");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let retention = tokio::spawn(runway_callback::receipts::purge_until_stopped(
+        deps.store.clone(),
+        config.retention.retention(),
+        stop.clone(),
+    ));
     server::serve(
         listener,
         router(AppState { deps, verifier }),
         server::shutdown_signal(),
     )
     .await?;
+    stop.cancel();
+    retention.await.context("receipt retention task")?;
     Ok(())
 }

@@ -39,6 +39,9 @@ pub struct DevConfig {
     /// Validators and the callback nonce key.
     #[command(flatten)]
     pub launcher: LauncherArgs,
+    /// How long callback receipts are kept.
+    #[command(flatten)]
+    pub retention: runway_callback::config::RetentionArgs,
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,
@@ -123,11 +126,18 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         allowed_emails: vec![issuer.email().to_owned()],
     })?);
 
-    let state = runway_launcher::AppState::new(deps.clone(), registry, nonce_key.clone());
+    let envelope_callback_url =
+        runway_launcher::config::parse_callback_url(&format!("{callback_url}/v1/callbacks"))
+            .map_err(anyhow::Error::msg)?;
+    let state = runway_launcher::AppState::new(
+        deps.clone(),
+        registry,
+        nonce_key.clone(),
+        envelope_callback_url,
+    );
     let workers = Arc::new(Workers::build(
         &state,
         &WorkerConfig {
-            callback_url: format!("{callback_url}/v1/callbacks"),
             metadata_host: identity_addr,
             workers: config.workers.clone(),
             local: config.local.clone(),
@@ -143,7 +153,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
             stop_http.clone().cancelled_owned(),
         ))
     };
-    let servers = vec![
+    let mut servers = vec![
         serve(identity, metadata_router(issuer)),
         serve(
             callback,
@@ -154,6 +164,17 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         ),
         serve(launcher, runway_launcher::router(state)),
     ];
+    servers.push(tokio::spawn({
+        let (store, retention, stop) = (
+            deps.store.clone(),
+            config.retention.retention(),
+            stop_http.clone(),
+        );
+        async move {
+            runway_callback::receipts::purge_until_stopped(store, retention, stop).await;
+            Ok(())
+        }
+    }));
     let running = workers.start().await?;
     Ok(Running {
         launcher_url,

@@ -141,3 +141,55 @@ fn dev_refuses_a_bad_database_url_with_a_sentence() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("mysql"), "stderr: {stderr}");
 }
+
+/// The process's peak resident memory so far, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A 15 MiB request of 850,000 keys is refused without the service ever holding what its
+/// parsed tree would take (over a gigabyte before the fix): the peak stays bounded, and the
+/// figures are printed.
+#[test]
+fn a_hostile_body_leaves_the_service_small() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start(dir.path(), &[]);
+    let pid = dev.child.id();
+    let (status, _) = get(&format!("{}/readyz", dev.launcher));
+    assert_eq!(status, 200);
+    let before = peak_rss_kib(pid);
+    let mut body = String::from(
+        r#"{"validator": "fmu", "org": {"id": "acme", "name": "Acme"}, "workflow": {"id": "w", "step_id": "s"}, "files": [], "inputs": {"input_values": {"#,
+    );
+    for i in 0..850_000 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("\"inp-{i:09}\":1"));
+    }
+    body.push_str("}}}");
+    for _ in 0..3 {
+        let (status, answer) =
+            runway_tests::http("POST", &format!("{}/v1/runs", dev.launcher), Some(&body));
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer.contains("too_complex"), "{answer}");
+    }
+    let after = peak_rss_kib(pid);
+    println!(
+        "runway dev peak RSS: {} MiB before, {} MiB after three {} MiB bodies of 850,000 keys",
+        before / 1024,
+        after / 1024,
+        body.len() >> 20
+    );
+    assert!(
+        after < 160 * 1024,
+        "peak RSS {} MiB after hostile bodies",
+        after / 1024
+    );
+    assert!(dev.stop());
+}

@@ -3,6 +3,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::canonical::CanonicalError;
+use crate::shape::{ShapeError, ShapeLimits, check_shape};
 
 /// Why a document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,6 +17,14 @@ pub enum ContractError {
         size: usize,
         /// The limit.
         limit: usize,
+    },
+    /// The document nests too deeply or holds too many values; it was not parsed.
+    #[error("{what} {reason}")]
+    TooComplex {
+        /// Which document.
+        what: &'static str,
+        /// Which limit it broke.
+        reason: ShapeError,
     },
     /// A field held a bad value, a required field was missing, or an unknown one was present.
     #[error("{what}: {}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
@@ -72,6 +81,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
             size: bytes.len(),
             limit,
         });
+    }
+    match check_shape(bytes, ShapeLimits::DEFAULT) {
+        Ok(()) => {}
+        // Syntax errors are reported by the parse below, with the field's path.
+        Err(ShapeError::Syntax(_)) => {}
+        Err(reason) => return Err(ContractError::TooComplex { what, reason }),
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {

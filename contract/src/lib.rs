@@ -16,6 +16,7 @@ mod error;
 pub mod fmu;
 pub mod input;
 pub mod output;
+pub mod shape;
 pub mod values;
 
 pub use enums::{MimeType, Severity, ValidationStatus, ValidatorType};

@@ -21,6 +21,8 @@ pub const GOOGLE_JWKS_URI: &str = "https://www.googleapis.com/oauth2/v3/certs";
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY: Duration = Duration::from_secs(30);
+/// The longest `exp − iat` accepted by default: Google's ID tokens live one hour.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long fetched keys are trusted before they are fetched again.
 const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(3600);
 /// Least time between two fetches of one issuer's keys prompted by unknown `kid`s, so that a
@@ -112,6 +114,12 @@ pub enum TokenError {
     /// `iat` (or `nbf`) is in the future.
     #[error("token not valid yet (issued in the future)")]
     NotYetValid,
+    /// `exp − iat` is longer than tokens of this service may live.
+    #[error("token lifetime is over the {max_seconds} s allowed")]
+    LifetimeTooLong {
+        /// The longest lifetime accepted, in seconds.
+        max_seconds: u64,
+    },
     /// `aud` is not exactly the expected audience.
     #[error("wrong token audience: expected {expected:?}")]
     WrongAudience {
@@ -160,6 +168,7 @@ struct Inner {
     client: reqwest::Client,
     cache_ttl: Duration,
     refresh_cooldown: Duration,
+    max_lifetime: Duration,
 }
 
 /// One issuer's cached keys. Lookups take the read lock only; fetches are serialized by
@@ -274,6 +283,7 @@ impl TokenVerifier {
                 client,
                 cache_ttl: DEFAULT_CACHE_TTL,
                 refresh_cooldown: DEFAULT_REFRESH_COOLDOWN,
+                max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
             }),
         })
     }
@@ -292,6 +302,15 @@ impl TokenVerifier {
     pub fn with_refresh_cooldown(mut self, cooldown: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.refresh_cooldown = cooldown;
+        }
+        self
+    }
+
+    /// Sets the longest `exp − iat` accepted (default one hour, as Google's ID tokens live).
+    /// Call before cloning.
+    pub fn with_max_lifetime(mut self, max: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.max_lifetime = max;
         }
         self
     }
@@ -316,17 +335,8 @@ impl TokenVerifier {
 
     /// Verifies a bare token (a JWT).
     pub async fn verify_token(&self, token: &str) -> Result<VerifiedToken, TokenError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenError::Malformed(format!(
-                "longer than {MAX_TOKEN_BYTES} bytes"
-            )));
-        }
-        let kid = check_header(token)?;
-        // The unverified `iss` only chooses which keys to check the signature with; it is
-        // checked again, exactly, once the signature holds.
-        let unverified: UnverifiedIssuer =
-            jsonwebtoken::dangerous::insecure_decode_claims(token)
-                .map_err(|e| TokenError::Malformed(format!("unreadable claims: {e}")))?;
+        let Unverified { kid, iss } = read_unverified(token)?;
+        let unverified = UnverifiedIssuer { iss };
         let (issuer, keys) = self
             .inner
             .issuers
@@ -360,6 +370,12 @@ impl TokenVerifier {
         debug_assert_eq!(claims.iss, issuer);
         if claims.iat > now_secs() + LEEWAY.as_secs() {
             return Err(TokenError::NotYetValid);
+        }
+        // A correctly signed token that lives for years is a leaked key's best friend.
+        if claims.exp.saturating_sub(claims.iat) > self.inner.max_lifetime.as_secs() {
+            return Err(TokenError::LifetimeTooLong {
+                max_seconds: self.inner.max_lifetime.as_secs(),
+            });
         }
         let email = claims.email.ok_or(TokenError::MissingEmail)?;
         if !self.inner.allowed_emails.contains(&email) {
@@ -505,6 +521,41 @@ impl TokenVerifier {
 #[derive(Deserialize)]
 struct UnverifiedIssuer {
     iss: String,
+}
+
+/// What a token says of itself before its signature is checked: which key signed it and who
+/// claims to have issued it. Never trust it; it only chooses the keys to check with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    /// The header's `kid`.
+    pub kid: String,
+    /// The claims' `iss`.
+    pub iss: String,
+}
+
+/// Reads a token's header (RS256 with a `kid`, no critical extensions) and its `iss` without
+/// checking anything else: the first step of [`TokenVerifier::verify_token`], public so that it
+/// can be fuzzed on its own.
+pub fn read_unverified(token: &str) -> Result<Unverified, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed(format!(
+            "longer than {MAX_TOKEN_BYTES} bytes"
+        )));
+    }
+    let kid = check_header(token)?;
+    // The unverified `iss` is checked again, exactly, once the signature holds.
+    let claims: UnverifiedIssuer = jsonwebtoken::dangerous::insecure_decode_claims(token)
+        .map_err(|e| TokenError::Malformed(format!("unreadable claims: {e}")))?;
+    Ok(Unverified {
+        kid,
+        iss: claims.iss,
+    })
+}
+
+/// The RS256 signing keys of a JWK Set body, by `kid` (what a trusted issuer publishes); public
+/// so that it can be fuzzed. Keys of other kinds are skipped.
+pub fn read_jwks(body: &[u8]) -> Result<usize, String> {
+    parse_jwks(body).map(|keys| keys.len())
 }
 
 #[derive(Deserialize)]

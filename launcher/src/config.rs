@@ -24,9 +24,10 @@ pub struct Config {
     #[arg(
         long,
         env = "RUNWAY_CALLBACK_URL",
-        default_value = "http://127.0.0.1:8081/v1/callbacks"
+        default_value = "http://127.0.0.1:8081/v1/callbacks",
+        value_parser = parse_callback_url
     )]
-    pub callback_url: String,
+    pub callback_url: runway_contract::HttpUrl,
 
     /// Local identity and mock backend settings.
     #[command(flatten)]
@@ -99,6 +100,12 @@ impl WorkerArgs {
             ..crate::reconcile::ReconcileSettings::default()
         }
     }
+}
+
+/// A callback URL as envelopes carry it (`http(s)://host[:port]/path`).
+pub fn parse_callback_url(text: &str) -> Result<runway_contract::HttpUrl, String> {
+    runway_contract::HttpUrl::parse(text.to_owned())
+        .map_err(|e| format!("{e} (e.g. http://127.0.0.1:8081/v1/callbacks)"))
 }
 
 fn parse_nonce_key(text: &str) -> Result<NonceKey, String> {

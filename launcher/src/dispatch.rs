@@ -302,7 +302,8 @@ impl Dispatcher {
         let envelope = envelope::input_envelope(
             run.id,
             &spec,
-            attempt,
+            &envelope::EnvelopeAttempt::of(attempt)
+                .map_err(|e| NotPrepared::Permanent(e.into()))?,
             self.storage.as_ref(),
             &self.nonce_key,
             &self.settings.callback_url,

@@ -29,6 +29,7 @@ pub mod workers;
 
 use std::sync::Arc;
 
+use runway_contract::HttpUrl;
 use runway_identity::nonce::NonceKey;
 use runway_service::health::Dependencies;
 use tokio::sync::Notify;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Derives each attempt's callback nonce; only commitments are stored.
     pub nonce_key: NonceKey,
+    /// The callback service's `/v1/callbacks`, written into every input envelope.
+    pub callback_url: HttpUrl,
     /// Notified whenever a new attempt becomes due; the dispatcher waits on it.
     pub wake: Arc<Notify>,
     /// What time it is.
@@ -55,23 +58,25 @@ pub struct AppState {
 
 impl AppState {
     /// State over `deps` with a fresh wake-up signal, on the system clock.
-    pub fn new(deps: Dependencies, registry: Registry, nonce_key: NonceKey) -> Self {
-        Self::with_clock(deps, registry, nonce_key, Arc::new(SystemClock))
-    }
-
-    /// As [`AppState::new`], telling time by `clock`.
-    pub fn with_clock(
+    pub fn new(
         deps: Dependencies,
         registry: Registry,
         nonce_key: NonceKey,
-        clock: Arc<dyn Clock>,
+        callback_url: HttpUrl,
     ) -> Self {
         Self {
             deps,
             registry: Arc::new(registry),
             nonce_key,
+            callback_url,
             wake: Arc::new(Notify::new()),
-            clock,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same state, telling time by `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }

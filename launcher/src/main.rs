@@ -36,11 +36,10 @@ async fn main() -> anyhow::Result<()> {
         })?;
     let identity_addr = identity.local_addr()?;
     let issuer = local::local_issuer(&config.common.data_dir, &format!("http://{identity_addr}"))?;
-    let state = AppState::new(deps, registry, nonce_key);
+    let state = AppState::new(deps, registry, nonce_key, config.callback_url.clone());
     let workers = Workers::build(
         &state,
         &WorkerConfig {
-            callback_url: config.callback_url.clone(),
             metadata_host: identity_addr,
             workers: config.workers.clone(),
             local: config.local.clone(),

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use runway_contract::HttpUrl;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -27,8 +26,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the workers need to know about the services around them.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// The callback service's `/v1/callbacks`, written into envelopes.
-    pub callback_url: String,
     /// The local identity (metadata server) as jobs reach it, `host:port`.
     pub metadata_host: SocketAddr,
     /// Dispatcher and reconciler settings.
@@ -93,9 +90,6 @@ impl Workers {
             }
         }
         let backends = Backends::new(&state.registry, built)?;
-        let callback_url = HttpUrl::parse(config.callback_url.clone())
-            .map_err(|e| anyhow::anyhow!("the callback URL: {e}"))
-            .context("set the callback service's URL, e.g. http://127.0.0.1:8081/v1/callbacks")?;
         let dispatcher = Arc::new(Dispatcher::new(
             DispatcherParts {
                 store: state.deps.store.clone(),
@@ -107,7 +101,7 @@ impl Workers {
                 clock: state.clock.clone(),
             },
             DispatchSettings {
-                callback_url,
+                callback_url: state.callback_url.clone(),
                 max_in_flight: config.workers.max_in_flight,
                 poll_interval: Duration::from_secs(1),
                 drain_timeout: DRAIN_TIMEOUT,

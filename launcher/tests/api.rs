@@ -28,6 +28,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// The callback URL written into envelopes (nothing listens there in these tests).
+fn callback_url() -> runway_contract::HttpUrl {
+    runway_contract::HttpUrl::parse("http://127.0.0.1:8081/v1/callbacks".to_owned()).expect("url")
+}
+
 /// A launcher serving on a free port, and handles on what it writes.
 struct App {
     base: String,
@@ -68,6 +73,7 @@ impl App {
             },
             Registry::local_defaults(),
             nonce_key.clone(),
+            callback_url(),
         );
         let wake = state.wake.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -149,6 +155,33 @@ impl App {
         walk(&self.objects, &self.objects, &mut out);
         out.sort();
         out
+    }
+
+    /// The key of the object a file of a run view is stored at, checked to follow the layout
+    /// `runs/<org>/<run>/files/<upload>/<index>-<name>`.
+    fn file_key(&self, run: &Value, index: usize) -> String {
+        let uri = run["files"][index]["uri"].as_str().expect("file uri");
+        let prefix = format!("file://{}/", self.objects.display());
+        let key = uri
+            .strip_prefix(&prefix)
+            .expect("under the store")
+            .to_owned();
+        let segments: Vec<&str> = key.split('/').collect();
+        let name = run["files"][index]["name"].as_str().expect("name");
+        assert_eq!(segments.len(), 6, "{key}");
+        assert_eq!(
+            (segments[0], segments[1], segments[2], segments[3]),
+            (
+                "runs",
+                run["org"]["id"].as_str().expect("org"),
+                run["id"].as_str().expect("id"),
+                "files"
+            ),
+            "{key}"
+        );
+        assert!(Uuid::parse_str(segments[4]).is_ok(), "{key}");
+        assert_eq!(segments[5], format!("{index}-{name}"), "{key}");
+        key
     }
 
     fn object_bytes(&self, key: &str) -> Vec<u8> {
@@ -240,6 +273,132 @@ fn energyplus_request(org: &str, inputs: Value, files: Value) -> Value {
         "files": files,
         "tags": ["nightly"],
     })
+}
+
+/// A keyed request is recognized by what it asks for, not by its bytes: whitespace, key order
+/// and encoding (JSON or multipart) do not matter; any change in what is asked for does.
+async fn the_idempotency_fingerprint_is_of_what_is_asked(app: &App) {
+    let request = energyplus_request("acme", json!({"timestep_per_hour": 6}), idf_file());
+    let (status, first) = app.post_json(&request, Some("same")).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+
+    // The same request, re-serialized: pretty-printed, keys in another order.
+    let mut reordered = serde_json::Map::new();
+    for (k, v) in request.as_object().expect("object").iter().rev() {
+        reordered.insert(k.clone(), v.clone());
+    }
+    let text = serde_json::to_string_pretty(&Value::Object(reordered)).expect("json");
+    assert_ne!(text, request.to_string());
+    let response = app
+        .client
+        .post(app.url("/v1/runs"))
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", "same")
+        .body(text)
+        .send()
+        .await
+        .expect("send");
+    let (status, again) = read(response).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+
+    // The same request as multipart: the file's digest is what counts.
+    let mut as_parts = request.clone();
+    as_parts["files"][0]
+        .as_object_mut()
+        .expect("file")
+        .remove("content_base64");
+    as_parts["files"][0]["part"] = json!("model");
+    let (status, again) = app
+        .post_multipart(
+            multipart(&as_parts, vec![("model", IDF.to_vec())]),
+            Some("same"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], first["id"]);
+
+    // Another request under the key is refused, whichever encoding.
+    let other = energyplus_request("acme", json!({"timestep_per_hour": 4}), idf_file());
+    let (status, body) = app.post_json(&other, Some("same")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = app
+        .post_multipart(
+            multipart(&as_parts, vec![("model", b"Version, 9.9;".to_vec())]),
+            Some("same"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(app.all_run_ids("").await.len(), 1);
+    assert_eq!(app.objects().len(), 1, "replays and refusals store nothing");
+}
+
+/// A multipart request refused after some of its files were stored leaves none of them.
+async fn refused_multipart_requests_leave_no_files(app: &App) {
+    let weather = b"LOCATION,Somewhere\n".repeat(100);
+    let mut request = energyplus_request("acme", json!({}), json!([]));
+    request["files"] = json!([
+        {"name": "model.idf", "mime_type": "application/vnd.energyplus.idf",
+         "port_key": "primary_model", "part": "model"},
+        {"name": "weather.epw", "mime_type": "application/vnd.energyplus.epw",
+         "port_key": "weather", "part": "epw"},
+    ]);
+    for key in [None, Some("keyed")] {
+        // Both files stored, then a part nobody asked for.
+        let form = multipart(
+            &request,
+            vec![
+                ("model", IDF.to_vec()),
+                ("epw", weather.clone()),
+                ("surprise", b"x".to_vec()),
+            ],
+        );
+        let (status, body) = app.post_multipart(form, key).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid_multipart",
+            "surprise",
+        );
+        app.assert_nothing_stored("an unknown part after the files")
+            .await;
+
+        // A file part sent twice.
+        let form = multipart(
+            &request,
+            vec![("model", IDF.to_vec()), ("model", IDF.to_vec())],
+        );
+        let (status, body) = app.post_multipart(form, key).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid_multipart",
+            "appears twice",
+        );
+        app.assert_nothing_stored("a repeated part").await;
+
+        // One file missing at the end.
+        let form = multipart(&request, vec![("model", IDF.to_vec())]);
+        let (status, body) = app.post_multipart(form, key).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::BAD_REQUEST,
+            "invalid_multipart",
+            "missing",
+        );
+        app.assert_nothing_stored("a missing part").await;
+    }
+    // And the same request, well formed, still goes through.
+    let form = multipart(
+        &request,
+        vec![("model", IDF.to_vec()), ("epw", weather.clone())],
+    );
+    let (status, body) = app.post_multipart(form, Some("keyed")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(app.objects().len(), 2);
 }
 
 fn idf_file() -> Value {
@@ -342,7 +501,7 @@ async fn creates_an_energyplus_run_from_json(app: &App) {
     assert_eq!(body["attempts"][0]["state"], "pending");
 
     // The file is in storage, byte for byte, and the spec records its receipt.
-    let key = format!("runs/acme/{id}/files/0-model.idf");
+    let key = app.file_key(&body, 0);
     assert_eq!(app.objects(), vec![key.clone()]);
     assert_eq!(app.object_bytes(&key), IDF);
     assert_eq!(body["files"][0]["sha256"], sha(IDF));
@@ -387,13 +546,12 @@ async fn creates_an_fmu_run_from_multipart(app: &App) {
     let form = multipart(&fmu_request("org.b", "fmu"), vec![("fmu", bytes.clone())]);
     let (status, body) = app.post_multipart(form, None).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let id = run_id(&body);
     assert_eq!(
         body["validator"],
         json!({"id": "fmu", "type": "FMU", "version": "2.0"})
     );
     assert_eq!(body["inputs"]["input_values"]["T_set"], 21.5);
-    let key = format!("runs/org.b/{id}/files/0-plant.fmu");
+    let key = app.file_key(&body, 0);
     assert_eq!(app.objects(), vec![key.clone()]);
     assert_eq!(sha(&app.object_bytes(&key)), sha(&bytes));
     assert_eq!(body["files"][0]["sha256"], sha(&bytes));
@@ -416,15 +574,8 @@ async fn creates_an_energyplus_run_from_multipart_with_two_files(app: &App) {
     );
     let (status, body) = app.post_multipart(form, None).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let id = run_id(&body);
-    assert_eq!(
-        app.object_bytes(&format!("runs/acme/{id}/files/0-model.idf")),
-        IDF
-    );
-    assert_eq!(
-        app.object_bytes(&format!("runs/acme/{id}/files/1-weather.epw")),
-        weather
-    );
+    assert_eq!(app.object_bytes(&app.file_key(&body, 0)), IDF);
+    assert_eq!(app.object_bytes(&app.file_key(&body, 1)), weather);
     assert_eq!(body["files"][1]["sha256"], sha(&weather));
 }
 
@@ -1167,6 +1318,8 @@ api_cases!(
     lists_with_filters_and_pagination,
     idempotent_json_create,
     idempotent_multipart_create,
+    the_idempotency_fingerprint_is_of_what_is_asked,
+    refused_multipart_requests_leave_no_files,
     cancels_a_queued_run,
     cancel_of_a_running_run_is_requested,
     cancel_of_a_finished_run_conflicts,
@@ -1193,6 +1346,7 @@ async fn internal_failures_are_opaque() {
         },
         Registry::local_defaults(),
         NonceKey::generate(),
+        callback_url(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

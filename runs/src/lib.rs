@@ -288,12 +288,20 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         lifecycle::record_ended_callback(self.begin().await?, attempt_id, callback_id, at).await
     }
 
-    /// Records a callback that was refused, outside of finalization.
+    /// Records a callback that was refused, outside of finalization; `None` when its attempt
+    /// already holds [`lifecycle::MAX_UNFINALIZING_RECEIPTS_PER_ATTEMPT`] receipts of callbacks
+    /// that changed nothing (then this one is not recorded).
     async fn record_callback_receipt(
         &self,
         receipt: NewReceipt,
-    ) -> Result<CallbackReceipt, StoreError> {
+    ) -> Result<Option<CallbackReceipt>, StoreError> {
         lifecycle::record_receipt(self.begin().await?, receipt).await
+    }
+
+    /// Deletes the receipts of callbacks that changed nothing (rejected, duplicate, late)
+    /// received before `before`; returns how many. Receipts that finalized an attempt stay.
+    async fn purge_receipts(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        lifecycle::purge_receipts(self.begin().await?, before).await
     }
 }
 

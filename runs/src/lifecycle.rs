@@ -32,6 +32,18 @@ use crate::{
 };
 use runway_storage::layout::RunPaths;
 
+/// Receipts that record a callback which changed nothing (refused, repeated, too late). They
+/// are the audit trail of a misbehaving or hostile job, kept up to this many per attempt (a job
+/// holding a valid token could otherwise add rows without end) and purged by age.
+pub const UNFINALIZING_RECEIPTS: &[ReceiptOutcome] = &[
+    ReceiptOutcome::Rejected,
+    ReceiptOutcome::Duplicate,
+    ReceiptOutcome::Late,
+];
+
+/// The most [`UNFINALIZING_RECEIPTS`] one attempt keeps; later ones are not recorded.
+pub const MAX_UNFINALIZING_RECEIPTS_PER_ATTEMPT: u64 = 100;
+
 /// How many times `request_cancel` reads again when, on PostgreSQL, the attempt it locked
 /// ended and queued a retry its statement could not see yet.
 const CANCEL_READ_TRIES: usize = 5;
@@ -81,12 +93,19 @@ pub trait WriteTx: Send {
     /// Inserts a callback receipt.
     async fn insert_receipt(&mut self, receipt: &CallbackReceipt) -> Result<(), StoreError>;
 
-    /// Whether the attempt has a receipt with one of these outcomes.
-    async fn has_receipt(
+    /// How many receipts the attempt has with one of these outcomes.
+    async fn count_receipts(
         &mut self,
         attempt_id: AttemptId,
         outcomes: &[ReceiptOutcome],
-    ) -> Result<bool, StoreError>;
+    ) -> Result<u64, StoreError>;
+
+    /// Deletes receipts with one of these outcomes received before `before`; how many.
+    async fn delete_receipts(
+        &mut self,
+        before: DateTime<Utc>,
+        outcomes: &[ReceiptOutcome],
+    ) -> Result<u64, StoreError>;
 
     /// Inserts an outbox event.
     async fn insert_outbox(&mut self, event: &OutboxEvent) -> Result<(), StoreError>;
@@ -540,26 +559,47 @@ async fn ended_receipt(
     at: DateTime<Utc>,
 ) -> Result<ReceiptOutcome, StoreError> {
     let finalized = tx
-        .has_receipt(
+        .count_receipts(
             attempt.id,
             &[ReceiptOutcome::Finalized, ReceiptOutcome::Salvaged],
         )
-        .await?;
+        .await?
+        > 0;
     let outcome = if finalized {
         ReceiptOutcome::Duplicate
     } else {
         ReceiptOutcome::Late
     };
-    tx.insert_receipt(&CallbackReceipt {
-        id: ReceiptId::new(),
-        attempt_id: Some(attempt.id),
-        callback_id: callback_id.to_owned(),
-        received_at: at,
-        outcome,
-        detail: Some(format!("attempt already {}", attempt.state)),
-    })
+    insert_capped(
+        tx,
+        &CallbackReceipt {
+            id: ReceiptId::new(),
+            attempt_id: Some(attempt.id),
+            callback_id: callback_id.to_owned(),
+            received_at: at,
+            outcome,
+            detail: Some(format!("attempt already {}", attempt.state)),
+        },
+    )
     .await?;
     Ok(outcome)
+}
+
+/// Inserts a receipt, unless it is one that changed nothing and its attempt already holds
+/// [`MAX_UNFINALIZING_RECEIPTS_PER_ATTEMPT`] of those; whether it was recorded.
+async fn insert_capped(
+    tx: &mut dyn WriteTx,
+    receipt: &CallbackReceipt,
+) -> Result<bool, StoreError> {
+    if let Some(attempt_id) = receipt.attempt_id
+        && UNFINALIZING_RECEIPTS.contains(&receipt.outcome)
+        && tx.count_receipts(attempt_id, UNFINALIZING_RECEIPTS).await?
+            >= MAX_UNFINALIZING_RECEIPTS_PER_ATTEMPT
+    {
+        return Ok(false);
+    }
+    tx.insert_receipt(receipt).await?;
+    Ok(true)
 }
 
 fn check_callback_id(attempt: &Attempt, presented: &str) -> Result<(), StoreError> {
@@ -648,8 +688,8 @@ pub(crate) async fn record_ended_callback(
 pub(crate) async fn record_receipt(
     mut tx: Box<dyn WriteTx>,
     receipt: NewReceipt,
-) -> Result<CallbackReceipt, StoreError> {
-    let stored = CallbackReceipt {
+) -> Result<Option<CallbackReceipt>, StoreError> {
+    let receipt = CallbackReceipt {
         id: ReceiptId::new(),
         attempt_id: receipt.attempt_id,
         callback_id: receipt.callback_id,
@@ -657,9 +697,19 @@ pub(crate) async fn record_receipt(
         outcome: receipt.outcome,
         detail: receipt.detail,
     };
-    tx.insert_receipt(&stored).await?;
+    let recorded = insert_capped(tx.as_mut(), &receipt).await?;
     tx.commit().await?;
-    Ok(stored)
+    Ok(recorded.then_some(receipt))
+}
+
+pub(crate) async fn purge_receipts(
+    mut tx: Box<dyn WriteTx>,
+    before: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    // Finalizing receipts are one per attempt and decide duplicate from late: they stay.
+    let purged = tx.delete_receipts(before, UNFINALIZING_RECEIPTS).await?;
+    tx.commit().await?;
+    Ok(purged)
 }
 
 /// Pairs claimed attempts with their runs.

@@ -263,20 +263,36 @@ impl WriteTx for PgTx {
         Ok(())
     }
 
-    async fn has_receipt(
+    async fn count_receipts(
         &mut self,
         attempt_id: AttemptId,
         outcomes: &[ReceiptOutcome],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<u64, StoreError> {
         let outcomes: Vec<&str> = outcomes.iter().map(ReceiptOutcome::as_str).collect();
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM callback_receipts \
-             WHERE attempt_id = $1 AND outcome = ANY($2))",
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM callback_receipts WHERE attempt_id = $1 AND outcome = ANY($2)",
         )
         .bind(attempt_id.as_uuid())
         .bind(&outcomes)
         .fetch_one(&mut *self.0)
-        .await?)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn delete_receipts(
+        &mut self,
+        before: DateTime<Utc>,
+        outcomes: &[ReceiptOutcome],
+    ) -> Result<u64, StoreError> {
+        let outcomes: Vec<&str> = outcomes.iter().map(ReceiptOutcome::as_str).collect();
+        Ok(sqlx::query(
+            "DELETE FROM callback_receipts WHERE received_at < $1 AND outcome = ANY($2)",
+        )
+        .bind(before)
+        .bind(&outcomes)
+        .execute(&mut *self.0)
+        .await?
+        .rows_affected())
     }
 
     async fn insert_outbox(&mut self, e: &OutboxEvent) -> Result<(), StoreError> {

@@ -302,25 +302,40 @@ impl WriteTx for SqliteTx {
         Ok(())
     }
 
-    async fn has_receipt(
+    async fn count_receipts(
         &mut self,
         attempt_id: AttemptId,
         outcomes: &[ReceiptOutcome],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<u64, StoreError> {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT EXISTS (SELECT 1 FROM callback_receipts WHERE attempt_id = ",
+            "SELECT COUNT(*) FROM callback_receipts WHERE attempt_id = ",
         );
-        query.push_bind(attempt_id.to_string());
+        query.push_bind(enc_id(attempt_id.as_uuid()));
         query.push(" AND outcome IN (");
         let mut list = query.separated(", ");
         for outcome in outcomes {
             list.push_bind(outcome.as_str());
         }
-        query.push("))");
-        Ok(query
-            .build_query_scalar::<bool>()
-            .fetch_one(&mut *self.0)
-            .await?)
+        query.push(")");
+        let n: i64 = query.build_query_scalar().fetch_one(&mut *self.0).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn delete_receipts(
+        &mut self,
+        before: DateTime<Utc>,
+        outcomes: &[ReceiptOutcome],
+    ) -> Result<u64, StoreError> {
+        let mut query =
+            QueryBuilder::<Sqlite>::new("DELETE FROM callback_receipts WHERE received_at < ");
+        query.push_bind(enc_ts(before));
+        query.push(" AND outcome IN (");
+        let mut list = query.separated(", ");
+        for outcome in outcomes {
+            list.push_bind(outcome.as_str());
+        }
+        query.push(")");
+        Ok(query.build().execute(&mut *self.0).await?.rows_affected())
     }
 
     async fn insert_outbox(&mut self, e: &OutboxEvent) -> Result<(), StoreError> {

@@ -110,6 +110,11 @@ pub async fn verify_output(
                 "output.json is larger than {limit} bytes"
             )));
         }
+        Err(StorageError::NotAnObject { what, .. }) => {
+            return Ok(Verdict::Invalid(format!(
+                "output.json is {what}, not a regular file"
+            )));
+        }
         Err(source) => {
             return Err(VerifyError::Storage {
                 what: "output.json",

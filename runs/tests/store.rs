@@ -118,6 +118,7 @@ store_cases!(
     salvage_finalizes_like_a_callback_and_only_once,
     callbacks_for_ended_attempts_are_duplicate_or_late,
     an_upgrade_from_the_first_schema_keeps_every_row,
+    receipts_of_callbacks_that_changed_nothing_are_capped_and_purged,
     concurrent_claimers_claim_each_attempt_once_within_caps,
 );
 
@@ -896,7 +897,8 @@ async fn late_and_rejected_callbacks_are_recorded(db: &Db) {
             detail: Some("nonce does not match".into()),
         })
         .await
-        .expect("record");
+        .expect("record")
+        .expect("recorded");
     assert_eq!(rejected.outcome, ReceiptOutcome::Rejected);
     let unknown_attempt = store
         .record_callback_receipt(NewReceipt {
@@ -907,7 +909,8 @@ async fn late_and_rejected_callbacks_are_recorded(db: &Db) {
             detail: None,
         })
         .await
-        .expect("record without attempt");
+        .expect("record without attempt")
+        .expect("recorded");
     assert_eq!(unknown_attempt.attempt_id, None);
 
     let outcomes: Vec<ReceiptOutcome> = store
@@ -1562,6 +1565,74 @@ async fn an_upgrade_from_the_first_schema_keeps_every_row(_db: &Db) {
         Some("ab".repeat(32))
     );
     drop(first);
+}
+
+async fn receipts_of_callbacks_that_changed_nothing_are_capped_and_purged(db: &Db) {
+    use runway_runs::lifecycle::MAX_UNFINALIZING_RECEIPTS_PER_ATTEMPT as CAP;
+    let store = db.store();
+    let a = running(store).await;
+    let reject = |at| NewReceipt {
+        attempt_id: Some(a.id),
+        callback_id: a.callback_id.clone(),
+        received_at: at,
+        outcome: ReceiptOutcome::Rejected,
+        detail: Some("nonce does not match".into()),
+    };
+    for i in 0..CAP {
+        let recorded = store
+            .record_callback_receipt(reject(t0() + secs(i as i64)))
+            .await
+            .expect("record");
+        assert!(recorded.is_some(), "receipt {i} is kept");
+    }
+    assert!(
+        store
+            .record_callback_receipt(reject(t0() + secs(1000)))
+            .await
+            .expect("record")
+            .is_none(),
+        "one more is not recorded"
+    );
+    // The cap covers repeats after the end as well, but never the finalizing receipt.
+    store
+        .finalize_attempt(finalize_of(&a, ValidationStatus::Success))
+        .await
+        .expect("finalize");
+    store
+        .record_ended_callback(a.id, &a.callback_id, t0() + secs(2000))
+        .await
+        .expect("duplicate");
+    let receipts = store.callback_receipts(a.id).await.expect("receipts");
+    assert_eq!(receipts.len() as u64, CAP + 1);
+    assert_eq!(
+        receipts
+            .iter()
+            .filter(|r| r.outcome == ReceiptOutcome::Finalized)
+            .count(),
+        1
+    );
+
+    // Purging by age keeps what is newer, and every finalizing receipt.
+    let purged = store.purge_receipts(t0() + secs(50)).await.expect("purge");
+    assert_eq!(purged, 50);
+    let left = store.callback_receipts(a.id).await.expect("receipts");
+    assert_eq!(left.len() as u64, CAP + 1 - 50);
+    assert!(left.iter().any(|r| r.outcome == ReceiptOutcome::Finalized));
+    assert!(
+        left.iter()
+            .filter(|r| r.outcome == ReceiptOutcome::Rejected)
+            .all(|r| r.received_at >= t0() + secs(50))
+    );
+    let purged = store
+        .purge_receipts(t0() + secs(1_000_000))
+        .await
+        .expect("purge all old");
+    assert_eq!(purged, CAP - 50);
+    let left = store.callback_receipts(a.id).await.expect("receipts");
+    assert_eq!(
+        left.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+        vec![ReceiptOutcome::Finalized]
+    );
 }
 
 const OLD_RUN: &str = "01890000-0000-7000-8000-000000000001";

@@ -50,6 +50,17 @@ pub enum StorageError {
         uri: String,
     },
 
+    /// Something is at the key that is not a regular file (a symbolic link, a named pipe, a
+    /// device…), on `file://` storage where jobs share the file system. It is refused without
+    /// being opened for reading, so nothing of what it points at is read or quoted.
+    #[error("{uri} is {what}, not a regular file; refused")]
+    NotAnObject {
+        /// The object's URI.
+        uri: String,
+        /// What is there instead ("a symbolic link", "a named pipe", …).
+        what: &'static str,
+    },
+
     /// The object is larger than the caller's read limit.
     #[error("the object at {uri} is larger than the read limit of {limit} bytes")]
     TooLarge {

@@ -6,6 +6,13 @@
 //! guarantees readers see either nothing or the complete object. The temporary file is removed
 //! on every path, including a dropped future; a crash can leave one behind, never a partial
 //! object at the key. Key validation ([`ObjectKey`]) keeps every path below the root.
+//!
+//! Jobs of the process and Docker backends share this file system, so a read trusts nothing
+//! under the root but the names: it opens the key one segment at a time (`openat` with
+//! `O_NOFOLLOW`, never through a symbolic link), opens the object itself without blocking
+//! (`O_NONBLOCK`, so a named pipe cannot hold a thread), and checks the type on the opened
+//! handle: anything but a regular file is refused ([`StorageError::NotAnObject`]) without a
+//! byte of it being read.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -46,27 +53,92 @@ impl FileStore {
         path
     }
 
-    /// Opens the object's file for reading; `None` if there is no object (a directory on the
-    /// way, or at the key itself, is not an object).
+    /// Opens the object at `key` for reading (see the module docs); `None` if there is no
+    /// object (nothing there, or a directory).
     async fn open_object(
         &self,
-        path: &Path,
+        key: &ObjectKey,
         uri: &str,
     ) -> Result<Option<(tokio::fs::File, u64)>, StorageError> {
-        let file = match tokio::fs::File::open(path).await {
-            Ok(file) => file,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(StorageError::io(uri, e)),
-        };
-        let meta = file
-            .metadata()
+        let root = self.root.clone();
+        let key = key.clone();
+        let opened = tokio::task::spawn_blocking(move || open_no_follow(&root, &key))
             .await
+            .map_err(|e| StorageError::io(uri, io::Error::other(e)))?
             .map_err(|e| StorageError::io(uri, e))?;
-        if !meta.is_file() {
-            return Ok(None);
+        match opened {
+            Opened::File(file, len) => Ok(Some((tokio::fs::File::from_std(file), len))),
+            Opened::Missing => Ok(None),
+            Opened::NotAnObject(what) => Err(StorageError::NotAnObject {
+                uri: uri.to_owned(),
+                what,
+            }),
         }
-        Ok(Some((file, meta.len())))
     }
+}
+
+/// What is at a key, opened without following links or blocking.
+enum Opened {
+    File(std::fs::File, u64),
+    Missing,
+    NotAnObject(&'static str),
+}
+
+fn open_no_follow(root: &Path, key: &ObjectKey) -> io::Result<Opened> {
+    use rustix::fs::{FileType, Mode, OFlags, fstat, openat};
+    use rustix::io::Errno;
+
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // The root is the operator's configuration, trusted as given.
+    let mut dir = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let segments: Vec<&str> = key.segments().collect();
+    let (leaf, parents) = segments
+        .split_last()
+        .expect("a key has at least one segment");
+    for segment in parents {
+        dir = match openat(&dir, *segment, dir_flags, Mode::empty()) {
+            Ok(next) => next,
+            Err(Errno::NOENT) => return Ok(Opened::Missing),
+            // With O_DIRECTORY, Linux says ENOTDIR for a symbolic link as for a file.
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                let link =
+                    rustix::fs::statat(&dir, *segment, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+                return Ok(if link {
+                    Opened::NotAnObject("reached through a symbolic link")
+                } else {
+                    Opened::Missing
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = match openat(&dir, *leaf, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(Opened::Missing),
+        Err(Errno::LOOP) => return Ok(Opened::NotAnObject("a symbolic link")),
+        Err(e) => return Err(e.into()),
+    };
+    let stat = fstat(&fd)?;
+    let what = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => {
+            let len = u64::try_from(stat.st_size).unwrap_or(0);
+            return Ok(Opened::File(std::fs::File::from(fd), len));
+        }
+        FileType::Directory => return Ok(Opened::Missing),
+        FileType::Fifo => "a named pipe",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice | FileType::BlockDevice => "a device",
+        FileType::Symlink => "a symbolic link",
+        FileType::Unknown => "of an unknown kind",
+    };
+    Ok(Opened::NotAnObject(what))
 }
 
 fn is_missing(e: &io::Error) -> bool {
@@ -169,7 +241,7 @@ impl ObjectStore for FileStore {
     async fn get(&self, uri_or_key: &str, max_bytes: u64) -> Result<ByteStream, StorageError> {
         let key = self.base.resolve(uri_or_key)?;
         let uri = self.uri_for(&key);
-        let Some((file, len)) = self.open_object(&self.path_for(&key), &uri).await? else {
+        let Some((file, len)) = self.open_object(&key, &uri).await? else {
             return Err(StorageError::NotFound { uri });
         };
         if len > max_bytes {
@@ -196,7 +268,7 @@ impl ObjectStore for FileStore {
     async fn head(&self, uri_or_key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let key = self.base.resolve(uri_or_key)?;
         let uri = self.uri_for(&key);
-        let Some((mut file, _)) = self.open_object(&self.path_for(&key), &uri).await? else {
+        let Some((mut file, _)) = self.open_object(&key, &uri).await? else {
             return Ok(None);
         };
         // The version is the content hash, so it has to be recomputed; objects are immutable,
@@ -219,6 +291,26 @@ impl ObjectStore for FileStore {
             size_bytes,
             storage_version: sha256_version(&hex::encode(hasher.finalize())),
         }))
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        let uri = self.uri_for(key);
+        let path = self.path_for(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => return Ok(()),
+            Err(e) => return Err(StorageError::io(uri, e)),
+        }
+        // Folders the object alone needed go with it; a folder that still holds anything
+        // stays (removing a non-empty folder fails, which ends the walk).
+        let mut dir = path.parent().map(Path::to_path_buf);
+        while let Some(current) = dir {
+            if current == self.root || tokio::fs::remove_dir(&current).await.is_err() {
+                break;
+            }
+            dir = current.parent().map(Path::to_path_buf);
+        }
+        Ok(())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {

@@ -129,6 +129,17 @@ impl GcsStore {
         url: url::Url,
         uri: &str,
     ) -> Result<Option<serde_json::Value>, StorageError> {
+        self.json_request(reqwest::Method::GET, url, uri).await
+    }
+
+    /// One JSON API request with the store's credentials; `None` for a 404, `Null` for an
+    /// empty answer.
+    async fn json_request(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+        uri: &str,
+    ) -> Result<Option<serde_json::Value>, StorageError> {
         let backend = |e: Box<dyn std::error::Error + Send + Sync>| StorageError::Backend {
             uri: uri.to_owned(),
             source: e,
@@ -146,7 +157,7 @@ impl GcsStore {
         };
         let response = self
             .http
-            .get(url)
+            .request(method, url)
             .headers(headers)
             .send()
             .await
@@ -159,6 +170,9 @@ impl GcsStore {
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
             return Err(backend(format!("HTTP {status}: {text}").into()));
+        }
+        if body.is_empty() {
+            return Ok(Some(serde_json::Value::Null));
         }
         serde_json::from_slice(&body)
             .map(Some)
@@ -455,6 +469,14 @@ impl ObjectStore for GcsStore {
                 source: format!("object metadata without size or generation: {meta}").into(),
             }),
         }
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        let uri = self.uri_for(key);
+        let url = self.json_url(Some(&self.base.object_name(key)))?;
+        self.json_request(reqwest::Method::DELETE, url, &uri)
+            .await
+            .map(drop)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {

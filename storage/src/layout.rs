@@ -1,15 +1,18 @@
 //! Where a run's and an attempt's objects live: the only place object keys are made.
 //!
 //! ```text
-//! runs/<org>/<run>/files/<index>-<name>             the run's input files (shared by its attempts)
+//! runs/<org>/<run>/files/<upload>/<index>-<name>    the run's input files (shared by its attempts)
 //! runs/<org>/<run>/attempts/<attempt>/input.json    the attempt's input envelope
 //! runs/<org>/<run>/attempts/<attempt>/output.json   the attempt's output envelope
 //! runs/<org>/<run>/attempts/<attempt>/outputs/…     the files its validator published
 //! ```
 //!
 //! Input files live at the run level: they are immutable and bound by sha256 in every envelope,
-//! so a retry reuses them instead of copying. Every attempt has a folder of its own, so a retry
-//! never meets its predecessor's `output.json` (objects are create-only).
+//! so a retry reuses them instead of copying. Each request that creates a run uploads into a
+//! folder of its own (`<upload>`), so a refused request can remove exactly what it staged and
+//! two requests racing under one idempotency key never share an object. Every attempt has a
+//! folder of its own, so a retry never meets its predecessor's `output.json` (objects are
+//! create-only).
 //!
 //! Paths are typed ([`RunPaths`], [`AttemptPaths`]) and built from the run's organization and
 //! the run and attempt ids; an attempt's folder is stored with the attempt, and read back
@@ -57,16 +60,13 @@ impl RunPaths {
         &self.root
     }
 
-    /// The key of input file number `index` (0-based) named `name`: `files/<index>-<name>`.
-    /// The index keeps two files' keys apart whatever their names.
-    pub fn input_file(&self, index: usize, name: &str) -> Result<ObjectKey, StorageError> {
-        if name.contains('/') {
-            return Err(StorageError::InvalidKey {
-                key: name.to_owned(),
-                reason: "a file name must be a single key segment".to_owned(),
-            });
-        }
-        self.root.join(&format!("{FILES}/{index}-{name}"))
+    /// The folder one request uploads this run's input files into: `files/<upload>`.
+    pub fn upload(&self, upload_id: Uuid) -> UploadPaths {
+        let root = self
+            .root
+            .join(&format!("{FILES}/{}", upload_id.hyphenated()))
+            .expect("a run folder followed by a UUID is a valid key");
+        UploadPaths { root }
     }
 
     /// The folder of attempt `attempt_id` of this run.
@@ -76,6 +76,26 @@ impl RunPaths {
             .join(&format!("{ATTEMPTS}/{}", attempt_id.hyphenated()))
             .expect("a run folder followed by a UUID is a valid key");
         AttemptPaths { root }
+    }
+}
+
+/// One request's uploads of a run's input files: `runs/<org>/<run>/files/<upload>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadPaths {
+    root: ObjectKey,
+}
+
+impl UploadPaths {
+    /// The key of input file number `index` (0-based) named `name`: `<index>-<name>`. The index
+    /// keeps two files' keys apart whatever their names.
+    pub fn input_file(&self, index: usize, name: &str) -> Result<ObjectKey, StorageError> {
+        if name.contains('/') {
+            return Err(StorageError::InvalidKey {
+                key: name.to_owned(),
+                reason: "a file name must be a single key segment".to_owned(),
+            });
+        }
+        self.root.join(&format!("{index}-{name}"))
     }
 }
 
@@ -170,14 +190,26 @@ mod tests {
     }
 
     #[test]
+    fn each_upload_has_its_folder() {
+        let (run, u1, u2) = ids();
+        let paths = RunPaths::new("org-1", run).expect("run paths");
+        let key = paths.upload(u1).input_file(3, "model.idf").expect("key");
+        assert_eq!(
+            key.as_str(),
+            format!("runs/org-1/{run}/files/{u1}/3-model.idf")
+        );
+        assert_ne!(
+            key,
+            paths.upload(u2).input_file(3, "model.idf").expect("key")
+        );
+        assert!(paths.upload(u1).input_file(0, "a/b").is_err());
+    }
+
+    #[test]
     fn keys_follow_the_layout() {
         let (run, a1, a2) = ids();
         let paths = RunPaths::new("org-1", run).expect("run paths");
         assert_eq!(paths.root().as_str(), format!("runs/org-1/{run}"));
-        assert_eq!(
-            paths.input_file(3, "model.idf").expect("key").as_str(),
-            format!("runs/org-1/{run}/files/3-model.idf")
-        );
         let attempt = paths.attempt(a1);
         let root = format!("runs/org-1/{run}/attempts/{a1}");
         assert_eq!(attempt.root().as_str(), root);
@@ -203,7 +235,6 @@ mod tests {
         assert!(RunPaths::new("..", run).is_err());
         assert!(RunPaths::new("", run).is_err());
         let paths = RunPaths::new("org", run).expect("run paths");
-        assert!(paths.input_file(0, "a/b").is_err());
         assert!(paths.attempt(attempt).output_file("../x").is_err());
         for stored in [
             "runs/org/attempts/x",

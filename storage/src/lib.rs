@@ -187,6 +187,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// The object's size and version, or `None` if there is no object at `uri_or_key`.
     async fn head(&self, uri_or_key: &str) -> Result<Option<ObjectMeta>, StorageError>;
 
+    /// Removes the object at `key`; nothing there is not an error. Only for the objects of a
+    /// request that was refused before anything referred to them (a run's staged uploads):
+    /// objects a run refers to are never deleted, and nothing is ever replaced.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+
     /// The keys under this store that start with `prefix` (a plain string prefix, e.g.
     /// `runs/org/run/`), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError>;

@@ -116,6 +116,14 @@ impl ObjectStore for MemoryStore {
         }))
     }
 
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.objects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
         let objects = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(objects

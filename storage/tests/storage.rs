@@ -495,6 +495,43 @@ mod cases {
         assert_eq!(listed(fx.store.list("").await.expect("list")).len(), 4);
         assert!(fx.store.list("nothing/").await.expect("list").is_empty());
     }
+
+    pub async fn deletes_staged_objects(fx: &Fixture) {
+        for k in ["staged/u1/0-a.idf", "staged/u1/1-b.epw", "staged/keep"] {
+            fx.store
+                .put_new(&key(k), Body::from(k.as_bytes().to_vec()))
+                .await
+                .expect("write");
+        }
+        fx.store
+            .delete(&key("staged/u1/0-a.idf"))
+            .await
+            .expect("delete");
+        fx.store
+            .delete(&key("staged/u1/1-b.epw"))
+            .await
+            .expect("delete");
+        fx.store
+            .delete(&key("staged/u1/never-written"))
+            .await
+            .expect("deleting nothing is not an error");
+        assert_eq!(
+            fx.store.list("staged/").await.expect("list"),
+            vec![key("staged/keep")]
+        );
+        assert!(
+            fx.store
+                .head("staged/u1/0-a.idf")
+                .await
+                .expect("head")
+                .is_none()
+        );
+        // The key is free again: a new object may be written there.
+        fx.store
+            .put_new(&key("staged/u1/0-a.idf"), Body::from(b"again".to_vec()))
+            .await
+            .expect("write again");
+    }
 }
 
 macro_rules! suite {
@@ -513,6 +550,7 @@ macro_rules! suite {
                 mismatched_content_stores_nothing,
                 failed_body_stores_nothing,
                 lists_by_prefix,
+                deletes_staged_objects,
             );
         }
     };
@@ -583,4 +621,96 @@ async fn file_write_dropped_midway_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(fx.store.head("half/written.bin").await.expect("head"), None);
+}
+
+/// `file://` only: jobs share this file system, so what they leave at a key may be a trap.
+/// A symbolic link (at the key or on its path) and a named pipe are refused as not being
+/// objects, at once, without a byte of what they lead to being read or quoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_special_files_are_refused_without_following_or_blocking() {
+    let fx = file().await;
+    let root = std::path::PathBuf::from(fx.store.base().prefix());
+    let secret_dir = fx._dir.as_ref().expect("tempdir").path().join("host");
+    std::fs::create_dir_all(&secret_dir).expect("dir");
+    let secret = secret_dir.join("secret.txt");
+    std::fs::write(&secret, "{\"token\": \"HOST-SECRET-VALUE\"}").expect("secret");
+
+    let job = root.join("job");
+    std::fs::create_dir_all(&job).expect("dir");
+    std::os::unix::fs::symlink(&secret, job.join("link.json")).expect("symlink");
+    std::os::unix::fs::symlink(&secret_dir, job.join("linked-dir")).expect("dir symlink");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        job.join("pipe.json"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+
+    for (name, what) in [
+        ("job/link.json", "a symbolic link"),
+        (
+            "job/linked-dir/secret.txt",
+            "reached through a symbolic link",
+        ),
+        ("job/pipe.json", "a named pipe"),
+    ] {
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            fx.store.read_bytes(name, 1 << 20),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("reading {name} blocked"));
+        match read {
+            Err(StorageError::NotAnObject { what: got, ref uri }) => {
+                assert_eq!(got, what, "{name}");
+                assert!(uri.ends_with(name), "{uri}");
+            }
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+        let err = fx
+            .store
+            .read_bytes(name, 1 << 20)
+            .await
+            .expect_err("refused");
+        let message = err.to_string();
+        assert!(message.contains("not a regular file"), "{message}");
+        assert!(
+            !message.contains("HOST-SECRET"),
+            "the target is never echoed: {message}"
+        );
+        assert!(
+            matches!(
+                fx.store.head(name).await,
+                Err(StorageError::NotAnObject { .. })
+            ),
+            "head refuses {name} too"
+        );
+    }
+    // Hundreds of callbacks pointing at a pipe at once hold no thread: every read is refused
+    // promptly, and a real object is read alongside them.
+    std::fs::write(job.join("real.json"), b"{}").expect("real");
+    let store = fx.store.clone();
+    let reads = (0..600).map(|_| {
+        let store = store.clone();
+        async move { store.read_bytes("job/pipe.json", 1024).await }
+    });
+    let all = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        futures::future::join_all(reads),
+    )
+    .await
+    .expect("600 reads of a pipe finish");
+    assert!(
+        all.iter()
+            .all(|r| matches!(r, Err(StorageError::NotAnObject { .. })))
+    );
+    assert_eq!(
+        fx.store
+            .read_bytes("job/real.json", 1024)
+            .await
+            .expect("real"),
+        Bytes::from_static(b"{}")
+    );
 }

@@ -93,14 +93,18 @@ impl Lab {
         let clock = Arc::new(ManualClock::new(
             DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("whole seconds"),
         ));
-        let state =
-            AppState::with_clock(deps.clone(), registry, NonceKey::generate(), clock.clone());
-
         let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
         let (identity, callback, launcher) = (bind().await, bind().await, bind().await);
         let identity_addr = identity.local_addr().expect("addr");
         let callback_url = format!("http://{}", callback.local_addr().expect("addr"));
         let launcher_url = format!("http://{}", launcher.local_addr().expect("addr"));
+        let state = AppState::new(
+            deps.clone(),
+            registry,
+            NonceKey::generate(),
+            runway_contract::HttpUrl::parse(format!("{callback_url}/v1/callbacks")).expect("url"),
+        )
+        .with_clock(clock.clone());
         let issuer =
             runway_launcher::local::local_issuer(dir.path(), &format!("http://{identity_addr}"))
                 .expect("issuer");
@@ -118,7 +122,6 @@ impl Lab {
         let workers = Workers::build(
             &state,
             &WorkerConfig {
-                callback_url: format!("{callback_url}/v1/callbacks"),
                 metadata_host: identity_addr,
                 workers: WorkerArgs {
                     max_in_flight: 16,

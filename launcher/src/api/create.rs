@@ -7,24 +7,29 @@
 //!   naming the form `part` that carries its bytes), then the file parts, each streamed to
 //!   object storage as it arrives.
 //!
-//! Order of work: everything that can be checked without I/O is checked first (validator,
-//! ids, typed inputs, names, MIME types, required ports), so a bad request stores nothing.
-//! Then files go create-only to the run's `files/<index>-<name>` (the storage layout), and only
-//! then is the
-//! run stored with its first attempt, in one transaction (no storage I/O under a database
-//! lock). A failure between the two leaves orphaned files, never a run without its files; so
-//! can a multipart body that breaks off after some files were stored.
+//! Order of work: everything that can be checked without I/O is checked first — the body's
+//! shape (nesting depth and value count, counted without building anything), validator, ids,
+//! typed inputs, names, MIME types, required ports, and the size the first attempt's input
+//! envelope would have (built with every not-yet-known value at its longest) — so a bad request
+//! stores nothing. Then the files go create-only into a folder of this request's own
+//! (`files/<upload>/<index>-<name>`, the storage layout), and only then is the run stored with
+//! its first attempt, in one transaction (no storage I/O under a database lock). If anything
+//! after the first upload refuses the request (a bad form part, a storage failure, a twin that
+//! committed first), the request's uploads are removed before it is answered — or, if the client
+//! goes away mid-request, by a task started when the request is dropped. Only a crash between
+//! upload and commit can leave an upload folder no run refers to.
 //!
 //! Idempotency: with an `Idempotency-Key`, the run id is derived from the organization and the
-//! key, so a retry finds the earlier run by id before uploading anything; the fingerprint (the
-//! JSON body's SHA-256, or for multipart the `request` part plus each file's SHA-256) tells a
-//! retry (200, same run) from a different request (422). A retry after a failure between
-//! upload and commit finds its own files already stored and adopts them when their bytes match.
-//! The store's unique `(org, idempotency_key)` index settles races.
+//! key, so a retry finds the earlier run by id before uploading anything. The fingerprint is the
+//! SHA-256 of the canonical (RFC 8785) form of what the request asks for, each file as its
+//! metadata and digest: whitespace, key order and the encoding (JSON or multipart) do not
+//! change it, so it tells a retry (200, same run) from a different request (422). The store's
+//! unique `(org, idempotency_key)` index settles races; the loser's uploads are removed.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use axum::Json;
@@ -36,6 +41,8 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use runway_contract::input::MAX_INPUT_ENVELOPE_BYTES;
+use runway_contract::shape::{ShapeError, ShapeLimits, check_shape};
 use runway_contract::{
     ContractError, MimeType, OrganizationInfo, PortKey, SafeName, Sha256Hex, StorageUri,
     StorageVersion, ValidatorInfo, ValidatorInputs, WorkflowInfo,
@@ -43,15 +50,17 @@ use runway_contract::{
 use runway_runs::{
     AttemptId, CreateOutcome, Idempotency, NewAttempt, NewRun, RunId, RunWithAttempts, StoreError,
 };
-use runway_storage::layout::RunPaths;
+use runway_storage::layout::{RunPaths, UploadPaths};
 use runway_storage::{Body, ObjectKey, ObjectStore, PutReceipt, StorageError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 
 use super::error::ApiError;
 use super::view::RunView;
 use crate::AppState;
+use crate::envelope::{self, EnvelopeAttempt};
 use crate::registry::{Registry, ValidatorConfig, is_valid_id};
 use crate::spec::{RunSpec, StoredFile, required_port};
 
@@ -163,8 +172,7 @@ enum Source {
 /// What was learned about one file's bytes.
 #[derive(Debug)]
 struct Received {
-    sha256: String,
-    size_bytes: u64,
+    digest: FileDigest,
     /// `None` when the bytes were only hashed (a replay needs no upload).
     receipt: Option<PutReceipt>,
 }
@@ -190,42 +198,54 @@ async fn from_json(
     request: Request,
 ) -> Result<Response, ApiError> {
     let body = read_json_body(request).await?;
-    let fingerprint = hex::encode(Sha256::digest(&body));
     let parsed = parse_request(&body, "the request body")?;
     let checked = check(&state.registry, parsed, Encoding::Json)?;
+    drop(body);
     let run_id = run_id_for(&checked.org.id, key.as_deref());
+    let digests: Vec<FileDigest> = checked
+        .files
+        .iter()
+        .map(|file| match &file.source {
+            Source::Inline(bytes) => FileDigest::of(bytes),
+            Source::Part(_) => unreachable!("checked JSON requests carry inline files only"),
+        })
+        .collect();
+    let fingerprint = fingerprint(&checked, &digests)?;
     if let Some(key) = &key
         && let Some(existing) = find_existing(state, run_id).await?
     {
         return replay(existing, key, &fingerprint);
     }
-    let storage = state.deps.storage.as_ref();
-    let mut received = Vec::with_capacity(checked.files.len());
-    for (index, file) in checked.files.iter().enumerate() {
-        let Source::Inline(bytes) = &file.source else {
-            unreachable!("checked JSON requests carry inline files only")
-        };
-        let object = file_key(&checked.org.id, run_id, index, &file.name)?;
-        let sha256 = hex::encode(Sha256::digest(bytes));
-        let size_bytes = bytes.len() as u64;
-        let receipt = match storage.put_new(&object, Body::Bytes(bytes.clone())).await {
-            Ok(receipt) => receipt,
-            Err(StorageError::AlreadyExists { .. }) if key.is_some() => {
-                adopt_existing(storage, &object, &sha256, size_bytes, key.as_deref()).await?
-            }
-            Err(e) => return Err(storage_failure(e, &object)),
-        };
-        received.push(Received {
-            sha256,
-            size_bytes,
-            receipt: Some(receipt),
-        });
+    let mut staged = Staged::new(state, &checked.org.id, run_id)?;
+    check_envelope_size(state, &checked, run_id, &staged.upload)?;
+    let outcome = async {
+        let mut received = Vec::with_capacity(checked.files.len());
+        for ((index, file), digest) in checked.files.iter().enumerate().zip(&digests) {
+            let Source::Inline(bytes) = &file.source else {
+                unreachable!("checked JSON requests carry inline files only")
+            };
+            let receipt = staged
+                .put(index, &file.name, Body::Bytes(bytes.clone()))
+                .await?;
+            received.push(Received {
+                digest: digest.clone(),
+                receipt,
+            });
+        }
+        commit(
+            state,
+            checked,
+            run_id,
+            received,
+            &mut staged,
+            key,
+            fingerprint,
+        )
+        .await
     }
-    let idempotency = key.map(|key| Idempotency {
-        key,
-        request_sha256: fingerprint,
-    });
-    commit(state, checked, run_id, received, idempotency).await
+    .await;
+    staged.settle().await;
+    outcome
 }
 
 async fn from_multipart(
@@ -278,128 +298,125 @@ async fn from_multipart(
         Some(_) => find_existing(state, run_id).await?,
         None => None,
     };
-
-    let parts: HashMap<&str, usize> = checked
-        .files
-        .iter()
-        .enumerate()
-        .map(|(index, file)| match &file.source {
-            Source::Part(part) => (part.as_str(), index),
-            Source::Inline(_) => unreachable!("checked multipart requests name parts only"),
-        })
-        .collect();
-    let storage = state.deps.storage.as_ref();
-    let mut received: Vec<Option<Received>> = checked.files.iter().map(|_| None).collect();
-    let mut total = 0u64;
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
-        let part = field.name().unwrap_or("").to_owned();
-        let Some(&index) = parts.get(part.as_str()) else {
-            return Err(ApiError::bad_request(
-                "invalid_multipart",
-                format!(
-                    "form part {part:?} is not the `part` of any file listed in the `request` part"
-                ),
-            ));
-        };
-        if received[index].is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_multipart",
-                format!("form part {part:?} appears twice"),
-            ));
-        }
-        let file = &checked.files[index];
-        let got = if existing.is_some() {
-            // A replay: hash the bytes to compare fingerprints, store nothing.
-            let (sha256, size_bytes) = pump(&mut field, &mut total, None).await?;
-            Received {
-                sha256,
-                size_bytes,
-                receipt: None,
-            }
-        } else {
-            let object = file_key(&checked.org.id, run_id, index, &file.name)?;
-            upload_part(storage, &object, &mut field, &mut total, key.as_deref()).await?
-        };
-        received[index] = Some(got);
+    let mut staged = Staged::new(state, &checked.org.id, run_id)?;
+    if existing.is_none() {
+        check_envelope_size(state, &checked, run_id, &staged.upload)?;
     }
-    let received = received
-        .into_iter()
-        .zip(&checked.files)
-        .map(|(got, file)| {
-            got.ok_or_else(|| {
-                let Source::Part(part) = &file.source else {
-                    unreachable!("checked multipart requests name parts only")
-                };
-                ApiError::bad_request(
+
+    let outcome = async {
+        let parts: HashMap<&str, usize> = checked
+            .files
+            .iter()
+            .enumerate()
+            .map(|(index, file)| match &file.source {
+                Source::Part(part) => (part.as_str(), index),
+                Source::Inline(_) => unreachable!("checked multipart requests name parts only"),
+            })
+            .collect();
+        let mut received: Vec<Option<Received>> = checked.files.iter().map(|_| None).collect();
+        let mut total = 0u64;
+        while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+            let part = field.name().unwrap_or("").to_owned();
+            let Some(&index) = parts.get(part.as_str()) else {
+                return Err(ApiError::bad_request(
                     "invalid_multipart",
                     format!(
-                        "form part {part:?} (the bytes of file {:?}) is missing",
-                        file.name.as_str()
+                        "form part {part:?} is not the `part` of any file listed in the \
+                         `request` part"
                     ),
-                )
+                ));
+            };
+            if received[index].is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_multipart",
+                    format!("form part {part:?} appears twice"),
+                ));
+            }
+            let got = if existing.is_some() {
+                // A replay: hash the bytes to compare fingerprints, store nothing.
+                let digest = pump(&mut field, &mut total, None).await?;
+                Received {
+                    digest,
+                    receipt: None,
+                }
+            } else {
+                staged
+                    .put_part(index, &checked.files[index].name, &mut field, &mut total)
+                    .await?
+            };
+            received[index] = Some(got);
+        }
+        let received = received
+            .into_iter()
+            .zip(&checked.files)
+            .map(|(got, file)| {
+                got.ok_or_else(|| {
+                    let Source::Part(part) = &file.source else {
+                        unreachable!("checked multipart requests name parts only")
+                    };
+                    ApiError::bad_request(
+                        "invalid_multipart",
+                        format!(
+                            "form part {part:?} (the bytes of file {:?}) is missing",
+                            file.name.as_str()
+                        ),
+                    )
+                })
             })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-
-    let mut fingerprint = Sha256::new();
-    fingerprint.update(b"runway multipart request v1\n");
-    fingerprint.update((request_bytes.len() as u64).to_be_bytes());
-    fingerprint.update(&request_bytes);
-    for got in &received {
-        fingerprint.update(got.sha256.as_bytes());
-        fingerprint.update(b"\n");
+            .collect::<Result<Vec<_>, _>>()?;
+        let digests: Vec<FileDigest> = received.iter().map(|r| r.digest.clone()).collect();
+        let fingerprint = fingerprint(&checked, &digests)?;
+        if let (Some(key), Some(existing)) = (&key, existing) {
+            return replay(existing, key, &fingerprint);
+        }
+        commit(
+            state,
+            checked,
+            run_id,
+            received,
+            &mut staged,
+            key,
+            fingerprint,
+        )
+        .await
     }
-    let fingerprint = hex::encode(fingerprint.finalize());
-
-    if let (Some(key), Some(existing)) = (&key, existing) {
-        return replay(existing, key, &fingerprint);
-    }
-    let idempotency = key.map(|key| Idempotency {
-        key,
-        request_sha256: fingerprint,
-    });
-    commit(state, checked, run_id, received, idempotency).await
+    .await;
+    staged.settle().await;
+    outcome
 }
 
-/// Stores the run and its first attempt, then wakes the dispatcher.
+/// Stores the run and its first attempt, then wakes the dispatcher. Only a run that was
+/// created keeps the staged uploads.
 async fn commit(
     state: &AppState,
     checked: Checked,
     run_id: RunId,
     received: Vec<Received>,
-    idempotency: Option<Idempotency>,
+    staged: &mut Staged,
+    key: Option<String>,
+    fingerprint: String,
 ) -> Result<Response, ApiError> {
     let files = checked
         .files
-        .into_iter()
+        .iter()
         .zip(received)
         .map(|(file, got)| stored_file(file, got))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let spec = spec_of(&checked, files);
     let validator = checked.validator;
-    let org_id = checked.org.id.clone();
-    let workflow_id = checked.workflow.id.clone();
-    let spec = RunSpec {
-        validator: ValidatorInfo {
-            id: validator.id.clone(),
-            kind: validator.kind,
-            version: validator.version.clone(),
-        },
-        org: checked.org,
-        workflow: checked.workflow,
-        inputs: checked.inputs,
-        files,
-        timeout_seconds: validator.timeout_seconds,
-        tags: checked.tags,
-    };
     let now = state.clock.now();
     let attempt_id = AttemptId::new();
+    let idempotency = key.map(|key| Idempotency {
+        key,
+        request_sha256: fingerprint,
+    });
     let new = NewRun {
         id: run_id,
         created_at: now,
         validator_id: validator.id.clone(),
         validator_type: validator.kind.as_str().to_owned(),
-        org_id,
-        workflow_id,
+        org_id: checked.org.id,
+        workflow_id: checked.workflow.id,
         spec: spec.to_json(),
         retry: validator.retry_policy(),
         idempotency: idempotency.clone(),
@@ -414,10 +431,12 @@ async fn commit(
     let store = &state.deps.store;
     match store.create_run(new).await {
         Ok(CreateOutcome::Created(run)) => {
+            staged.keep();
             tracing::info!(run.id = %run_id, attempt.id = %attempt_id, validator = %validator.id, "run created");
             state.wake.notify_one();
             respond(StatusCode::CREATED, &run)
         }
+        // A keyed twin committed first; this request's uploads are not needed.
         Ok(CreateOutcome::Existing(run)) => respond(StatusCode::OK, &run),
         Err(StoreError::IdempotencyMismatch { key, .. }) => Err(key_reused(&key)),
         Err(e) => {
@@ -433,6 +452,125 @@ async fn commit(
                 .into())
         }
     }
+}
+
+/// The run spec of a checked request whose files are stored as `files`.
+fn spec_of(checked: &Checked, files: Vec<StoredFile>) -> RunSpec {
+    let validator = &checked.validator;
+    RunSpec {
+        validator: ValidatorInfo {
+            id: validator.id.clone(),
+            kind: validator.kind,
+            version: validator.version.clone(),
+        },
+        org: checked.org.clone(),
+        workflow: checked.workflow.clone(),
+        inputs: checked.inputs.clone(),
+        files,
+        timeout_seconds: validator.timeout_seconds,
+        tags: checked.tags.clone(),
+    }
+}
+
+/// Refuses, before anything is uploaded, a run whose input envelope would be over the limit a
+/// container accepts: the envelope of its first attempt is built with every value that is not
+/// known yet (sizes, digests, versions) at its longest, so the real one is never larger.
+fn check_envelope_size(
+    state: &AppState,
+    checked: &Checked,
+    run_id: RunId,
+    upload: &UploadPaths,
+) -> Result<(), ApiError> {
+    let storage = state.deps.storage.as_ref();
+    let longest_digest = Sha256Hex::parse("f".repeat(64)).expect("64 hex digits");
+    let longest_version = StorageVersion::for_local_digest(&longest_digest);
+    let files = checked
+        .files
+        .iter()
+        .enumerate()
+        .map(|(index, file)| {
+            let key = upload
+                .input_file(index, file.name.as_str())
+                .context("building a file's object key from checked parts")?;
+            Ok(StoredFile {
+                name: file.name.clone(),
+                mime_type: file.mime_type,
+                role: file.role.clone(),
+                port_key: file.port_key.clone(),
+                uri: StorageUri::parse(storage.uri_for(&key))
+                    .map_err(|e| anyhow!("object storage URI {e}"))?,
+                size_bytes: u64::MAX,
+                sha256: longest_digest.clone(),
+                storage_version: longest_version.clone(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let spec = spec_of(checked, files);
+    let attempt_id = AttemptId::new();
+    let paths = RunPaths::new(&checked.org.id, run_id.as_uuid())
+        .context("the run's storage layout")?
+        .attempt(attempt_id.as_uuid());
+    let attempt = EnvelopeAttempt {
+        id: attempt_id,
+        // The store's callback ids are UUIDs: this one is as long.
+        callback_id: "00000000-0000-0000-0000-000000000000",
+        paths,
+    };
+    let envelope = envelope::input_envelope(
+        run_id,
+        &spec,
+        &attempt,
+        storage,
+        &state.nonce_key,
+        &state.callback_url,
+    )?;
+    let size = serde_json::to_vec(&envelope)
+        .context("serializing an input envelope")?
+        .len();
+    if size > MAX_INPUT_ENVELOPE_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            message: format!(
+                "this run's input envelope would be about {} KiB, over the {} KiB a validator \
+                 container accepts; send less in `inputs` (or fewer, shorter-named files)",
+                size / 1024,
+                MAX_INPUT_ENVELOPE_BYTES / 1024
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The idempotency fingerprint of a request: SHA-256 of the RFC 8785 canonical JSON of what it
+/// asks for, with each file as its metadata and digest. Whitespace, key order and the encoding
+/// (JSON or multipart) do not change it; any difference in what is asked for does.
+fn fingerprint(checked: &Checked, digests: &[FileDigest]) -> Result<String, ApiError> {
+    let files: Vec<Value> = checked
+        .files
+        .iter()
+        .zip(digests)
+        .map(|(file, digest)| {
+            json!({
+                "name": file.name,
+                "mime_type": file.mime_type,
+                "port_key": file.port_key,
+                "role": file.role,
+                "sha256": digest.sha256,
+                "size_bytes": digest.size_bytes,
+            })
+        })
+        .collect();
+    let request = json!({
+        "validator": checked.validator.id,
+        "org": checked.org,
+        "workflow": checked.workflow,
+        "inputs": serde_json::to_value(&checked.inputs).context("serializing checked inputs")?,
+        "files": files,
+        "tags": checked.tags,
+    });
+    let mut hasher = Sha256::new();
+    hasher.update(b"runway create-run request v2\n");
+    hasher.update(runway_contract::canonical::canonicalize(&request));
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn respond(status: StatusCode, run: &RunWithAttempts) -> Result<Response, ApiError> {
@@ -567,6 +705,17 @@ async fn read_json_body(request: Request) -> Result<Bytes, ApiError> {
 }
 
 fn parse_request(bytes: &[u8], what: &str) -> Result<CreateRunRequest, ApiError> {
+    // A cheap count first: a body of a few MiB with hundreds of thousands of keys is refused
+    // before anything is built from it.
+    match check_shape(bytes, ShapeLimits::DEFAULT) {
+        Ok(()) | Err(ShapeError::Syntax(_)) => {}
+        Err(limit) => {
+            return Err(ApiError::bad_request(
+                "too_complex",
+                format!("{what} {limit}; inputs this large are not accepted"),
+            ));
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed: CreateRunRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -676,15 +825,12 @@ fn check(
                 ),
             ));
         }
-        // Whether the storage layout can make a key of it (the run id does not matter).
-        if file_key(
-            &request.org.id,
-            RunId::from_uuid(uuid::Uuid::nil()),
-            index,
-            &name,
-        )
-        .is_err()
-        {
+        // Whether the storage layout can make a key of it (the ids do not matter).
+        let stored_as = RunPaths::new(&request.org.id, uuid::Uuid::nil()).and_then(|run| {
+            run.upload(uuid::Uuid::nil())
+                .input_file(index, name.as_str())
+        });
+        if stored_as.is_err() {
             return Err(bad(
                 "name",
                 format!("{:?} cannot be stored as a file name", file.name),
@@ -879,15 +1025,132 @@ fn run_id_for(org_id: &str, key: Option<&str>) -> RunId {
     RunId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
 }
 
-fn file_key(
-    org_id: &str,
-    run_id: RunId,
-    index: usize,
-    name: &SafeName,
-) -> anyhow::Result<ObjectKey> {
-    RunPaths::new(org_id, run_id.as_uuid())
-        .and_then(|paths| paths.input_file(index, name.as_str()))
-        .context("building a file's object key from checked parts")
+/// Size and SHA-256 of one file's bytes.
+#[derive(Debug, Clone)]
+struct FileDigest {
+    sha256: String,
+    size_bytes: u64,
+}
+
+impl FileDigest {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            size_bytes: bytes.len() as u64,
+        }
+    }
+}
+
+/// One request's uploads, in a folder of their own. Unless the run that refers to them is
+/// created ([`Staged::keep`]), they are removed when the request is answered
+/// ([`Staged::settle`]) — or, should the request be dropped half-way (the client went away),
+/// by a task spawned when this is dropped.
+struct Staged {
+    storage: Arc<dyn ObjectStore>,
+    upload: UploadPaths,
+    stored: Vec<ObjectKey>,
+    kept: bool,
+}
+
+impl Staged {
+    fn new(state: &AppState, org_id: &str, run_id: RunId) -> Result<Self, ApiError> {
+        let upload = RunPaths::new(org_id, run_id.as_uuid())
+            .context("the run's storage layout")?
+            .upload(uuid::Uuid::new_v4());
+        Ok(Self {
+            storage: state.deps.storage.clone(),
+            upload,
+            stored: Vec::new(),
+            kept: false,
+        })
+    }
+
+    fn key(&self, index: usize, name: &SafeName) -> Result<ObjectKey, ApiError> {
+        Ok(self
+            .upload
+            .input_file(index, name.as_str())
+            .context("building a file's object key from checked parts")?)
+    }
+
+    /// Stores file `index` create-only.
+    async fn put(
+        &mut self,
+        index: usize,
+        name: &SafeName,
+        body: Body,
+    ) -> Result<Option<PutReceipt>, ApiError> {
+        let key = self.key(index, name)?;
+        let receipt = self
+            .storage
+            .put_new(&key, body)
+            .await
+            .map_err(|e| storage_failure(e, &key))?;
+        self.stored.push(key);
+        Ok(Some(receipt))
+    }
+
+    /// Streams form part `field` to file `index` while hashing it.
+    async fn put_part(
+        &mut self,
+        index: usize,
+        name: &SafeName,
+        field: &mut axum::extract::multipart::Field<'_>,
+        total: &mut u64,
+    ) -> Result<Received, ApiError> {
+        let key = self.key(index, name)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+        let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let (put, pumped) = tokio::join!(
+            self.storage.put_new(&key, body),
+            pump(field, total, Some(tx))
+        );
+        let digest = pumped?;
+        let receipt = put.map_err(|e| storage_failure(e, &key))?;
+        self.stored.push(key);
+        Ok(Received {
+            digest,
+            receipt: Some(receipt),
+        })
+    }
+
+    /// The run that refers to the uploads was created: they stay.
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+
+    /// Removes the uploads unless they were kept.
+    async fn settle(&mut self) {
+        if self.kept {
+            return;
+        }
+        for key in std::mem::take(&mut self.stored) {
+            discard(self.storage.as_ref(), &key).await;
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.kept || self.stored.is_empty() {
+            return;
+        }
+        let (storage, stored) = (self.storage.clone(), std::mem::take(&mut self.stored));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for key in stored {
+                    discard(storage.as_ref(), &key).await;
+                }
+            });
+        }
+    }
+}
+
+async fn discard(storage: &dyn ObjectStore, key: &ObjectKey) {
+    if let Err(e) = storage.delete(key).await {
+        tracing::warn!(key = %key, error = %e, "cannot remove an upload of a refused request");
+    }
 }
 
 fn storage_failure(e: StorageError, key: &ObjectKey) -> ApiError {
@@ -896,85 +1159,13 @@ fn storage_failure(e: StorageError, key: &ObjectKey) -> ApiError {
         .into()
 }
 
-/// A keyed retry found its file already stored (by an earlier try that failed before the run
-/// was stored, or by a concurrent twin): use it if its bytes are the same.
-async fn adopt_existing(
-    storage: &dyn ObjectStore,
-    key: &ObjectKey,
-    sha256: &str,
-    size_bytes: u64,
-    idempotency_key: Option<&str>,
-) -> Result<PutReceipt, ApiError> {
-    let meta = storage
-        .head(key.as_str())
-        .await
-        .with_context(|| format!("reading the existing object {}", key.as_str()))?
-        .ok_or_else(|| {
-            anyhow!(
-                "object {} vanished after a create-only conflict",
-                key.as_str()
-            )
-        })?;
-    let existing_sha = match meta.storage_version.strip_prefix("sha256:") {
-        Some(digest) => digest.to_owned(),
-        None => {
-            let mut stream = storage
-                .get(key.as_str(), meta.size_bytes)
-                .await
-                .with_context(|| format!("reading the existing object {}", key.as_str()))?;
-            let mut hasher = Sha256::new();
-            while let Some(chunk) = stream.next().await {
-                hasher.update(chunk.with_context(|| format!("reading {}", key.as_str()))?);
-            }
-            hex::encode(hasher.finalize())
-        }
-    };
-    if meta.size_bytes != size_bytes || existing_sha != sha256 {
-        return Err(key_reused(idempotency_key.unwrap_or_default()));
-    }
-    Ok(PutReceipt {
-        uri: storage.uri_for(key),
-        size_bytes,
-        sha256: existing_sha,
-        storage_version: meta.storage_version,
-    })
-}
-
-/// Streams one form part to `key` while hashing it.
-async fn upload_part(
-    storage: &dyn ObjectStore,
-    key: &ObjectKey,
-    field: &mut axum::extract::multipart::Field<'_>,
-    total: &mut u64,
-    idempotency_key: Option<&str>,
-) -> Result<Received, ApiError> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
-    let (put, pumped) = tokio::join!(storage.put_new(key, body), pump(field, total, Some(tx)));
-    let (sha256, size_bytes) = pumped?;
-    let receipt = match put {
-        Ok(receipt) => receipt,
-        Err(StorageError::AlreadyExists { .. }) if idempotency_key.is_some() => {
-            adopt_existing(storage, key, &sha256, size_bytes, idempotency_key).await?
-        }
-        Err(e) => return Err(storage_failure(e, key)),
-    };
-    Ok(Received {
-        sha256,
-        size_bytes,
-        receipt: Some(receipt),
-    })
-}
-
 /// Reads a form part to its end, hashing it and forwarding the chunks to `tx` (the storage
 /// write) if given. On a client error the write is failed too, so nothing is stored.
 async fn pump(
     field: &mut axum::extract::multipart::Field<'_>,
     total: &mut u64,
     mut tx: Option<tokio::sync::mpsc::Sender<io::Result<Bytes>>>,
-) -> Result<(String, u64), ApiError> {
+) -> Result<FileDigest, ApiError> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -1013,26 +1204,30 @@ async fn pump(
             tx = None;
         }
     }
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok(FileDigest {
+        sha256: hex::encode(hasher.finalize()),
+        size_bytes: size,
+    })
 }
 
-fn stored_file(file: FileMeta, got: Received) -> anyhow::Result<StoredFile> {
+fn stored_file(file: &FileMeta, got: Received) -> anyhow::Result<StoredFile> {
     let receipt = got
         .receipt
         .context("a file to store has no storage receipt")?;
+    let sent = got.digest;
     anyhow::ensure!(
-        receipt.sha256 == got.sha256 && receipt.size_bytes == got.size_bytes,
+        receipt.sha256 == sent.sha256 && receipt.size_bytes == sent.size_bytes,
         "object storage stored {} bytes with sha256 {} where {} bytes with sha256 {} were sent",
         receipt.size_bytes,
         receipt.sha256,
-        got.size_bytes,
-        got.sha256
+        sent.size_bytes,
+        sent.sha256
     );
     Ok(StoredFile {
-        name: file.name,
+        name: file.name.clone(),
         mime_type: file.mime_type,
-        role: file.role,
-        port_key: file.port_key,
+        role: file.role.clone(),
+        port_key: file.port_key.clone(),
         uri: StorageUri::parse(receipt.uri.clone()).map_err(|e| {
             anyhow!(
                 "object storage returned {}, which validator containers cannot read \
