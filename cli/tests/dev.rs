@@ -6,6 +6,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
+use common::body_of_many_keys;
+
 /// A running `runway dev` and the URLs it printed.
 struct Dev {
     child: Child,
@@ -163,16 +167,7 @@ fn a_hostile_body_leaves_the_service_small() {
     let (status, _) = get(&format!("{}/readyz", dev.launcher));
     assert_eq!(status, 200);
     let before = peak_rss_kib(pid);
-    let mut body = String::from(
-        r#"{"validator": "fmu", "org": {"id": "acme", "name": "Acme"}, "workflow": {"id": "w", "step_id": "s"}, "files": [], "inputs": {"input_values": {"#,
-    );
-    for i in 0..850_000 {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&format!("\"inp-{i:09}\":1"));
-    }
-    body.push_str("}}}");
+    let body = body_of_many_keys(850_000);
     for _ in 0..3 {
         let (status, answer) =
             runway_tests::http("POST", &format!("{}/v1/runs", dev.launcher), Some(&body));

@@ -207,16 +207,7 @@ async fn oversized_or_overcomplex_inputs_are_refused_at_creation(db: &str) {
     assert_nothing_stored("an oversized envelope").await;
 
     // A 15 MiB body of 850,000 keys: refused by counting, not by building it.
-    let mut body = String::from(
-        r#"{"validator": "fmu", "org": {"id": "acme", "name": "Acme"}, "workflow": {"id": "w", "step_id": "s"}, "files": [], "inputs": {"input_values": {"#,
-    );
-    for i in 0..850_000 {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&format!("\"inp-{i:09}\":1"));
-    }
-    body.push_str("}}}");
+    let body = body_of_many_keys(850_000);
     assert!(body.len() > 14 << 20, "{} bytes", body.len());
     let response = sys
         .http

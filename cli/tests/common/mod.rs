@@ -289,3 +289,19 @@ pub fn signed_token(sys: &System, audience: &str, iat: i64, exp: i64) -> String 
     let key = jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes());
     jsonwebtoken::encode(&header, &claims, &key).expect("sign")
 }
+
+/// A create-run request of about `keys` × 18 bytes whose FMU `input_values` hold `keys` keys:
+/// 850,000 keys make the 15 MiB body the bad-input review sent.
+pub fn body_of_many_keys(keys: usize) -> String {
+    let mut body = String::from(
+        r#"{"validator": "fmu", "org": {"id": "acme", "name": "Acme"}, "workflow": {"id": "w", "step_id": "s"}, "files": [], "inputs": {"input_values": {"#,
+    );
+    for i in 0..keys {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("\"inp-{i:09}\":1"));
+    }
+    body.push_str("}}}");
+    body
+}
