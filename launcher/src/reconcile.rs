@@ -170,6 +170,16 @@ struct Memory {
     recent: VecDeque<Action>,
 }
 
+/// What is known of an attempt's job.
+enum JobOf {
+    /// Its backend's reference.
+    Known(BackendRef),
+    /// There is none (never started, or not findable).
+    None,
+    /// Finding out needs a backend read this step has no budget left for.
+    OutOfBudget,
+}
+
 /// A step's remaining backend reads.
 struct Budget(usize);
 
@@ -349,35 +359,33 @@ impl Reconciler {
     }
 
     /// The job of an attempt: its reference, or (for an attempt whose launch was ambiguous)
-    /// whatever `find` turns up. `Ok(None)` when there is none, or the budget ran out (then
-    /// `spent` is false).
+    /// whatever `find` turns up.
     async fn job_of(
         &self,
         attempt: &Attempt,
         budget: &mut Budget,
         report: &mut StepReport,
-    ) -> anyhow::Result<(Option<BackendRef>, bool)> {
+    ) -> anyhow::Result<JobOf> {
         if let Some(reference) = &attempt.backend {
-            return Ok((Some(reference.clone()), true));
+            return Ok(JobOf::Known(reference.clone()));
         }
         let Some(validator) = self.parts.registry.get(&attempt.validator_id) else {
-            return Ok((None, true));
+            return Ok(JobOf::None);
         };
         let Some(backend) = self.parts.backends.for_validator(validator) else {
-            return Ok((None, true));
+            return Ok(JobOf::None);
         };
         if !budget.take() {
-            return Ok((None, false));
+            return Ok(JobOf::OutOfBudget);
         }
         report.backend_reads += 1;
-        let found = backend.find(attempt.id, validator).await?;
-        Ok((
-            found.map(|id| BackendRef {
+        Ok(match backend.find(attempt.id, validator).await? {
+            Some(id) => JobOf::Known(BackendRef {
                 kind: backend.kind(),
                 id,
             }),
-            true,
-        ))
+            None => JobOf::None,
+        })
     }
 
     async fn stop_job(
@@ -386,10 +394,11 @@ impl Reconciler {
         budget: &mut Budget,
         report: &mut StepReport,
     ) -> anyhow::Result<bool> {
-        let (job, spent) = self.job_of(attempt, budget, report).await?;
-        if !spent {
-            return Ok(false);
-        }
+        let job = match self.job_of(attempt, budget, report).await? {
+            JobOf::OutOfBudget => return Ok(false),
+            JobOf::None => None,
+            JobOf::Known(job) => Some(job),
+        };
         if let Some(job) = job {
             if !budget.take() {
                 return Ok(false);
@@ -465,10 +474,11 @@ impl Reconciler {
         budget: &mut Budget,
         report: &mut StepReport,
     ) -> anyhow::Result<()> {
-        let (job, spent) = self.job_of(attempt, budget, report).await?;
-        if !spent {
-            return Ok(());
-        }
+        let job = match self.job_of(attempt, budget, report).await? {
+            JobOf::OutOfBudget => return Ok(()),
+            JobOf::None => None,
+            JobOf::Known(job) => Some(job),
+        };
         if let Some(job) = job {
             let detail = format!("the ambiguous launch started job {job}");
             match self
