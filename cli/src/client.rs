@@ -247,19 +247,19 @@ fn print_summary(run: &Value) {
     // A run that ended without a result says why, through its last attempt.
     if run["state"] == "completed" && run["outputs"].is_null() && run["messages"].is_null() {
         let attempts = run["attempts"].as_array().map_or(&[][..], Vec::as_slice);
-        if let Some(last) = attempts.last() {
-            if let Some(error) = last["error"].as_str() {
-                let code = last["exit_code"]
-                    .as_i64()
-                    .filter(|c| !error.contains(&format!("code {c}")))
-                    .map(|c| format!(" (exit code {c})"))
-                    .unwrap_or_default();
-                println!(
-                    "  attempt {} of {}: {error}{code}",
-                    last["number"],
-                    attempts.len()
-                );
-            }
+        if let Some(last) = attempts.last()
+            && let Some(error) = last["error"].as_str()
+        {
+            let code = last["exit_code"]
+                .as_i64()
+                .filter(|c| !error.contains(&format!("code {c}")))
+                .map(|c| format!(" (exit code {c})"))
+                .unwrap_or_default();
+            println!(
+                "  attempt {} of {}: {error}{code}",
+                last["number"],
+                attempts.len()
+            );
         }
     }
     for message in run["messages"].as_array().into_iter().flatten() {
