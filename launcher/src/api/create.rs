@@ -440,6 +440,10 @@ async fn commit(
         Ok(CreateOutcome::Existing(run)) => respond(StatusCode::OK, &run),
         Err(StoreError::IdempotencyMismatch { key, .. }) => Err(key_reused(&key)),
         Err(e) => {
+            // Whether the run was stored is unknown (the database may have committed and lost
+            // the answer): it may refer to these uploads, so they stay. An orphaned upload is
+            // the price; a run without its files would be worse.
+            staged.keep();
             // Two identical keyed requests derive the same run id; the loser of that race may
             // hit the primary key rather than the idempotency index. The winner's run answers.
             if let Some(idem) = &idempotency
