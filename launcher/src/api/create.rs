@@ -17,7 +17,8 @@
 //! after the first upload refuses the request (a bad form part, a storage failure, a twin that
 //! committed first), the request's uploads are removed before it is answered — or, if the client
 //! goes away mid-request, by a task started when the request is dropped. Only a crash between
-//! upload and commit can leave an upload folder no run refers to.
+//! upload and commit, or a store error that leaves unknown whether the run was stored (its
+//! uploads are then kept), can leave an upload folder no run refers to.
 //!
 //! Idempotency: with an `Idempotency-Key`, the run id is derived from the organization and the
 //! key, so a retry finds the earlier run by id before uploading anything. The fingerprint is the
