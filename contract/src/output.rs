@@ -329,3 +329,99 @@ impl CallbackPayload {
         parse_json("callback", bytes, MAX_CALLBACK_BYTES)
     }
 }
+
+impl OutputEnvelope {
+    /// The envelope answering `input` with `status`: every field the contract echoes (run,
+    /// attempt, validator, output URI, canonical input hash) filled from `input`, and no
+    /// findings yet. Validators add their messages, metrics, artifacts and `outputs`.
+    pub fn answering(
+        input: &crate::InputEnvelope,
+        status: ValidationStatus,
+        timing: ValidationTiming,
+    ) -> Result<Self, ContractError> {
+        Ok(Self {
+            schema_version: OutputSchemaVersion,
+            run_id: input.run_id.clone(),
+            step_run_id: input.context.step_run_id.clone(),
+            execution_attempt_id: input.context.execution_attempt_id.clone(),
+            attempt_contract_version: AttemptContractVersion,
+            input_envelope_sha256: input.canonical_sha256()?,
+            output_uri: input.context.expected_output_uri.clone(),
+            validator: input.validator.clone(),
+            status,
+            timing,
+            messages: Vec::new(),
+            metrics: Vec::new(),
+            artifacts: Vec::new(),
+            raw_outputs: None,
+            outputs: None,
+        })
+    }
+
+    /// Whether this envelope answers `input`: same run, attempt, output URI and canonical
+    /// input hash. What a re-run checks before re-sending the callback for an existing
+    /// `output.json`.
+    pub fn answers(&self, input: &crate::InputEnvelope) -> Result<bool, ContractError> {
+        Ok(self.run_id == input.run_id
+            && self.execution_attempt_id == input.context.execution_attempt_id
+            && self.output_uri == input.context.expected_output_uri
+            && self
+                .input_envelope_sha256
+                .ct_eq(&input.canonical_sha256()?))
+    }
+}
+
+impl ValidationMessage {
+    /// A message with a code and no location.
+    pub fn coded(severity: Severity, code: &str, text: impl Into<String>) -> Self {
+        Self {
+            severity,
+            code: Some(code.to_owned()),
+            text: text.into(),
+            location: None,
+            tags: Vec::new(),
+        }
+    }
+}
+
+impl ValidationMetric {
+    /// A float metric with a unit and a category.
+    pub fn float(name: &str, value: f64, unit: &str, category: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: MetricValue::Float(value),
+            unit: Some(unit.to_owned()),
+            category: Some(category.to_owned()),
+            tags: Vec::new(),
+        }
+    }
+}
+
+impl CallbackPayload {
+    /// The callback announcing `input`'s output with `status`; an error when the envelope
+    /// asks for no callback (no URL, id or nonce).
+    pub fn announcing(
+        input: &crate::InputEnvelope,
+        status: ValidationStatus,
+    ) -> Result<Self, ContractError> {
+        let missing = |field: &str| ContractError::invalid("input envelope", field, "missing");
+        Ok(Self {
+            run_id: input.run_id.clone(),
+            callback_id: NonEmpty::parse(
+                input
+                    .context
+                    .callback_id
+                    .clone()
+                    .ok_or_else(|| missing("context.callback_id"))?,
+            )
+            .map_err(|e| ContractError::invalid("input envelope", "context.callback_id", e))?,
+            callback_nonce: input
+                .context
+                .callback_nonce
+                .clone()
+                .ok_or_else(|| missing("context.callback_nonce"))?,
+            status,
+            result_uri: input.context.expected_output_uri.clone(),
+        })
+    }
+}
