@@ -49,6 +49,51 @@ pub struct SubmitArgs {
     /// Print the run id and return at once instead of following it to its result.
     #[arg(long)]
     pub no_wait: bool,
+    /// The weather file of an EnergyPlus run: an `.epw` file, or a location whose weather
+    /// EnergyPlus ships (`chicago`, `san francisco`, `golden`, `tampa`, `dulles`).
+    #[arg(long)]
+    pub weather: Option<String>,
+}
+
+/// The `.epw` file `--weather` names: the path itself when it is a file, else the one weather
+/// file shipped with EnergyPlus (`RUNWAY_ENERGYPLUS`, else `energyplus` on PATH) whose name
+/// contains the location.
+pub fn weather_file(asked: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(asked);
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let exe = std::env::var_os("RUNWAY_ENERGYPLUS").map_or_else(|| PathBuf::from("energyplus"), PathBuf::from);
+    let energyplus = runway_validator_runner::energyplus::EnergyPlus::locate(&exe).with_context(|| {
+        format!("{asked:?} is not a file, and EnergyPlus's weather files cannot be found to look it up as a location (set RUNWAY_ENERGYPLUS)")
+    })?;
+    let dir = energyplus.weather_dir();
+    let norm = |s: &str| s.to_ascii_lowercase().replace([' ', '-', '_', '.'], "");
+    let wanted = norm(asked);
+    let mut shipped: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("epw")))
+        .collect();
+    shipped.sort();
+    let matches: Vec<&PathBuf> = shipped
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| norm(&n.to_string_lossy()).contains(&wanted)))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        _ => {
+            let names: Vec<String> = shipped
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            bail!(
+                "--weather {asked:?} is not a file and names {} of the weather files EnergyPlus ships: {}",
+                if matches.is_empty() { "none" } else { "more than one" },
+                names.join(", ")
+            )
+        }
+    }
 }
 
 /// The MIME type, file port and default validator for a model file.
@@ -85,14 +130,26 @@ pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<
     if !inputs.is_object() {
         bail!("--inputs must be a JSON object");
     }
-    let name = args
-        .file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("the file has no usable name")?;
-    let size = std::fs::metadata(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?
-        .len();
+    let mut files = vec![(args.file.clone(), mime_type, port_key)];
+    if let Some(weather) = &args.weather {
+        if default_validator != "energyplus" {
+            bail!("--weather is for EnergyPlus models; {} is not one", args.file.display());
+        }
+        files.push((weather_file(weather)?, "application/vnd.energyplus.epw", "weather"));
+    }
+    let mut described = Vec::new();
+    let mut total = 0;
+    for (path, mime_type, port_key) in &files {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no usable name", path.display()))?
+            .to_owned();
+        total += std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        described.push((path, name, *mime_type, *port_key));
+    }
     let mut request = json!({
         "validator": args.validator.as_deref().unwrap_or(default_validator),
         "org": {"id": args.org, "name": args.org},
@@ -101,28 +158,41 @@ pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<
     });
     let http = reqwest::Client::new();
     let url = format!("{}/v1/runs", client.launcher_url.trim_end_matches('/'));
-    let mut builder = if size <= INLINE_LIMIT {
-        let bytes = std::fs::read(&args.file)
-            .with_context(|| format!("cannot read {}", args.file.display()))?;
-        request["files"] = json!([{
-            "name": name, "mime_type": mime_type, "port_key": port_key,
-            "content_base64": STANDARD.encode(bytes),
-        }]);
+    let mut builder = if total <= INLINE_LIMIT {
+        let mut items = Vec::new();
+        for (path, name, mime_type, port_key) in &described {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            items.push(json!({
+                "name": name, "mime_type": mime_type, "port_key": port_key,
+                "content_base64": STANDARD.encode(bytes),
+            }));
+        }
+        request["files"] = Value::Array(items);
         http.post(&url).json(&request)
     } else {
-        request["files"] = json!([{
-            "name": name, "mime_type": mime_type, "port_key": port_key, "part": "file",
-        }]);
-        let file = tokio::fs::File::open(&args.file)
-            .await
-            .with_context(|| format!("cannot open {}", args.file.display()))?;
-        let form = reqwest::multipart::Form::new()
-            .text("request", request.to_string())
-            .part(
-                "file",
+        let mut items = Vec::new();
+        let mut parts = Vec::new();
+        for (i, (path, name, mime_type, port_key)) in described.iter().enumerate() {
+            let part = format!("file{i}");
+            items.push(json!({
+                "name": name, "mime_type": mime_type, "port_key": port_key, "part": part,
+            }));
+            let file = tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let size = file.metadata().await?.len();
+            parts.push((
+                part,
                 reqwest::multipart::Part::stream_with_length(reqwest::Body::from(file), size)
-                    .file_name(name.to_owned()),
-            );
+                    .file_name(name.clone()),
+            ));
+        }
+        request["files"] = Value::Array(items);
+        let mut form = reqwest::multipart::Form::new().text("request", request.to_string());
+        for (name, part) in parts {
+            form = form.part(name, part);
+        }
         http.post(&url).multipart(form)
     };
     if let Some(key) = &args.idempotency_key {
@@ -277,5 +347,25 @@ fn print_summary(run: &Value) {
             metric["value"],
             metric["unit"].as_str().unwrap_or("")
         );
+    }
+    // The validator-specific results: EnergyPlus's typed metrics, an FMU's output values.
+    let outputs = &run["outputs"];
+    let specific = [
+        ("EnergyPlus metrics", &outputs["metrics"]),
+        ("FMU output values", &outputs["output_values"]),
+    ];
+    for (title, values) in specific {
+        let Some(values) = values.as_object().filter(|v| v.values().any(|v| !v.is_null())) else {
+            continue;
+        };
+        println!("  {title}:");
+        for (name, value) in values.iter().filter(|(_, v)| !v.is_null()) {
+            println!("    {name} = {value}");
+        }
+    }
+    for (name, key) in [("warnings", "warning_count"), ("severe", "severe_count"), ("fatal", "fatal_count")] {
+        if let Some(n) = outputs[key].as_u64().filter(|n| *n > 0) {
+            println!("  EnergyPlus {name}: {n}");
+        }
     }
 }

@@ -141,6 +141,8 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
             metadata_host: identity_addr,
             workers: config.workers.clone(),
             local: config.local.clone(),
+            data_dir: common.data_dir.clone(),
+            gcs: common.gcs_options(),
         },
         config.workers.reconcile(),
     )?);

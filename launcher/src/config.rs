@@ -50,6 +50,11 @@ pub struct LauncherArgs {
     #[arg(long, env = "RUNWAY_VALIDATORS_FILE")]
     pub validators_file: Option<PathBuf>,
 
+    /// The backend the built-in validators run on (without a validators file): `mock`, or
+    /// `process` to run the real simulators as local processes.
+    #[arg(long, env = "RUNWAY_LOCAL_BACKEND", default_value = "mock")]
+    pub local_backend: crate::registry::BackendKind,
+
     /// Secret (base64, at least 32 bytes) from which each attempt's callback nonce is derived.
     /// Every launcher replica needs the same key. Default: `<data-dir>/nonce.key`, created on
     /// first use.
@@ -117,7 +122,7 @@ impl LauncherArgs {
     pub fn registry(&self) -> anyhow::Result<Registry> {
         match &self.validators_file {
             Some(path) => Registry::load(path),
-            None => Ok(Registry::local_defaults()),
+            None => Ok(Registry::local_defaults().on_backend(self.local_backend)),
         }
     }
 

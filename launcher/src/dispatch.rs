@@ -28,6 +28,7 @@ use chrono::TimeDelta;
 use runway_contract::HttpUrl;
 use runway_identity::nonce::NonceKey;
 use runway_runs::{
+    BackendKind,
     Attempt, AttemptState, BackendRef, Claimed, EndAttempt, MarkRunning, Run, RunStore, StoreError,
 };
 use runway_storage::{Body, ObjectStore, StorageError};
@@ -56,6 +57,9 @@ pub struct DispatchSettings {
     /// Variables added to every job's environment (in local modes, where the metadata server
     /// is).
     pub job_env: BTreeMap<String, String>,
+    /// The user and group local jobs (process, Docker) run as, who are handed the attempt's
+    /// folder on `file://` storage; `None` when this process cannot hand it over (not root).
+    pub job_owner: Option<(u32, u32)>,
 }
 
 /// An attempt ready to launch: its envelope is written.
@@ -338,6 +342,18 @@ impl Dispatcher {
                     anyhow::Error::new(e).context("cannot write input.json"),
                 ));
             }
+        }
+        if let Some(owner) = self.settings.job_owner
+            && matches!(validator.backend, BackendKind::Process | BackendKind::Docker)
+        {
+            let root = attempt
+                .paths()
+                .map_err(|e| NotPrepared::Permanent(e.into()))?;
+            self.storage
+                .hand_over(root.root(), owner)
+                .await
+                .context("handing the attempt's folder to the job user")
+                .map_err(NotPrepared::Retryable)?;
         }
         let deadline = self.clock.now() + TimeDelta::seconds(i64::from(validator.timeout_seconds));
         let job = JobSpec::new(

@@ -17,6 +17,30 @@ pub struct LocalArgs {
     /// How long a mock job "runs", in milliseconds.
     #[arg(long, env = "RUNWAY_MOCK_DELAY_MS", default_value_t = 1000)]
     pub mock_delay_ms: u64,
+    /// The process backend's `runway-validator-runner` (default: next to this executable, else
+    /// on PATH).
+    #[arg(long, env = "RUNWAY_PROCESS_RUNNER")]
+    pub process_runner: Option<std::path::PathBuf>,
+    /// The `energyplus` executable process jobs use (default: `energyplus` on PATH).
+    #[arg(long, env = "RUNWAY_ENERGYPLUS")]
+    pub energyplus: Option<std::path::PathBuf>,
+    /// The Python (with fmpy) process jobs simulate FMUs with (default: `python3` on PATH).
+    #[arg(long, env = "RUNWAY_FMU_PYTHON")]
+    pub fmu_python: Option<std::path::PathBuf>,
+    /// The user (and group) id jobs run as and own their attempt's folder as, when the launcher
+    /// runs as root; 1000, as in Validibot's images.
+    #[arg(long, env = "RUNWAY_JOB_UID", default_value_t = 1000)]
+    pub job_uid: u32,
+}
+
+impl LocalArgs {
+    /// Who jobs run as: the job user when this process is root (so that it can hand the
+    /// attempt's folder over), else this process's own user.
+    pub fn job_owner(&self) -> Option<(u32, u32)> {
+        rustix::process::geteuid()
+            .is_root()
+            .then_some((self.job_uid, self.job_uid))
+    }
 }
 
 /// The local identity issuer, its key kept in `<data-dir>/identity.pem`.

@@ -43,6 +43,8 @@ async fn main() -> anyhow::Result<()> {
             metadata_host: identity_addr,
             workers: config.workers.clone(),
             local: config.local.clone(),
+            data_dir: config.common.data_dir.clone(),
+            gcs: config.common.gcs_options(),
         },
         config.workers.reconcile(),
     )?;

@@ -266,6 +266,14 @@ impl Registry {
         .expect("the built-in registry is valid")
     }
 
+    /// This registry with every validator moved to `backend`.
+    pub fn on_backend(mut self, backend: BackendKind) -> Self {
+        for v in &mut self.validators {
+            v.backend = backend;
+        }
+        self
+    }
+
     /// The validator with this id.
     pub fn get(&self, id: &str) -> Option<&ValidatorConfig> {
         self.validators.iter().find(|v| v.id == id)

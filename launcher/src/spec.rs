@@ -134,6 +134,25 @@ impl RunSpec {
     }
 }
 
+/// The `role` a file gets when the request leaves it out: the one validator images select
+/// their files by (`primary-model` and `weather` for EnergyPlus, `fmu` for an FMU), from the
+/// validator's ports and the file's type.
+pub fn default_role(kind: ValidatorType, port_key: &str, mime: MimeType) -> Option<&'static str> {
+    match kind {
+        ValidatorType::Energyplus if mime == MimeType::EnergyPlusEpw || port_key == "weather" => {
+            Some("weather")
+        }
+        ValidatorType::Energyplus
+            if port_key == "primary_model"
+                || matches!(mime, MimeType::EnergyPlusIdf | MimeType::EnergyPlusEpJson) =>
+        {
+            Some("primary-model")
+        }
+        ValidatorType::Fmu if port_key == "fmu_model" || mime == MimeType::Fmu => Some("fmu"),
+        _ => None,
+    }
+}
+
 /// The file port a validator type cannot run without, if any.
 pub fn required_port(kind: ValidatorType) -> Option<&'static str> {
     match kind {

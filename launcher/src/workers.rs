@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::backends::mock::{MockBackend, MockSettings};
-use crate::backends::{Backend, Backends, ENV_METADATA_HOST};
+use crate::backends::process::{ProcessBackend, ProcessSettings};
+use crate::backends::{
+    Backend, Backends, ENV_DEPLOYMENT_TARGET, ENV_METADATA_HOST, ENV_METADATA_IP,
+};
 use crate::config::WorkerArgs;
 use crate::dispatch::{DispatchSettings, Dispatcher, DispatcherParts};
 use crate::local::LocalArgs;
@@ -30,8 +33,12 @@ pub struct WorkerConfig {
     pub metadata_host: SocketAddr,
     /// Dispatcher and reconciler settings.
     pub workers: WorkerArgs,
-    /// Mock backend settings.
+    /// Mock and process backend settings.
     pub local: LocalArgs,
+    /// The data directory (the process backend keeps its job folders there).
+    pub data_dir: std::path::PathBuf,
+    /// How jobs on this machine reach GCS, when storage is `gs://`.
+    pub gcs: runway_storage::GcsOptions,
 }
 
 /// The backends, the dispatcher and the reconciler, built and not yet running.
@@ -74,6 +81,31 @@ impl Workers {
                     mock = Some(backend.clone());
                     built.push(backend);
                 }
+                BackendKind::Process => {
+                    let mut env = BTreeMap::new();
+                    if let Some(exe) = &config.local.energyplus {
+                        env.insert("RUNWAY_ENERGYPLUS".to_owned(), exe.display().to_string());
+                    }
+                    if let Some(python) = &config.local.fmu_python {
+                        env.insert("RUNWAY_FMU_PYTHON".to_owned(), python.display().to_string());
+                    }
+                    if let Some(endpoint) = &config.gcs.endpoint {
+                        env.insert("RUNWAY_GCS_ENDPOINT".to_owned(), endpoint.clone());
+                    }
+                    if config.gcs.anonymous {
+                        env.insert("RUNWAY_GCS_ANONYMOUS".to_owned(), "true".to_owned());
+                    }
+                    built.push(Arc::new(ProcessBackend::new(ProcessSettings {
+                        runner: config
+                            .local
+                            .process_runner
+                            .clone()
+                            .unwrap_or_else(ProcessSettings::default_runner),
+                        jobs_dir: config.data_dir.join("process-jobs"),
+                        env,
+                        run_as: config.local.job_owner(),
+                    })?));
+                }
                 other => {
                     let users: Vec<&str> = state
                         .registry
@@ -105,10 +137,14 @@ impl Workers {
                 max_in_flight: config.workers.max_in_flight,
                 poll_interval: Duration::from_secs(1),
                 drain_timeout: DRAIN_TIMEOUT,
-                job_env: BTreeMap::from([(
-                    ENV_METADATA_HOST.to_owned(),
-                    config.metadata_host.to_string(),
-                )]),
+                // Images that call back the production way (Validibot's) do so against the
+                // local identity.
+                job_env: BTreeMap::from([
+                    (ENV_METADATA_HOST.to_owned(), config.metadata_host.to_string()),
+                    (ENV_METADATA_IP.to_owned(), config.metadata_host.to_string()),
+                    (ENV_DEPLOYMENT_TARGET.to_owned(), "gcp".to_owned()),
+                ]),
+                job_owner: config.local.job_owner(),
             },
         ));
         let reconciler = Arc::new(Reconciler::new(

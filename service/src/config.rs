@@ -77,14 +77,19 @@ impl CommonConfig {
             .with_context(|| format!("cannot open the run store ({})", redact(&url)))
     }
 
+    /// How GCS is reached.
+    pub fn gcs_options(&self) -> GcsOptions {
+        GcsOptions {
+            endpoint: self.gcs_endpoint.clone(),
+            anonymous: self.gcs_anonymous,
+        }
+    }
+
     /// Opens object storage.
     pub async fn open_storage(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
         let uri = self.storage_uri()?;
         let options = OpenOptions {
-            gcs: GcsOptions {
-                endpoint: self.gcs_endpoint.clone(),
-                anonymous: self.gcs_anonymous,
-            },
+            gcs: self.gcs_options(),
         };
         storage::open(&uri, &options)
             .await

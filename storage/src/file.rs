@@ -161,6 +161,26 @@ impl Drop for TempFile {
 
 #[async_trait]
 impl ObjectStore for FileStore {
+    async fn hand_over(&self, prefix: &ObjectKey, owner: (u32, u32)) -> Result<(), StorageError> {
+        let path = self.path_for(prefix);
+        let uri = self.uri_for(prefix);
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(&path)?;
+            let (uid, gid) = owner;
+            rustix::fs::chown(
+                &path,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )?;
+            // Owner writes; everyone may read (the callback service reads the output).
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        })
+        .await
+        .map_err(|e| StorageError::io(uri.clone(), io::Error::other(e)))?
+        .map_err(|e| StorageError::io(uri, e))
+    }
+
     fn base(&self) -> &StorageUri {
         &self.base
     }

@@ -195,6 +195,14 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// The keys under this store that start with `prefix` (a plain string prefix, e.g.
     /// `runs/org/run/`), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError>;
+
+    /// Makes the folder `prefix` writable by the user `owner` (uid, gid) and by nobody else,
+    /// for a local job that writes its outputs there directly as that user. Only `file://`
+    /// has owners; elsewhere this does nothing.
+    async fn hand_over(&self, prefix: &ObjectKey, owner: (u32, u32)) -> Result<(), StorageError> {
+        let _ = (prefix, owner);
+        Ok(())
+    }
 }
 
 /// Options for [`open`]; only the fields of the chosen scheme are used.

@@ -134,7 +134,14 @@ impl Lab {
                 local: LocalArgs {
                     identity_listen: identity_addr,
                     mock_delay_ms: 0,
+                    process_runner: None,
+                    energyplus: None,
+                    fmu_python: None,
+                    job_uid: 1000,
                 },
+                // Only the process backend keeps files there; these validators are all mock.
+                data_dir: std::env::temp_dir(),
+                gcs: Default::default(),
             },
             ReconcileSettings {
                 interval: INTERVAL,

@@ -63,7 +63,7 @@ use super::view::RunView;
 use crate::AppState;
 use crate::envelope::{self, EnvelopeAttempt};
 use crate::registry::{Registry, ValidatorConfig, is_valid_id};
-use crate::spec::{RunSpec, StoredFile, required_port};
+use crate::spec::{RunSpec, StoredFile, default_role, required_port};
 
 /// Largest JSON request body (inline files included), in bytes: 16 MiB.
 pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -914,11 +914,14 @@ fn check(
                 Source::Part(part)
             }
         };
+        let role = file.role.or_else(|| {
+            default_role(validator.kind, port_key.as_str(), mime_type).map(str::to_owned)
+        });
         files.push(FileMeta {
             name,
             mime_type,
             port_key,
-            role: file.role,
+            role,
             source,
         });
     }

@@ -14,8 +14,10 @@
 //! | backend | how it starts a job | how it observes and cancels |
 //! |---|---|---|
 //! | [`mock::MockBackend`] | an in-process task that behaves like a validator container: writes its output envelope and calls back over HTTP with an ID token from the local identity | its task's state; aborts the task |
+//! | [`process::ProcessBackend`] | a `runway-validator-runner` child leading its own process group, as the job user | its exit status (and a job folder that survives a launcher restart); kills the group |
 
 pub mod mock;
+pub mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -38,6 +40,11 @@ pub const ENV_OUTPUT_URI: &str = "VALIDIBOT_OUTPUT_URI";
 pub const ENV_RUN_ID: &str = "VALIDIBOT_RUN_ID";
 /// Where the job's metadata server (and so its ID tokens) is, in local modes.
 pub const ENV_METADATA_HOST: &str = "GCE_METADATA_HOST";
+/// The same, as google-auth's ID token fetch also reads it.
+pub const ENV_METADATA_IP: &str = "GCE_METADATA_IP";
+/// Tells Validibot's images how to call back: `gcp` means with an ID token from the metadata
+/// server, which in local modes is Runway's local identity.
+pub const ENV_DEPLOYMENT_TARGET: &str = "DEPLOYMENT_TARGET";
 
 /// Label keys every backend that has labels puts on a job.
 pub mod labels {
