@@ -63,7 +63,8 @@ pub fn weather_file(asked: &str) -> anyhow::Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
-    let exe = std::env::var_os("RUNWAY_ENERGYPLUS").map_or_else(|| PathBuf::from("energyplus"), PathBuf::from);
+    let exe = std::env::var_os("RUNWAY_ENERGYPLUS")
+        .map_or_else(|| PathBuf::from("energyplus"), PathBuf::from);
     let energyplus = runway_validator_runner::energyplus::EnergyPlus::locate(&exe).with_context(|| {
         format!("{asked:?} is not a file, and EnergyPlus's weather files cannot be found to look it up as a location (set RUNWAY_ENERGYPLUS)")
     })?;
@@ -78,7 +79,10 @@ pub fn weather_file(asked: &str) -> anyhow::Result<PathBuf> {
     shipped.sort();
     let matches: Vec<&PathBuf> = shipped
         .iter()
-        .filter(|p| p.file_name().is_some_and(|n| norm(&n.to_string_lossy()).contains(&wanted)))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| norm(&n.to_string_lossy()).contains(&wanted))
+        })
         .collect();
     match matches.as_slice() {
         [one] => Ok((*one).clone()),
@@ -89,7 +93,11 @@ pub fn weather_file(asked: &str) -> anyhow::Result<PathBuf> {
                 .collect();
             bail!(
                 "--weather {asked:?} is not a file and names {} of the weather files EnergyPlus ships: {}",
-                if matches.is_empty() { "none" } else { "more than one" },
+                if matches.is_empty() {
+                    "none"
+                } else {
+                    "more than one"
+                },
                 names.join(", ")
             )
         }
@@ -133,9 +141,16 @@ pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<
     let mut files = vec![(args.file.clone(), mime_type, port_key)];
     if let Some(weather) = &args.weather {
         if default_validator != "energyplus" {
-            bail!("--weather is for EnergyPlus models; {} is not one", args.file.display());
+            bail!(
+                "--weather is for EnergyPlus models; {} is not one",
+                args.file.display()
+            );
         }
-        files.push((weather_file(weather)?, "application/vnd.energyplus.epw", "weather"));
+        files.push((
+            weather_file(weather)?,
+            "application/vnd.energyplus.epw",
+            "weather",
+        ));
     }
     let mut described = Vec::new();
     let mut total = 0;
@@ -161,8 +176,8 @@ pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<
     let mut builder = if total <= INLINE_LIMIT {
         let mut items = Vec::new();
         for (path, name, mime_type, port_key) in &described {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             items.push(json!({
                 "name": name, "mime_type": mime_type, "port_key": port_key,
                 "content_base64": STANDARD.encode(bytes),
@@ -355,7 +370,10 @@ fn print_summary(run: &Value) {
         ("FMU output values", &outputs["output_values"]),
     ];
     for (title, values) in specific {
-        let Some(values) = values.as_object().filter(|v| v.values().any(|v| !v.is_null())) else {
+        let Some(values) = values
+            .as_object()
+            .filter(|v| v.values().any(|v| !v.is_null()))
+        else {
             continue;
         };
         println!("  {title}:");
@@ -363,7 +381,11 @@ fn print_summary(run: &Value) {
             println!("    {name} = {value}");
         }
     }
-    for (name, key) in [("warnings", "warning_count"), ("severe", "severe_count"), ("fatal", "fatal_count")] {
+    for (name, key) in [
+        ("warnings", "warning_count"),
+        ("severe", "severe_count"),
+        ("fatal", "fatal_count"),
+    ] {
         if let Some(n) = outputs[key].as_u64().filter(|n| *n > 0) {
             println!("  EnergyPlus {name}: {n}");
         }

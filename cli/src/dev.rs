@@ -30,6 +30,11 @@ pub struct DevConfig {
     /// Callback service address.
     #[arg(long, env = "RUNWAY_CALLBACK_ADDR", default_value = "127.0.0.1:8081")]
     pub callback_listen: SocketAddr,
+    /// The callback URL written into envelopes, when jobs reach the callback service another
+    /// way than at its address (a proxy, a container network); ID tokens are then asked for
+    /// and checked with its origin as the audience. Default: `http://<callback address>/v1/callbacks`.
+    #[arg(long, env = "RUNWAY_JOB_CALLBACK_URL")]
+    pub job_callback_url: Option<String>,
     /// Local identity and mock backend settings.
     #[command(flatten)]
     pub local: LocalArgs,
@@ -116,19 +121,23 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
     let callback_url = format!("http://{}", callback.local_addr()?);
     let launcher_url = format!("http://{}", launcher.local_addr()?);
 
+    let envelope_callback_url = runway_launcher::config::parse_callback_url(
+        config
+            .job_callback_url
+            .as_deref()
+            .unwrap_or(&format!("{callback_url}/v1/callbacks")),
+    )
+    .map_err(anyhow::Error::msg)?;
     let issuer = local::local_issuer(&common.data_dir, &identity_url)?;
     let verifier = Arc::new(TokenVerifier::new(VerifierConfig {
         trusted_issuers: vec![TrustedIssuer {
             issuer: issuer.issuer().to_owned(),
             jwks_uri: issuer.jwks_uri(),
         }],
-        audience: callback_url.clone(),
+        audience: envelope_callback_url.origin(),
         allowed_emails: vec![issuer.email().to_owned()],
     })?);
 
-    let envelope_callback_url =
-        runway_launcher::config::parse_callback_url(&format!("{callback_url}/v1/callbacks"))
-            .map_err(anyhow::Error::msg)?;
     let state = runway_launcher::AppState::new(
         deps.clone(),
         registry,

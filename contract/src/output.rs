@@ -365,9 +365,7 @@ impl OutputEnvelope {
         Ok(self.run_id == input.run_id
             && self.execution_attempt_id == input.context.execution_attempt_id
             && self.output_uri == input.context.expected_output_uri
-            && self
-                .input_envelope_sha256
-                .ct_eq(&input.canonical_sha256()?))
+            && self.input_envelope_sha256.ct_eq(&input.canonical_sha256()?))
     }
 }
 

@@ -28,8 +28,8 @@ use chrono::TimeDelta;
 use runway_contract::HttpUrl;
 use runway_identity::nonce::NonceKey;
 use runway_runs::{
-    BackendKind,
-    Attempt, AttemptState, BackendRef, Claimed, EndAttempt, MarkRunning, Run, RunStore, StoreError,
+    Attempt, AttemptState, BackendKind, BackendRef, Claimed, EndAttempt, MarkRunning, Run,
+    RunStore, StoreError,
 };
 use runway_storage::{Body, ObjectStore, StorageError};
 use tokio::sync::{Notify, Semaphore};
@@ -344,7 +344,10 @@ impl Dispatcher {
             }
         }
         if let Some(owner) = self.settings.job_owner
-            && matches!(validator.backend, BackendKind::Process | BackendKind::Docker)
+            && matches!(
+                validator.backend,
+                BackendKind::Process | BackendKind::Docker
+            )
         {
             let root = attempt
                 .paths()

@@ -31,6 +31,10 @@ pub struct LocalArgs {
     /// runs as root; 1000, as in Validibot's images.
     #[arg(long, env = "RUNWAY_JOB_UID", default_value_t = 1000)]
     pub job_uid: u32,
+    /// Run process-backend jobs as the job user too (when the launcher is root). The
+    /// simulators (EnergyPlus, Python with fmpy) must then be readable by that user.
+    #[arg(long, env = "RUNWAY_PROCESS_AS_JOB_USER", default_value_t = false)]
+    pub process_as_job_user: bool,
 }
 
 impl LocalArgs {

@@ -103,7 +103,10 @@ impl Workers {
                             .unwrap_or_else(ProcessSettings::default_runner),
                         jobs_dir: config.data_dir.join("process-jobs"),
                         env,
-                        run_as: config.local.job_owner(),
+                        run_as: config
+                            .local
+                            .job_owner()
+                            .filter(|_| config.local.process_as_job_user),
                     })?));
                 }
                 other => {
@@ -140,7 +143,10 @@ impl Workers {
                 // Images that call back the production way (Validibot's) do so against the
                 // local identity.
                 job_env: BTreeMap::from([
-                    (ENV_METADATA_HOST.to_owned(), config.metadata_host.to_string()),
+                    (
+                        ENV_METADATA_HOST.to_owned(),
+                        config.metadata_host.to_string(),
+                    ),
                     (ENV_METADATA_IP.to_owned(), config.metadata_host.to_string()),
                     (ENV_DEPLOYMENT_TARGET.to_owned(), "gcp".to_owned()),
                 ]),

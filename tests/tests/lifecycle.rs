@@ -138,6 +138,7 @@ impl Lab {
                     energyplus: None,
                     fmu_python: None,
                     job_uid: 1000,
+                    process_as_job_user: false,
                 },
                 // Only the process backend keeps files there; these validators are all mock.
                 data_dir: std::env::temp_dir(),

@@ -118,7 +118,10 @@ pub async fn deliver(
                 settings.retry_window.as_secs()
             );
         }
-        eprintln!("callback try {tries} failed ({last}); retrying in {} ms", backoff.as_millis());
+        eprintln!(
+            "callback try {tries} failed ({last}); retrying in {} ms",
+            backoff.as_millis()
+        );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

@@ -99,7 +99,10 @@ pub async fn run(
 
 /// Sends SIGKILL to the process group led by `pid`; a group that is gone is not an error.
 pub fn kill_group(pid: u32) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
@@ -162,9 +165,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new("sh");
         command.arg("-c").arg("echo oops >&2; exit 3");
-        let end = run(command, dir.path(), "sh", Instant::now() + Duration::from_secs(30))
-            .await
-            .unwrap();
+        let end = run(
+            command,
+            dir.path(),
+            "sh",
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
         assert_eq!(end.code(), Some(3));
         assert_eq!(end.stderr_tail().trim(), "oops");
     }

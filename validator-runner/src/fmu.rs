@@ -41,7 +41,11 @@ struct DriverResult {
 }
 
 /// Runs the FMU validation of `work` with the Python at `python` (which has fmpy).
-pub async fn simulate(python: &PathBuf, inputs: &FmuInputs, work: &Work) -> anyhow::Result<Simulated> {
+pub async fn simulate(
+    python: &PathBuf,
+    inputs: &FmuInputs,
+    work: &Work,
+) -> anyhow::Result<Simulated> {
     let Some(fmu) = by_role(&work.files, FMU_ROLE, &[MimeType::Fmu]) else {
         return Ok(Simulated::failed(
             ValidationStatus::FailedValidation,
@@ -95,7 +99,10 @@ pub async fn simulate(python: &PathBuf, inputs: &FmuInputs, work: &Work) -> anyh
                 end.elapsed.as_secs()
             ),
         );
-        out.summary = format!("FMU killed at the deadline after {:.1} s", end.elapsed.as_secs_f64());
+        out.summary = format!(
+            "FMU killed at the deadline after {:.1} s",
+            end.elapsed.as_secs_f64()
+        );
         return Ok(out);
     }
     let result: Option<DriverResult> = tokio::fs::read(&result_path)
@@ -108,7 +115,8 @@ pub async fn simulate(python: &PathBuf, inputs: &FmuInputs, work: &Work) -> anyh
             "FMU_CRASHED",
             format!(
                 "The FMU simulation ended with {} and no result; stderr: {}",
-                end.code().map_or("a signal".into(), |c| format!("exit code {c}")),
+                end.code()
+                    .map_or("a signal".into(), |c| format!("exit code {c}")),
                 end.stderr_tail().trim()
             ),
         ));
@@ -128,7 +136,10 @@ pub async fn simulate(python: &PathBuf, inputs: &FmuInputs, work: &Work) -> anyh
     let metrics = result
         .output_values
         .iter()
-        .filter_map(|(name, v)| v.as_f64().map(|v| ValidationMetric::float(name, v, "1", "output")))
+        .filter_map(|(name, v)| {
+            v.as_f64()
+                .map(|v| ValidationMetric::float(name, v, "1", "output"))
+        })
         .collect();
     let model_name = result.model_name.clone().unwrap_or_default();
     let summary = format!(
@@ -147,7 +158,10 @@ pub async fn simulate(python: &PathBuf, inputs: &FmuInputs, work: &Work) -> anyh
         messages: vec![ValidationMessage::coded(
             Severity::Info,
             "FMU_OK",
-            format!("Simulated from t={} to t={}.", sim.start_time, result.time_reached),
+            format!(
+                "Simulated from t={} to t={}.",
+                sim.start_time, result.time_reached
+            ),
         )],
         metrics,
         outputs: Some(ValidatorOutputs::Fmu(FmuOutputs {

@@ -259,27 +259,38 @@ pub async fn run(config: &RunnerConfig) -> anyhow::Result<Outcome> {
         started_at: Some(started_at),
         finished_at: Some(chrono::Utc::now()),
     };
-    let output = assemble(&envelope, simulated, timing, output_store.as_ref(), &config.caps).await?;
+    let output = assemble(
+        &envelope,
+        simulated,
+        timing,
+        output_store.as_ref(),
+        &config.caps,
+    )
+    .await?;
     publish::write_output(output_store.as_ref(), &envelope, &output).await?;
     drop(work_dir);
-    Ok(match callback::deliver(&config.callback, &envelope, status).await {
-        Ok(delivery) => Outcome::Finished {
-            status,
-            summary,
-            callback: delivery,
+    Ok(
+        match callback::deliver(&config.callback, &envelope, status).await {
+            Ok(delivery) => Outcome::Finished {
+                status,
+                summary,
+                callback: delivery,
+            },
+            Err(e) => Outcome::CallbackFailed {
+                status,
+                error: format!("{e:#}"),
+            },
         },
-        Err(e) => Outcome::CallbackFailed {
-            status,
-            error: format!("{e:#}"),
-        },
-    })
+    )
 }
 
 /// Whether an error reading the envelope means it cannot be used (as opposed to storage
 /// being unreachable).
 fn is_unusable(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause.downcast_ref::<runway_contract::ContractError>().is_some()
+        cause
+            .downcast_ref::<runway_contract::ContractError>()
+            .is_some()
             || matches!(
                 cause.downcast_ref::<runway_storage::StorageError>(),
                 Some(
@@ -299,8 +310,12 @@ async fn simulate(
 ) -> anyhow::Result<Simulated> {
     match (&envelope.inputs, envelope.validator.kind) {
         (ValidatorInputs::EnergyPlus(inputs), _) => {
-            energyplus::simulate(energyplus::EnergyPlus::locate(&config.energyplus), inputs, work)
-                .await
+            energyplus::simulate(
+                energyplus::EnergyPlus::locate(&config.energyplus),
+                inputs,
+                work,
+            )
+            .await
         }
         (ValidatorInputs::Fmu(inputs), _) => fmu::simulate(&config.python, inputs, work).await,
         (ValidatorInputs::Other(_), kind) => Ok(Simulated::failed(
@@ -322,17 +337,18 @@ async fn assemble(
     let mut output = OutputEnvelope::answering(envelope, simulated.status, timing)?;
     output.messages = simulated.messages;
     output.metrics = simulated.metrics;
-    let (artifacts, notes) = publish::artifacts(store, envelope, &simulated.artifacts, caps).await?;
+    let (artifacts, notes) =
+        publish::artifacts(store, envelope, &simulated.artifacts, caps).await?;
     output.artifacts = artifacts;
     output.messages.extend(notes);
     output.outputs = match (simulated.outputs, envelope.validator.kind) {
         // The contract requires EnergyPlus outputs even when EnergyPlus never ran.
-        (None, ValidatorType::Energyplus) => Some(ValidatorOutputs::EnergyPlus(Box::new(
-            not_run(match &envelope.inputs {
+        (None, ValidatorType::Energyplus) => Some(ValidatorOutputs::EnergyPlus(Box::new(not_run(
+            match &envelope.inputs {
                 ValidatorInputs::EnergyPlus(i) => i.invocation_mode,
                 _ => InvocationMode::Cli,
-            }),
-        ))),
+            },
+        )))),
         (outputs, _) => outputs,
     };
     Ok(output)

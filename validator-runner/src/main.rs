@@ -9,7 +9,12 @@ use runway_storage::{GcsOptions, OpenOptions};
 use runway_validator_runner::{RunnerConfig, callback::CallbackSettings, publish::Caps};
 
 #[derive(Debug, Parser)]
-#[command(name = "runway-validator-runner", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "runway-validator-runner",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -44,16 +49,20 @@ struct StorageArgs {
 
 impl StorageArgs {
     fn options(self) -> OpenOptions {
-        let emulator = self.storage_emulator_host.filter(|h| !h.is_empty()).map(|h| {
-            if h.contains("://") {
-                h
-            } else {
-                format!("http://{h}")
-            }
-        });
+        let emulator = self
+            .storage_emulator_host
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                if h.contains("://") {
+                    h
+                } else {
+                    format!("http://{h}")
+                }
+            });
         OpenOptions {
             gcs: GcsOptions {
-                anonymous: self.gcs_anonymous || (emulator.is_some() && self.gcs_endpoint.is_none()),
+                anonymous: self.gcs_anonymous
+                    || (emulator.is_some() && self.gcs_endpoint.is_none()),
                 endpoint: self.gcs_endpoint.or(emulator),
             },
         }

@@ -37,7 +37,10 @@ pub async fn existing_output(
     envelope: &InputEnvelope,
 ) -> anyhow::Result<Option<OutputEnvelope>> {
     let uri = envelope.context.expected_output_uri.as_str();
-    let bytes = match store.read_bytes(uri, MAX_OUTPUT_ENVELOPE_BYTES as u64).await {
+    let bytes = match store
+        .read_bytes(uri, MAX_OUTPUT_ENVELOPE_BYTES as u64)
+        .await
+    {
         Ok(bytes) => bytes,
         Err(StorageError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {uri}")),
@@ -58,7 +61,11 @@ pub async fn artifacts(
     files: &[Artifact],
     caps: &Caps,
 ) -> anyhow::Result<(Vec<ValidationArtifact>, Vec<ValidationMessage>)> {
-    let bundle = envelope.context.execution_bundle_uri.as_str().trim_end_matches('/');
+    let bundle = envelope
+        .context
+        .execution_bundle_uri
+        .as_str()
+        .trim_end_matches('/');
     let mut published = Vec::new();
     let mut notes = Vec::new();
     for file in files {
@@ -90,10 +97,14 @@ pub async fn artifacts(
         let key = store.base().resolve(&uri)?;
         let body = Body::from_reader(tokio::fs::File::open(&file.path).await?);
         let receipt = match store
-            .put_new_expecting(&key, body, Expected {
-                size_bytes: Some(size),
-                ..Default::default()
-            })
+            .put_new_expecting(
+                &key,
+                body,
+                Expected {
+                    size_bytes: Some(size),
+                    ..Default::default()
+                },
+            )
             .await
         {
             Ok(receipt) => receipt,

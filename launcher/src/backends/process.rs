@@ -1,8 +1,9 @@
 //! The process backend: one `runway-validator-runner` child per attempt on this machine, for a
 //! machine without Docker. The child leads its own process group (so cancel takes EnergyPlus
 //! or Python with it), runs with only the contract's environment and the simulators' paths,
-//! and — when the launcher runs as root — as the job user (uid 1000 by default, the user of
-//! Validibot's images), who alone may write the attempt's folder.
+//! and — when the launcher runs as root and `RUNWAY_PROCESS_AS_JOB_USER` is set — as the job
+//! user (uid 1000 by default, the user of Validibot's images), who alone may write the
+//! attempt's folder.
 //!
 //! Each job has a folder `<data-dir>/process-jobs/<attempt>/` holding its `log` (stdout and
 //! stderr), `pid` (pid and the process's start time, so a reused pid is never mistaken for
@@ -231,10 +232,8 @@ impl Backend for ProcessBackend {
             Ok(child) => child,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                let e = anyhow::Error::new(e).context(format!(
-                    "cannot start {}",
-                    self.settings.runner.display()
-                ));
+                let e = anyhow::Error::new(e)
+                    .context(format!("cannot start {}", self.settings.runner.display()));
                 return Err(LaunchError::Permanent(e));
             }
         };
@@ -313,16 +312,19 @@ impl Backend for ProcessBackend {
     async fn sweep(&self, live: &HashSet<AttemptId>) -> anyhow::Result<usize> {
         let live: HashSet<String> = live.iter().map(ToString::to_string).collect();
         let mut removed = 0;
-        let entries = std::fs::read_dir(&self.settings.jobs_dir).with_context(|| {
-            format!("cannot list {}", self.settings.jobs_dir.display())
-        })?;
+        let entries = std::fs::read_dir(&self.settings.jobs_dir)
+            .with_context(|| format!("cannot list {}", self.settings.jobs_dir.display()))?;
         for entry in entries {
             let entry = entry?;
             let id = entry.file_name().to_string_lossy().into_owned();
             if live.contains(&id) || !entry.path().is_dir() {
                 continue;
             }
-            if let Some(pid) = lock(&self.jobs).get(&id).and_then(|e| e.pid).or_else(|| self.live_pid(&id)) {
+            if let Some(pid) = lock(&self.jobs)
+                .get(&id)
+                .and_then(|e| e.pid)
+                .or_else(|| self.live_pid(&id))
+            {
                 kill_group(pid);
             }
             std::fs::remove_dir_all(entry.path())

@@ -99,8 +99,10 @@ mod tests {
         );
         assert!(!report.completed_successfully);
         assert!(
-            parse("   ************* EnergyPlus Completed Successfully-- 1 Warning; 0 Severe Errors;")
-                .completed_successfully
+            parse(
+                "   ************* EnergyPlus Completed Successfully-- 1 Warning; 0 Severe Errors;"
+            )
+            .completed_successfully
         );
     }
 }

@@ -74,7 +74,11 @@ impl EnergyPlus {
 
     /// `energyplus --version`'s (version, build), e.g. ("25.2.0", "cf7368216c").
     async fn version(&self) -> Option<(String, String)> {
-        let out = Command::new(&self.exe).arg("--version").output().await.ok()?;
+        let out = Command::new(&self.exe)
+            .arg("--version")
+            .output()
+            .await
+            .ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let version = text.split("Version ").nth(1)?.split_whitespace().next()?;
         let (version, build) = version.split_once('-').unwrap_or((version, ""));

@@ -266,11 +266,7 @@ fn prepare_epjson(
     inputs: &EnergyPlusInputs,
 ) -> anyhow::Result<Result<Prepared, Refusal>> {
     for (class, objects) in &model {
-        let first_name = || {
-            objects
-                .as_object()
-                .and_then(|o| o.keys().next().cloned())
-        };
+        let first_name = || objects.as_object().and_then(|o| o.keys().next().cloned());
         if let Some(reason) = unsafe_class(class) {
             return Ok(Err(Refusal {
                 class: class.clone(),
@@ -370,7 +366,10 @@ mod tests {
     #[test]
     fn unsafe_objects_are_refused_by_name() {
         for (text, class) in [
-            ("PythonPlugin:Instance, Hook, No, m, C;", "PythonPlugin:Instance"),
+            (
+                "PythonPlugin:Instance, Hook, No, m, C;",
+                "PythonPlugin:Instance",
+            ),
             ("ExternalInterface, PtolemyServer;", "ExternalInterface"),
             (
                 "EnergyManagementSystem:Program, Evil, SET x = 1;",
@@ -381,12 +380,15 @@ mod tests {
                 "energymanagementsystem:subroutine",
             ),
             ("Schedule:File, S, Any, /etc/passwd, 1, 0;", "Schedule:File"),
-            ("Schedule:File, S, Any, https://x.test/s.csv, 1;", "Schedule:File"),
+            (
+                "Schedule:File, S, Any, https://x.test/s.csv, 1;",
+                "Schedule:File",
+            ),
             ("Schedule:File, S, Any, ../../s.csv, 1;", "Schedule:File"),
             ("Schedule:File, S, Any, C:\\s.csv, 1;", "Schedule:File"),
         ] {
-            let refusal = idf(&format!("Version,25.2;\n{text}\n"), &Default::default())
-                .expect_err(text);
+            let refusal =
+                idf(&format!("Version,25.2;\n{text}\n"), &Default::default()).expect_err(text);
             assert_eq!(refusal.class, class);
             assert!(refusal.sentence().contains(class), "{}", refusal.sentence());
         }
@@ -398,7 +400,13 @@ mod tests {
             .is_ok()
         );
         // Only an object's class counts, not a mention in a comment or a name.
-        assert!(idf("Zone, PythonPlugin:Zone; ! ExternalInterface\n", &Default::default()).is_ok());
+        assert!(
+            idf(
+                "Zone, PythonPlugin:Zone; ! ExternalInterface\n",
+                &Default::default()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -413,9 +421,13 @@ mod tests {
             run_period_days: Some(10),
             ..Default::default()
         };
-        let prepared = prepare(Syntax::EpJson, &serde_json::to_vec(&model).unwrap(), &inputs)
-            .unwrap()
-            .unwrap();
+        let prepared = prepare(
+            Syntax::EpJson,
+            &serde_json::to_vec(&model).unwrap(),
+            &inputs,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(prepared.version.as_deref(), Some("25.2"));
         let out: Value = serde_json::from_slice(&prepared.text).unwrap();
         assert_eq!(
@@ -425,13 +437,9 @@ mod tests {
         assert_eq!(out["RunPeriod"]["Annual"]["end_month"], 3);
         assert_eq!(out["RunPeriod"]["Annual"]["end_day_of_month"], 10);
         let evil = json!({"PythonPlugin:Instance": {"Hook": {}}});
-        let refusal = prepare(
-            Syntax::EpJson,
-            &serde_json::to_vec(&evil).unwrap(),
-            &inputs,
-        )
-        .unwrap()
-        .unwrap_err();
+        let refusal = prepare(Syntax::EpJson, &serde_json::to_vec(&evil).unwrap(), &inputs)
+            .unwrap()
+            .unwrap_err();
         assert_eq!(refusal.name.as_deref(), Some("Hook"));
     }
 

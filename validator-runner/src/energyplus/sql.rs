@@ -100,10 +100,9 @@ struct Cells<'a>(&'a [Cell]);
 impl Cells<'_> {
     /// The cell's value converted to the metric's unit, when it is there and numeric.
     fn get(&self, report: &str, table: &str, row: &str, column: &str) -> Option<f64> {
-        let cell = self
-            .0
-            .iter()
-            .find(|c| c.report == report && c.table == table && c.row == row && c.column == column)?;
+        let cell = self.0.iter().find(|c| {
+            c.report == report && c.table == table && c.row == row && c.column == column
+        })?;
         let value: f64 = cell.value.trim().parse().ok()?;
         let factor = match cell.units.trim() {
             "GJ" => KWH_PER_GJ,
@@ -153,9 +152,17 @@ pub fn metrics(cells: &[Cell]) -> EnergyPlusMetrics {
         "Area",
     );
     let total_area = c.get(ABUPS, "Building Area", "Total Building Area", "Area");
-    let site_total = c.get(ABUPS, "Site and Source Energy", "Total Site Energy", "Total Energy");
+    let site_total = c.get(
+        ABUPS,
+        "Site and Source Energy",
+        "Total Site Energy",
+        "Total Energy",
+    );
     // Intensity over the conditioned area, or the whole building's when nothing is conditioned.
-    let eui_area = conditioned.filter(|a| *a > 0.0).or(total_area).filter(|a| *a > 0.0);
+    let eui_area = conditioned
+        .filter(|a| *a > 0.0)
+        .or(total_area)
+        .filter(|a| *a > 0.0);
     EnergyPlusMetrics {
         site_electricity_kwh: nn(c.fuel(&["Electricity"])),
         site_natural_gas_kwh: nn(c.fuel(&["Natural Gas"])),
@@ -193,22 +200,62 @@ pub fn metrics(cells: &[Cell]) -> EnergyPlusMetrics {
 pub fn named(metrics: &EnergyPlusMetrics) -> Vec<(&'static str, f64, &'static str, &'static str)> {
     let m = metrics;
     [
-        ("site_electricity_kwh", m.site_electricity_kwh, "kWh", "energy"),
-        ("site_natural_gas_kwh", m.site_natural_gas_kwh, "kWh", "energy"),
-        ("site_district_cooling_kwh", m.site_district_cooling_kwh, "kWh", "energy"),
-        ("site_district_heating_kwh", m.site_district_heating_kwh, "kWh", "energy"),
-        ("site_other_fuels_kwh", m.site_other_fuels_kwh, "kWh", "energy"),
+        (
+            "site_electricity_kwh",
+            m.site_electricity_kwh,
+            "kWh",
+            "energy",
+        ),
+        (
+            "site_natural_gas_kwh",
+            m.site_natural_gas_kwh,
+            "kWh",
+            "energy",
+        ),
+        (
+            "site_district_cooling_kwh",
+            m.site_district_cooling_kwh,
+            "kWh",
+            "energy",
+        ),
+        (
+            "site_district_heating_kwh",
+            m.site_district_heating_kwh,
+            "kWh",
+            "energy",
+        ),
+        (
+            "site_other_fuels_kwh",
+            m.site_other_fuels_kwh,
+            "kWh",
+            "energy",
+        ),
         ("site_eui_kwh_m2", m.site_eui_kwh_m2, "kWh/m2", "energy"),
-        ("simulated_conditioned_area_m2", m.simulated_conditioned_area_m2, "m2", "building"),
+        (
+            "simulated_conditioned_area_m2",
+            m.simulated_conditioned_area_m2,
+            "m2",
+            "building",
+        ),
         ("heating_energy_kwh", m.heating_energy_kwh, "kWh", "end_use"),
         ("cooling_energy_kwh", m.cooling_energy_kwh, "kWh", "end_use"),
-        ("interior_lighting_kwh", m.interior_lighting_kwh, "kWh", "end_use"),
+        (
+            "interior_lighting_kwh",
+            m.interior_lighting_kwh,
+            "kWh",
+            "end_use",
+        ),
         ("fans_energy_kwh", m.fans_energy_kwh, "kWh", "end_use"),
         ("pumps_energy_kwh", m.pumps_energy_kwh, "kWh", "end_use"),
         ("water_systems_kwh", m.water_systems_kwh, "kWh", "end_use"),
         ("unmet_heating_hours", m.unmet_heating_hours, "h", "comfort"),
         ("unmet_cooling_hours", m.unmet_cooling_hours, "h", "comfort"),
-        ("peak_electric_demand_w", m.peak_electric_demand_w, "W", "performance"),
+        (
+            "peak_electric_demand_w",
+            m.peak_electric_demand_w,
+            "W",
+            "performance",
+        ),
     ]
     .into_iter()
     .filter_map(|(name, value, unit, category)| value.map(|v| (name, v.get(), unit, category)))
@@ -233,15 +280,64 @@ mod tests {
     #[test]
     fn gigajoules_become_kilowatt_hours() {
         let cells = vec![
-            cell(ABUPS, "End Uses", "Total End Uses", "Electricity", "GJ", "      31.54"),
-            cell(ABUPS, "End Uses", "Interior Lighting", "Electricity", "GJ", "31.54"),
+            cell(
+                ABUPS,
+                "End Uses",
+                "Total End Uses",
+                "Electricity",
+                "GJ",
+                "      31.54",
+            ),
+            cell(
+                ABUPS,
+                "End Uses",
+                "Interior Lighting",
+                "Electricity",
+                "GJ",
+                "31.54",
+            ),
             cell(ABUPS, "End Uses", "Heating", "Natural Gas", "GJ", "3.6"),
             cell(ABUPS, "End Uses", "Heating", "Electricity", "GJ", "0.36"),
-            cell(ABUPS, "Building Area", "Total Building Area", "Area", "m2", "100.00"),
-            cell(ABUPS, "Building Area", "Net Conditioned Building Area", "Area", "m2", "0.00"),
-            cell(ABUPS, "Site and Source Energy", "Total Site Energy", "Total Energy", "GJ", "31.54"),
-            cell(DEMAND, "End Uses", "Total End Uses", "Electricity", "W", "1000.00"),
-            cell(SYSTEM, "Time Setpoint Not Met", "Facility", "During Occupied Heating", "hr", "12.5"),
+            cell(
+                ABUPS,
+                "Building Area",
+                "Total Building Area",
+                "Area",
+                "m2",
+                "100.00",
+            ),
+            cell(
+                ABUPS,
+                "Building Area",
+                "Net Conditioned Building Area",
+                "Area",
+                "m2",
+                "0.00",
+            ),
+            cell(
+                ABUPS,
+                "Site and Source Energy",
+                "Total Site Energy",
+                "Total Energy",
+                "GJ",
+                "31.54",
+            ),
+            cell(
+                DEMAND,
+                "End Uses",
+                "Total End Uses",
+                "Electricity",
+                "W",
+                "1000.00",
+            ),
+            cell(
+                SYSTEM,
+                "Time Setpoint Not Met",
+                "Facility",
+                "During Occupied Heating",
+                "hr",
+                "12.5",
+            ),
         ];
         let m = metrics(&cells);
         let get = |v: Option<NonNegative>| v.unwrap().get();

@@ -1,0 +1,321 @@
+//! Real simulations through the process backend: `runway dev` with validators on the process
+//! backend runs `runway-validator-runner` children that drive the real EnergyPlus 25.2 and
+//! fmpy (from the project venv) on the suite's models, call back, and are finalized.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{Db, System, config};
+use runway_cli::dev;
+use serde_json::{Value, json};
+
+const BOX_IDF: &str = include_str!("../../examples/box.idf");
+
+/// `runway dev` on SQLite with `energyplus` and `fmu` validators on the process backend, each
+/// with `timeout` seconds, one attempt, the reconciler looking every second.
+async fn start(timeout: u32, adjust: impl FnOnce(&mut runway_cli::dev::DevConfig)) -> System {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let validators = json!({"validators": [
+        {"id": "energyplus", "type": "ENERGYPLUS", "version": "25.2", "backend": "process",
+         "timeout_seconds": timeout, "max_attempts": 1},
+        {"id": "fmu", "type": "FMU", "version": "2.0", "backend": "process",
+         "timeout_seconds": timeout, "max_attempts": 1},
+    ]});
+    let path = dir.path().join("validators.json");
+    std::fs::write(&path, validators.to_string()).expect("write validators");
+    let mut config = config(dir.path(), &Db::Sqlite, 0, Some(&path));
+    config.local.energyplus = Some(runway_tests::energyplus());
+    config.local.fmu_python = Some(runway_tests::python().into());
+    config.workers.reconcile_interval_seconds = 1;
+    config.workers.reconcile_grace_seconds = 1;
+    adjust(&mut config);
+    let running = dev::start(config).await.expect("runway starts");
+    System {
+        running,
+        http: reqwest::Client::new(),
+        dir,
+    }
+}
+
+fn file(name: &str, mime: &str, port: &str, bytes: &[u8]) -> Value {
+    json!({"name": name, "mime_type": mime, "port_key": port, "content_base64": STANDARD.encode(bytes)})
+}
+
+/// An EnergyPlus run of `model`, with Chicago's weather when `weather`. No roles are given:
+/// the launcher derives them from the ports.
+fn energyplus_run(model: &str, weather: bool) -> Value {
+    let mut files = vec![file(
+        "box.idf",
+        "application/vnd.energyplus.idf",
+        "primary_model",
+        model.as_bytes(),
+    )];
+    if weather {
+        let epw = std::fs::read(runway_tests::chicago_weather()).expect("weather file");
+        files.push(file(
+            "chicago.epw",
+            "application/vnd.energyplus.epw",
+            "weather",
+            &epw,
+        ));
+    }
+    json!({
+        "validator": "energyplus",
+        "org": {"id": "acme", "name": "Acme"},
+        "workflow": {"id": "wf-1", "step_id": "step-1"},
+        "inputs": {"timestep_per_hour": 4},
+        "files": files,
+    })
+}
+
+/// An FMU run of the suite's FMU with input `u`, `stall` seconds of wall time per step.
+fn fmu_run(u: f64, stall: f64, stop_time: f64, step: f64) -> Value {
+    let fmu = std::fs::read(runway_tests::test_fmu()).expect("test fmu");
+    json!({
+        "validator": "fmu",
+        "org": {"id": "acme", "name": "Acme"},
+        "workflow": {"id": "wf-2", "step_id": "step-1"},
+        "inputs": {
+            "input_values": {"u": u, "stall": stall},
+            "simulation": {"start_time": 0.0, "stop_time": stop_time, "step_size": step},
+            "output_variables": ["x"],
+        },
+        "files": [file("decay.fmu", "application/vnd.fmi.fmu", "fmu_model", &fmu)],
+    })
+}
+
+async fn submit(sys: &System, body: &Value) -> String {
+    let (status, run) = sys.create(body, None).await;
+    assert_eq!(status, 201, "{run}");
+    run["id"].as_str().expect("id").to_owned()
+}
+
+/// Waits up to `limit` for the run to complete.
+async fn completed(sys: &System, id: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, run) = sys.get(&format!("/v1/runs/{id}")).await;
+        if run["state"] == "completed" {
+            return run;
+        }
+        assert!(start.elapsed() < limit, "run {id} never completed: {run}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The run's `output.json`, checked against validibot-shared.
+fn output_of(run: &Value) -> Value {
+    let uri = run["output_uri"].as_str().expect("an output uri");
+    let bytes = std::fs::read(uri.strip_prefix("file://").expect("file uri")).expect("output.json");
+    runway_tests::assert_conforms_to_validibot_shared(&bytes);
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+fn messages(run: &Value) -> String {
+    run["messages"].to_string()
+}
+
+/// The pid of an attempt's runner, from its job folder.
+fn runner_pid(sys: &System, attempt: &str) -> i32 {
+    let pid = sys
+        .dir
+        .path()
+        .join("process-jobs")
+        .join(attempt)
+        .join("pid");
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&pid) {
+            return text
+                .split(' ')
+                .next()
+                .expect("pid")
+                .parse()
+                .expect("number");
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no pid file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s[s.rfind(')').map_or(0, |i| i + 2)..].starts_with('Z'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn energyplus_box_with_chicago_weather_gives_its_real_energy() {
+    let sys = start(300, |_| {}).await;
+    let id = submit(&sys, &energyplus_run(BOX_IDF, true)).await;
+    let run = completed(&sys, &id, Duration::from_secs(120)).await;
+    assert_eq!(run["result"], "passed", "{run}");
+    assert_eq!(run["files"][0]["role"], "primary-model", "{run}");
+    assert_eq!(run["files"][1]["role"], "weather", "{run}");
+    let kwh = run["outputs"]["metrics"]["site_electricity_kwh"]
+        .as_f64()
+        .expect("site electricity");
+    assert!((kwh - 8760.0).abs() / 8760.0 < 0.005, "{kwh} kWh");
+    assert_eq!(run["outputs"]["metrics"]["peak_electric_demand_w"], 1000.0);
+    assert_eq!(run["outputs"]["completed_successfully"], true);
+    let output = output_of(&run);
+    assert!(
+        output["artifacts"]
+            .as_array()
+            .expect("artifacts")
+            .iter()
+            .any(|a| a["name"] == "eplusout.sql"),
+        "{output}"
+    );
+    // The attempt's folder belongs to the job user and is writable by nobody else.
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let uri = run["output_uri"].as_str().expect("uri");
+        let folder = std::path::Path::new(uri.strip_prefix("file://").expect("file"))
+            .parent()
+            .expect("folder")
+            .to_path_buf();
+        let meta = std::fs::metadata(&folder).expect("folder");
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (1000, 0o755));
+        let run_folder = std::fs::metadata(folder.parent().expect("attempts")).expect("meta");
+        assert_ne!(run_folder.uid(), 1000);
+        assert_eq!(
+            run_folder.mode() & 0o022,
+            0,
+            "the run folder is writable by others"
+        );
+    }
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fmu_built_from_c_gives_its_analytic_value() {
+    let sys = start(120, |_| {}).await;
+    let id = submit(&sys, &fmu_run(0.5, 0.0, 2.0, 0.1)).await;
+    let run = completed(&sys, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["result"], "passed", "{run}");
+    assert_eq!(run["files"][0]["role"], "fmu");
+    let x = run["outputs"]["output_values"]["x"].as_f64().expect("x");
+    let exact = 0.5 + 0.5 * (-2.0f64).exp();
+    assert!((x - exact).abs() < 1e-9, "x = {x}, expected {exact}");
+    assert_eq!(run["outputs"]["model_name"], "decay");
+    assert_eq!(run["outputs"]["fmi_version"], "2.0");
+    assert_eq!(
+        run["outputs"]["fmu_guid"],
+        "{5b1f3c7e-2a4d-4e8b-9c1a-7d2e6f0a9b31}"
+    );
+    assert_eq!(run["outputs"]["simulation_time_reached"], 2.0);
+    output_of(&run);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_with_a_fatal_error_fails_validation_with_its_error_lines() {
+    let sys = start(120, |_| {}).await;
+    let id = submit(&sys, &energyplus_run("Version, 25.2;\nZone, Z1;\n", false)).await;
+    let run = completed(&sys, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["result"], "failed", "{run}");
+    let text = messages(&run);
+    assert!(text.contains("ENERGYPLUS_FATAL"), "{text}");
+    assert!(text.contains("ENERGYPLUS_SEVERE"), "{text}");
+    assert!(text.contains("GlobalGeometryRules"), "{text}");
+    assert!(run["outputs"]["fatal_count"].as_u64() >= Some(1));
+    assert_eq!(output_of(&run)["status"], "failed_validation");
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_model_is_refused_naming_the_object() {
+    let sys = start(120, |_| {}).await;
+    let model = format!("{BOX_IDF}\nPythonPlugin:Instance, Hook, No, evil, Plugin;\n");
+    let id = submit(&sys, &energyplus_run(&model, true)).await;
+    let run = completed(&sys, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["result"], "failed", "{run}");
+    let text = messages(&run);
+    assert!(text.contains("EP_UNSAFE_OBJECT"), "{text}");
+    assert!(
+        text.contains("PythonPlugin:Instance \\\"Hook\\\""),
+        "{text}"
+    );
+    // EnergyPlus never ran.
+    assert_eq!(run["outputs"]["energyplus_returncode"], -1);
+    output_of(&run);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulation_past_its_deadline_is_killed_with_its_process_group() {
+    // 6 s for the attempt: 2 s of margin, so fmpy is killed after 4 s of a 60 s simulation.
+    let sys = start(6, |_| {}).await;
+    let id = submit(&sys, &fmu_run(0.5, 1.0, 60.0, 1.0)).await;
+    let started = Instant::now();
+    let run = completed(&sys, &id, Duration::from_secs(30)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(run["result"], "error", "{run}");
+    let text = messages(&run);
+    assert!(text.contains("FMU_TIMEOUT"), "{text}");
+    assert!(text.contains("process group was killed"), "{text}");
+    assert_eq!(output_of(&run)["status"], "failed_runtime");
+    // The runner itself ended normally, having reported.
+    assert_eq!(run["attempts"][0]["exit_code"], Value::Null, "{run}");
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_before_its_callback_fails_the_attempt_with_its_exit_code() {
+    let sys = start(120, |_| {}).await;
+    let id = submit(&sys, &fmu_run(0.5, 1.0, 60.0, 1.0)).await;
+    let attempt = sys.wait_running(&id).await;
+    let pid = runner_pid(&sys, &attempt);
+    // Let fmpy start, then kill the runner's whole group from outside.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(pid).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    let killed = Instant::now();
+    let run = completed(&sys, &id, Duration::from_secs(30)).await;
+    // Reconciler interval 1 s + grace 1 s.
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(run["result"], "error", "{run}");
+    assert_eq!(run["attempts"][0]["state"], "failed", "{run}");
+    assert_eq!(run["attempts"][0]["exit_code"], 137, "{run}");
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_a_running_process() {
+    let sys = start(120, |_| {}).await;
+    let id = submit(&sys, &fmu_run(0.5, 1.0, 60.0, 1.0)).await;
+    let attempt = sys.wait_running(&id).await;
+    let pid = runner_pid(&sys, &attempt);
+    let response = sys
+        .http
+        .post(format!("{}/v1/runs/{id}/cancel", sys.running.launcher_url))
+        .send()
+        .await
+        .expect("cancel");
+    assert!(response.status().is_success(), "{}", response.status());
+    let run = completed(&sys, &id, Duration::from_secs(30)).await;
+    assert_eq!(run["result"], "canceled", "{run}");
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "runner {pid} survived cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sys.shutdown().await;
+}
