@@ -33,7 +33,7 @@ enum Command {
     /// Run launcher, dispatcher, mock backend, callback service and local identity locally.
     Dev {
         #[command(flatten)]
-        config: DevConfig,
+        config: Box<DevConfig>,
     },
     /// Apply the run store's migrations, then exit.
     Migrate {
@@ -89,7 +89,7 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Dev { config } => dev(config).await,
+        Command::Dev { config } => dev(*config).await,
         Command::Migrate { common } => {
             telemetry::init(common.log_format, common.log_filter.as_deref());
             common.open_store().await?;

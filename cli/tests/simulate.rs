@@ -319,3 +319,114 @@ async fn cancel_kills_a_running_process() {
     }
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_retries_a_callback_endpoint_that_is_down_for_a_while() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    // A front for the callback service that is "down" (503) for its first three requests.
+    let target: Arc<OnceLock<String>> = Arc::default();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let front = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = {
+        let (target, seen) = (target.clone(), seen.clone());
+        axum::Router::new().fallback(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (target, seen) = (target.clone(), seen.clone());
+                async move {
+                    if seen.fetch_add(1, Ordering::SeqCst) < 3 {
+                        return (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "down".to_owned(),
+                        );
+                    }
+                    let mut request = reqwest::Client::new()
+                        .post(format!("{}/v1/callbacks", target.get().expect("target")))
+                        .body(body);
+                    for name in ["authorization", "content-type"] {
+                        if let Some(value) = headers.get(name) {
+                            request = request.header(name, value.as_bytes());
+                        }
+                    }
+                    let response = request.send().await.expect("forward");
+                    let status = axum::http::StatusCode::from_u16(response.status().as_u16())
+                        .expect("status");
+                    (status, response.text().await.unwrap_or_default())
+                }
+            },
+        )
+    };
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let sys = start(120, |c| {
+        c.job_callback_url = Some(format!("{front}/v1/callbacks"))
+    })
+    .await;
+    target.set(sys.running.callback_url.clone()).expect("once");
+    let id = submit(&sys, &fmu_run(0.5, 0.0, 2.0, 0.1)).await;
+    let run = completed(&sys, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["result"], "passed", "{run}");
+    assert_eq!(run["attempts"][0]["state"], "completed", "{run}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        4,
+        "three refused tries, then the one that passed"
+    );
+    let log = std::fs::read_to_string(
+        sys.dir
+            .path()
+            .join("process-jobs")
+            .join(run["attempts"][0]["id"].as_str().expect("id"))
+            .join("log"),
+    )
+    .expect("runner log");
+    assert!(log.contains("callback delivered after 4 tries"), "{log}");
+    sys.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_of_an_attempt_with_an_output_resends_the_callback_without_simulating() {
+    let sys = start(120, |_| {}).await;
+    let id = submit(&sys, &energyplus_run(BOX_IDF, true)).await;
+    let run = completed(&sys, &id, Duration::from_secs(120)).await;
+    assert_eq!(run["result"], "passed", "{run}");
+    let attempt = run["attempts"][0]["id"].as_str().expect("id").to_owned();
+    let output_uri = run["output_uri"].as_str().expect("output uri");
+    let input_uri = output_uri.replace("/output.json", "/input.json");
+    let before = std::fs::read(output_uri.strip_prefix("file://").expect("file")).expect("output");
+    // The same job again, as a backend would re-run it; with no EnergyPlus to run at all.
+    let out = std::process::Command::new(
+        runway_launcher::backends::process::ProcessSettings::default_runner(),
+    )
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .env("VALIDIBOT_INPUT_URI", &input_uri)
+    .env("VALIDIBOT_OUTPUT_URI", output_uri)
+    .env(
+        "GCE_METADATA_HOST",
+        sys.running.identity_url.trim_start_matches("http://"),
+    )
+    .env("RUNWAY_ENERGYPLUS", "/nonexistent/energyplus")
+    .output()
+    .expect("runner runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("output.json already existed, not simulated again"),
+        "{said}"
+    );
+    assert!(said.contains("callback delivered"), "{said}");
+    let after = std::fs::read(output_uri.strip_prefix("file://").expect("file")).expect("output");
+    assert_eq!(before, after, "output.json is never replaced");
+    let receipts = sys.receipts(&attempt).await;
+    assert_eq!(receipts.len(), 2, "{receipts:?}");
+    sys.shutdown().await;
+}
