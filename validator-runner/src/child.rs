@@ -152,12 +152,21 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // The grandchild was in the group: it is gone (or a zombie about to be reaped by init).
-        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
-        assert!(
-            state.is_empty() || state.contains(") Z "),
-            "grandchild still alive: {state}"
-        );
+        // The grandchild was in the group: it dies (SIGKILL takes effect asynchronously), and
+        // is gone or a zombie about to be reaped by init.
+        let started = std::time::Instant::now();
+        loop {
+            let state =
+                std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z ") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "grandchild still alive: {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

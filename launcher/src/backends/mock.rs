@@ -31,9 +31,9 @@ use runway_contract::energyplus::{
 };
 use runway_contract::fmu::FmuOutputs;
 use runway_contract::{
-    AttemptContractVersion, CallbackPayload, InputEnvelope, MetricValue, NonEmpty, NonNegative,
-    OutputEnvelope, OutputSchemaVersion, Severity, Sha256Hex, ValidationMessage, ValidationMetric,
-    ValidationStatus, ValidationTiming, ValidatorInputs, ValidatorOutputs,
+    CallbackPayload, InputEnvelope, NonNegative, OutputEnvelope, Severity, Sha256Hex,
+    ValidationMessage, ValidationMetric, ValidationStatus, ValidationTiming, ValidatorInputs,
+    ValidatorOutputs,
 };
 use runway_identity::IdTokenFetcher;
 use runway_runs::{AttemptId, BackendKind};
@@ -406,18 +406,7 @@ impl Job {
         let Some(callback_url) = envelope.context.callback_url.clone() else {
             return Ok(Some(exited(0, "output written; no callback asked for")));
         };
-        let payload = CallbackPayload {
-            run_id: envelope.run_id.clone(),
-            callback_id: NonEmpty::parse(envelope.context.callback_id.clone().unwrap_or_default())
-                .map_err(anyhow::Error::msg)?,
-            callback_nonce: envelope
-                .context
-                .callback_nonce
-                .clone()
-                .context("the envelope carries no callback nonce")?,
-            status,
-            result_uri: envelope.context.expected_output_uri.clone(),
-        };
+        let payload = CallbackPayload::announcing(envelope, status)?;
         let audience = callback_url.origin();
         let mut backoff = Duration::from_millis(100);
         for attempt in 1..=5 {
@@ -636,45 +625,25 @@ fn mock_output(
             None
         }
     };
-    Ok(OutputEnvelope {
-        schema_version: OutputSchemaVersion,
-        run_id: input.run_id.clone(),
-        step_run_id: input.context.step_run_id.clone(),
-        execution_attempt_id: input.context.execution_attempt_id.clone(),
-        attempt_contract_version: AttemptContractVersion,
-        input_envelope_sha256: input.canonical_sha256()?,
-        output_uri: input.context.expected_output_uri.clone(),
-        validator: input.validator.clone(),
+    let mut output = OutputEnvelope::answering(
+        input,
         status,
-        timing: ValidationTiming {
+        ValidationTiming {
             queued_at: None,
             started_at: Some(started_at),
             finished_at: Some(finished_at),
         },
-        messages,
-        metrics,
-        artifacts: Vec::new(),
-        raw_outputs: None,
-        outputs,
-    })
+    )?;
+    output.messages = messages;
+    output.metrics = metrics;
+    output.outputs = outputs;
+    Ok(output)
 }
 
 fn message(severity: Severity, code: &str, text: &str) -> ValidationMessage {
-    ValidationMessage {
-        severity,
-        code: Some(code.to_owned()),
-        text: text.to_owned(),
-        location: None,
-        tags: Vec::new(),
-    }
+    ValidationMessage::coded(severity, code, text)
 }
 
 fn metric(name: &str, value: f64, unit: &str, category: &str) -> ValidationMetric {
-    ValidationMetric {
-        name: name.to_owned(),
-        value: MetricValue::Float(value),
-        unit: Some(unit.to_owned()),
-        category: Some(category.to_owned()),
-        tags: Vec::new(),
-    }
+    ValidationMetric::float(name, value, unit, category)
 }
