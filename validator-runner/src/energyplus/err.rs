@@ -37,6 +37,15 @@ impl ErrReport {
     }
 }
 
+/// The (version, build) on the first line of `eplusout.err`
+/// (`Program Version,EnergyPlus, Version 25.2.0-cf7368216c, YMD=…`).
+pub fn program_version(text: &str) -> Option<(String, String)> {
+    let line = text.lines().next()?;
+    let version = line.split("Version ").nth(1)?.split([',', ' ']).next()?;
+    let (version, build) = version.split_once('-').unwrap_or((version, ""));
+    Some((version.to_owned(), build.to_owned()))
+}
+
 /// Parses the text of `eplusout.err`.
 pub fn parse(text: &str) -> ErrReport {
     let mut report = ErrReport::default();
@@ -98,6 +107,10 @@ mod tests {
             "GetHTSurfaceData: no \"Ground Temperatures\".\nFound first in surface=FLOOR"
         );
         assert!(!report.completed_successfully);
+        assert_eq!(
+            program_version(text),
+            Some(("25.2.0".to_owned(), "cf7368216c".to_owned()))
+        );
         assert!(
             parse(
                 "   ************* EnergyPlus Completed Successfully-- 1 Warning; 0 Severe Errors;"

@@ -72,19 +72,6 @@ impl EnergyPlus {
         self.exe.with_file_name("WeatherData")
     }
 
-    /// `energyplus --version`'s (version, build), e.g. ("25.2.0", "cf7368216c").
-    async fn version(&self) -> Option<(String, String)> {
-        let out = Command::new(&self.exe)
-            .arg("--version")
-            .output()
-            .await
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let version = text.split("Version ").nth(1)?.split_whitespace().next()?;
-        let (version, build) = version.split_once('-').unwrap_or((version, ""));
-        Some((version.to_owned(), build.to_owned()))
-    }
-
     /// The IDD's (version, build) from its header comments.
     fn idd_version(&self) -> (Option<String>, Option<String>) {
         let head = std::fs::read(&self.idd)
@@ -175,13 +162,7 @@ pub async fn simulate(
     tokio::fs::create_dir_all(&sim_dir).await?;
     let working = sim_dir.join(syntax.working_name());
     tokio::fs::write(&working, &prepared.text).await?;
-    let (binary_version, binary_build) = energyplus.version().await.unzip();
     let (idd_version, idd_build) = energyplus.idd_version();
-    let version_match = prepared
-        .version
-        .as_deref()
-        .zip(binary_version.as_deref())
-        .map(|(model, engine)| engine.starts_with(model.trim()));
 
     if !inputs.run_simulation {
         let mut sim = Simulated::new(ValidationStatus::Success);
@@ -214,6 +195,13 @@ pub async fn simulate(
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let report = err::parse(&err_text);
+    // The engine's version is on the first line of eplusout.err (no second process to ask).
+    let (binary_version, binary_build) = err::program_version(&err_text).unzip();
+    let version_match = prepared
+        .version
+        .as_deref()
+        .zip(binary_version.as_deref())
+        .map(|(model, engine)| engine.starts_with(model.trim()));
     let file = |name: &str| out_dir.join(name);
     let has = |name: &str| file(name).is_file();
     let typed = if has("eplusout.sql") {
