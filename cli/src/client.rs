@@ -53,19 +53,22 @@ pub struct SubmitArgs {
     /// EnergyPlus ships (`chicago`, `san francisco`, `golden`, `tampa`, `dulles`).
     #[arg(long)]
     pub weather: Option<String>,
+    /// The `energyplus` executable whose shipped weather files `--weather` looks locations up
+    /// in (default: `energyplus` on PATH).
+    #[arg(long, env = "RUNWAY_ENERGYPLUS")]
+    pub energyplus: Option<PathBuf>,
 }
 
 /// The `.epw` file `--weather` names: the path itself when it is a file, else the one weather
-/// file shipped with EnergyPlus (`RUNWAY_ENERGYPLUS`, else `energyplus` on PATH) whose name
-/// contains the location.
-pub fn weather_file(asked: &str) -> anyhow::Result<PathBuf> {
+/// file shipped with the EnergyPlus at `energyplus` (default: `energyplus` on PATH) whose
+/// name contains the location.
+pub fn weather_file(asked: &str, energyplus: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = Path::new(asked);
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
-    let exe = std::env::var_os("RUNWAY_ENERGYPLUS")
-        .map_or_else(|| PathBuf::from("energyplus"), PathBuf::from);
-    let energyplus = runway_validator_runner::energyplus::EnergyPlus::locate(&exe).with_context(|| {
+    let exe = energyplus.unwrap_or(Path::new("energyplus"));
+    let energyplus = runway_validator_runner::energyplus::EnergyPlus::locate(exe).with_context(|| {
         format!("{asked:?} is not a file, and EnergyPlus's weather files cannot be found to look it up as a location (set RUNWAY_ENERGYPLUS)")
     })?;
     let dir = energyplus.weather_dir();
@@ -147,7 +150,7 @@ pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<
             );
         }
         files.push((
-            weather_file(weather)?,
+            weather_file(weather, args.energyplus.as_deref())?,
             "application/vnd.energyplus.epw",
             "weather",
         ));

@@ -384,6 +384,7 @@ async fn the_runner_retries_a_callback_endpoint_that_is_down_for_a_while() {
     )
     .expect("runner log");
     assert!(log.contains("callback delivered after 4 tries"), "{log}");
+    output_of(&run);
     sys.shutdown().await;
     server.abort();
 }
@@ -428,5 +429,111 @@ async fn a_rerun_of_an_attempt_with_an_output_resends_the_callback_without_simul
     assert_eq!(before, after, "output.json is never replaced");
     let receipts = sys.receipts(&attempt).await;
     assert_eq!(receipts.len(), 2, "{receipts:?}");
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weather_given_as_a_resource_file_reaches_energyplus() {
+    let sys = start(300, |_| {}).await;
+    let mut body = energyplus_run(BOX_IDF, true);
+    body["files"][1]["resource_type"] = json!("energyplus_weather");
+    body["files"][1]["resource_id"] = json!("chicago-ohare-tmy3");
+    let id = submit(&sys, &body).await;
+    let run = completed(&sys, &id, Duration::from_secs(120)).await;
+    assert_eq!(run["result"], "passed", "{run}");
+    assert_eq!(
+        run["files"][1]["resource"]["type"], "energyplus_weather",
+        "{run}"
+    );
+    let input_uri = run["output_uri"]
+        .as_str()
+        .expect("uri")
+        .replace("/output.json", "/input.json");
+    let input: Value = serde_json::from_slice(
+        &std::fs::read(input_uri.strip_prefix("file://").expect("file")).expect("input.json"),
+    )
+    .expect("json");
+    assert_eq!(
+        input["input_files"].as_array().map(Vec::len),
+        Some(1),
+        "{input}"
+    );
+    assert_eq!(input["resource_files"][0]["type"], "energyplus_weather");
+    assert_eq!(input["resource_files"][0]["id"], "chicago-ohare-tmy3");
+    let kwh = run["outputs"]["metrics"]["site_electricity_kwh"]
+        .as_f64()
+        .expect("kWh");
+    assert!((kwh - 8760.0).abs() / 8760.0 < 0.005, "{kwh} kWh");
+    output_of(&run);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_gcs_storage_fetch_and_publish_through_the_emulator() {
+    let endpoint = runway_tests::gcs_endpoint();
+    let bucket = runway_tests::create_bucket(&endpoint, "sim");
+    let sys = start(120, |c| {
+        c.common.storage_uri = Some(format!("gs://{bucket}/runway"));
+        c.common.gcs_endpoint = Some(endpoint.clone());
+        c.common.gcs_anonymous = true;
+    })
+    .await;
+    let id = submit(&sys, &fmu_run(0.25, 0.0, 1.0, 0.1)).await;
+    let run = completed(&sys, &id, Duration::from_secs(60)).await;
+    assert_eq!(run["result"], "passed", "{run}");
+    let uri = run["output_uri"].as_str().expect("uri");
+    assert!(uri.starts_with(&format!("gs://{bucket}/")), "{uri}");
+    let x = run["outputs"]["output_values"]["x"].as_f64().expect("x");
+    let exact = 0.25 + 0.75 * (-1.0f64).exp();
+    assert!((x - exact).abs() < 1e-9, "x = {x}, expected {exact}");
+    let store = runway_storage::open(
+        &format!("gs://{bucket}"),
+        &runway_storage::OpenOptions {
+            gcs: runway_storage::GcsOptions {
+                endpoint: Some(endpoint),
+                anonymous: true,
+            },
+        },
+    )
+    .await
+    .expect("store");
+    let bytes = store.read_bytes(uri, 1 << 20).await.expect("output.json");
+    runway_tests::assert_conforms_to_validibot_shared(&bytes);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runway_submit_with_weather_by_location_shows_the_real_metrics() {
+    let sys = start(300, |_| {}).await;
+    let client = runway_cli::client::ClientConfig {
+        launcher_url: sys.running.launcher_url.clone(),
+    };
+    let args = runway_cli::client::SubmitArgs {
+        file: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/box.idf"),
+        validator: None,
+        inputs: "{}".into(),
+        org: "local".into(),
+        workflow: "local".into(),
+        idempotency_key: None,
+        no_wait: false,
+        weather: Some("chicago".into()),
+        energyplus: Some(runway_tests::energyplus()),
+    };
+    let id = runway_cli::client::submit(&client, &args)
+        .await
+        .expect("the run passes");
+    let (_, run) = sys.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        run["files"][1]["name"],
+        "USA_IL_Chicago-OHare.Intl.AP.725300_TMY3.epw"
+    );
+    let kwh = run["outputs"]["metrics"]["site_electricity_kwh"]
+        .as_f64()
+        .expect("kWh");
+    assert!((kwh - 8760.0).abs() / 8760.0 < 0.005, "{kwh} kWh");
+    // A location EnergyPlus ships no weather for is refused with the list.
+    let err = runway_cli::client::weather_file("atlantis", Some(&runway_tests::energyplus()))
+        .expect_err("no such location");
+    assert!(format!("{err:#}").contains("USA_CO_Golden"), "{err:#}");
     sys.shutdown().await;
 }

@@ -71,7 +71,7 @@ pub fn input_envelope(
         org: run.org.clone(),
         workflow: run.workflow.clone(),
         input_files: run.input_files(),
-        resource_files: Vec::new(),
+        resource_files: run.resource_files(),
         inputs: run.inputs.clone(),
         context,
     })

@@ -9,8 +9,9 @@
 //! through an untyped JSON tree).
 
 use runway_contract::{
-    ContractError, InputFileItem, MimeType, OrganizationInfo, PortKey, SafeName, Sha256Hex,
-    StorageUri, StorageVersion, ValidatorInfo, ValidatorInputs, ValidatorType, WorkflowInfo,
+    ContractError, InputFileItem, MimeType, OrganizationInfo, PortKey, ResourceFileItem, SafeName,
+    Sha256Hex, StorageUri, StorageVersion, ValidatorInfo, ValidatorInputs, ValidatorType,
+    WorkflowInfo,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -56,6 +57,40 @@ pub struct StoredFile {
     pub sha256: Sha256Hex,
     /// The stored object's version.
     pub storage_version: StorageVersion,
+    /// Set when the file goes to the validator as a resource file (weather, a library)
+    /// instead of an input file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceMeta>,
+}
+
+/// What makes a stored file a resource file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceMeta {
+    /// The resource's id (the web app's; the file name when the request gives none).
+    pub id: String,
+    /// Its type, e.g. `energyplus_weather`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl From<StoredFile> for ResourceFileItem {
+    fn from(f: StoredFile) -> Self {
+        let resource = f.resource.unwrap_or_else(|| ResourceMeta {
+            id: f.name.as_str().to_owned(),
+            kind: String::new(),
+        });
+        ResourceFileItem {
+            size_bytes: f.size_bytes,
+            sha256: f.sha256,
+            storage_version: f.storage_version,
+            id: resource.id,
+            name: f.name,
+            kind: resource.kind,
+            port_key: f.port_key,
+            uri: f.uri,
+        }
+    }
 }
 
 impl From<StoredFile> for InputFileItem {
@@ -128,8 +163,19 @@ impl RunSpec {
     pub fn input_files(&self) -> Vec<InputFileItem> {
         self.files
             .iter()
+            .filter(|f| f.resource.is_none())
             .cloned()
             .map(InputFileItem::from)
+            .collect()
+    }
+
+    /// The files as the envelope's `resource_files`.
+    pub fn resource_files(&self) -> Vec<ResourceFileItem> {
+        self.files
+            .iter()
+            .filter(|f| f.resource.is_some())
+            .cloned()
+            .map(ResourceFileItem::from)
             .collect()
     }
 }
@@ -198,6 +244,7 @@ mod tests {
                 size_bytes: 3,
                 sha256: Sha256Hex::digest(b"abc"),
                 storage_version: StorageVersion::for_local_digest(&Sha256Hex::digest(b"abc")),
+                resource: None,
             }],
             timeout_seconds: 60,
             tags: vec!["t".into()],

@@ -165,3 +165,55 @@ async fn verifies_an_envelope_on_gcs() {
     assert!(ok, "{out}");
     assert!(out.contains("1 file(s) verified"), "{out}");
 }
+
+/// The runner proper (no subcommand), with only `env`; its exit code and what it said.
+fn run(uri: Option<&str>, env: &[(&str, &str)]) -> (i32, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runway-validator-runner"));
+    command.env_clear().envs(env.iter().copied());
+    if let Some(uri) = uri {
+        command.arg(uri);
+    }
+    let output = command.output().expect("runner runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().expect("exit code"), text)
+}
+
+#[tokio::test]
+async fn the_runner_refuses_an_output_uri_other_than_the_envelopes_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = format!("file://{}", dir.path().display());
+    let store = runway_storage::open(&base, &OpenOptions::default())
+        .await
+        .expect("open");
+    let uri = publish(store.as_ref(), None).await;
+    let elsewhere = format!("file://{}/elsewhere/output.json", dir.path().display());
+    let (code, out) = run(Some(&uri), &[("VALIDIBOT_OUTPUT_URI", &elsewhere)]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("refused: VALIDIBOT_OUTPUT_URI is"), "{out}");
+    let output = uri.replace("input.json", "output.json");
+    assert!(store.head(&output).await.expect("head").is_none(), "{out}");
+    assert!(!dir.path().join("elsewhere").exists());
+}
+
+#[test]
+fn the_runner_refuses_a_missing_or_absent_envelope_with_exit_code_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = format!("file://{}/input.json", dir.path().display());
+    let (code, out) = run(Some(&missing), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("refused: cannot read the input envelope"),
+        "{out}"
+    );
+    let (code, out) = run(None, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no input envelope"), "{out}");
+    std::fs::write(dir.path().join("input.json"), b"{\"schema_version\": 3}").expect("write");
+    let (code, out) = run(None, &[("VALIDIBOT_INPUT_URI", &missing)]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("refused"), "{out}");
+}

@@ -63,7 +63,7 @@ use super::view::RunView;
 use crate::AppState;
 use crate::envelope::{self, EnvelopeAttempt};
 use crate::registry::{Registry, ValidatorConfig, is_valid_id};
-use crate::spec::{RunSpec, StoredFile, default_role, required_port};
+use crate::spec::{ResourceMeta, RunSpec, StoredFile, default_role, required_port};
 
 /// Largest JSON request body (inline files included), in bytes: 16 MiB.
 pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -128,6 +128,12 @@ struct FileRequest {
     port_key: String,
     #[serde(default)]
     role: Option<String>,
+    /// Makes the file a resource file of this type (e.g. `energyplus_weather`).
+    #[serde(default)]
+    resource_type: Option<String>,
+    /// The resource's id (default: the file name); only with `resource_type`.
+    #[serde(default)]
+    resource_id: Option<String>,
     #[serde(default)]
     content_base64: Option<String>,
     #[serde(default)]
@@ -161,6 +167,7 @@ struct FileMeta {
     mime_type: MimeType,
     port_key: PortKey,
     role: Option<String>,
+    resource: Option<ResourceMeta>,
     source: Source,
 }
 
@@ -507,6 +514,7 @@ fn check_envelope_size(
                 size_bytes: u64::MAX,
                 sha256: longest_digest.clone(),
                 storage_version: longest_version.clone(),
+                resource: file.resource.clone(),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -559,6 +567,7 @@ fn fingerprint(checked: &Checked, digests: &[FileDigest]) -> Result<String, ApiE
                 "mime_type": file.mime_type,
                 "port_key": file.port_key,
                 "role": file.role,
+                "resource": file.resource,
                 "sha256": digest.sha256,
                 "size_bytes": digest.size_bytes,
             })
@@ -866,6 +875,38 @@ fn check(
                 format!("must be at most {MAX_TEXT_CHARS} characters"),
             ));
         }
+        let resource = match (file.resource_type, file.resource_id) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(bad(
+                    "resource_id",
+                    "is only for a resource file: add \"resource_type\" (e.g. \"energyplus_weather\")"
+                        .to_owned(),
+                ));
+            }
+            (Some(kind), id) => {
+                let word = |s: &str| {
+                    !s.is_empty()
+                        && s.chars().count() <= MAX_TEXT_CHARS
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                };
+                if !word(&kind) {
+                    return Err(bad(
+                        "resource_type",
+                        format!("must be 1 to {MAX_TEXT_CHARS} letters, digits, '_', '-' or '.'"),
+                    ));
+                }
+                let id = id.unwrap_or_else(|| file.name.clone());
+                if !word(&id) {
+                    return Err(bad(
+                        "resource_id",
+                        format!("must be 1 to {MAX_TEXT_CHARS} letters, digits, '_', '-' or '.'"),
+                    ));
+                }
+                Some(ResourceMeta { id, kind })
+            }
+        };
         let source = match (encoding, file.content_base64, file.part) {
             (Encoding::Json, Some(content), None) => {
                 Source::Inline(decode_base64(&content).map_err(|why| bad("content_base64", why))?)
@@ -922,6 +963,7 @@ fn check(
             mime_type,
             port_key,
             role,
+            resource,
             source,
         });
     }
@@ -1247,5 +1289,6 @@ fn stored_file(file: &FileMeta, got: Received) -> anyhow::Result<StoredFile> {
         sha256: Sha256Hex::parse(receipt.sha256).map_err(|e| anyhow!("storage sha256: {e}"))?,
         storage_version: StorageVersion::parse(receipt.storage_version)
             .map_err(|e| anyhow!("storage version: {e}"))?,
+        resource: file.resource.clone(),
     })
 }

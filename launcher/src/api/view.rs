@@ -52,6 +52,9 @@ struct FileView {
     uri: String,
     size_bytes: u64,
     sha256: String,
+    /// Set for a resource file (`{"id", "type"}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<crate::spec::ResourceMeta>,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,6 +142,7 @@ impl RunView {
                     uri: f.uri.to_string(),
                     size_bytes: f.size_bytes,
                     sha256: f.sha256.into(),
+                    resource: f.resource,
                 })
                 .collect(),
             tags: spec.tags,
