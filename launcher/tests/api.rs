@@ -1007,6 +1007,20 @@ async fn bad_requests_store_nothing(app: &App) {
             "files[0].part",
         ),
         (
+            "resource id without a type",
+            with("/files/0/resource_id", json!("chicago")),
+            StatusCode::BAD_REQUEST,
+            "invalid_file",
+            "files[0].resource_id",
+        ),
+        (
+            "bad resource type",
+            with("/files/0/resource_type", json!("weather/../x")),
+            StatusCode::BAD_REQUEST,
+            "invalid_file",
+            "files[0].resource_type",
+        ),
+        (
             "unknown field",
             with("/colour", json!("red")),
             StatusCode::BAD_REQUEST,
