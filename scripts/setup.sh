@@ -28,6 +28,16 @@ fi
   echo "setup: the Python test tools did not import; delete .venv and run again." >&2
   exit 1
 }
+# debootstrap builds the local base image of the validator images (containers/build-images.sh).
+if ! command -v debootstrap >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing debootstrap"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  else
+    echo "setup: debootstrap is missing; install it (apt-get install debootstrap) to build the validator images." >&2
+    exit 1
+  fi
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest

@@ -144,17 +144,20 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         nonce_key.clone(),
         envelope_callback_url,
     );
-    let workers = Arc::new(Workers::build(
-        &state,
-        &WorkerConfig {
-            metadata_host: identity_addr,
-            workers: config.workers.clone(),
-            local: config.local.clone(),
-            data_dir: common.data_dir.clone(),
-            gcs: common.gcs_options(),
-        },
-        config.workers.reconcile(),
-    )?);
+    let workers = Arc::new(
+        Workers::build(
+            &state,
+            &WorkerConfig {
+                metadata_host: identity_addr,
+                workers: config.workers.clone(),
+                local: config.local.clone(),
+                data_dir: common.data_dir.clone(),
+                gcs: common.gcs_options(),
+            },
+            config.workers.reconcile(),
+        )
+        .await?,
+    );
 
     let stop_http = CancellationToken::new();
     let serve = |listener, app| {

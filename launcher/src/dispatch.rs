@@ -40,7 +40,7 @@ use tracing::Instrument;
 use crate::backends::{Backend, Backends, JobSpec, LaunchError};
 use crate::clock::Clock;
 use crate::envelope;
-use crate::registry::{Registry, ValidatorConfig};
+use crate::registry::{Network, Registry, ValidatorConfig};
 use crate::spec::RunSpec;
 
 /// How the dispatcher behaves.
@@ -313,6 +313,11 @@ impl Dispatcher {
             &self.settings.callback_url,
         )
         .map_err(NotPrepared::Permanent)?;
+        // A sealed container cannot call back: its output is salvaged when it exits.
+        let mut envelope = envelope;
+        if validator.backend == BackendKind::Docker && validator.network == Network::Sealed {
+            envelope.context.skip_callback = true;
+        }
         let bytes = envelope
             .to_json()
             .context("the input envelope")

@@ -35,6 +35,14 @@ pub struct LocalArgs {
     /// simulators (EnergyPlus, Python with fmpy) must then be readable by that user.
     #[arg(long, env = "RUNWAY_PROCESS_AS_JOB_USER", default_value_t = false)]
     pub process_as_job_user: bool,
+    /// The Docker network connected containers join: one where the callback service, the
+    /// local identity and storage are reachable.
+    #[arg(long, env = "RUNWAY_DOCKER_NETWORK", default_value = "bridge")]
+    pub docker_network: String,
+    /// The `runway.scope` label of this deployment's containers; start-up sweeps remove only
+    /// orphans with this scope. Give each deployment sharing a Docker engine its own.
+    #[arg(long, env = "RUNWAY_DOCKER_SCOPE", default_value = "default")]
+    pub docker_scope: String,
 }
 
 impl LocalArgs {

@@ -47,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
             gcs: config.common.gcs_options(),
         },
         config.workers.reconcile(),
-    )?;
+    )
+    .await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         identity = %identity_addr,

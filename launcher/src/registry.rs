@@ -73,6 +73,21 @@ pub struct ValidatorConfig {
     /// Resource limits of one job.
     #[serde(default)]
     pub limits: Limits,
+    /// How a Docker job reaches the services: `connected` (it calls back) or `sealed` (no
+    /// network; its output is salvaged when it exits).
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// A Docker job's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// On a network where the callback service, the identity and storage are reachable.
+    #[default]
+    Connected,
+    /// No network at all; the envelope asks for no callback.
+    Sealed,
 }
 
 /// Resource limits of one job (applied by the backends that can: Docker, Cloud Run's task
@@ -258,6 +273,7 @@ impl Registry {
             retry_backoff_seconds: DEFAULT_RETRY_BACKOFF_SECONDS,
             retry_backoff_max_seconds: DEFAULT_RETRY_BACKOFF_MAX_SECONDS,
             limits: Limits::default(),
+            network: Network::Connected,
         };
         Self::new(vec![
             mock("energyplus", ValidatorType::Energyplus, "25.2"),

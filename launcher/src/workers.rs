@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::backends::docker::{DockerBackend, DockerSettings};
 use crate::backends::mock::{MockBackend, MockSettings};
 use crate::backends::process::{ProcessBackend, ProcessSettings};
 use crate::backends::{
@@ -41,6 +42,18 @@ pub struct WorkerConfig {
     pub gcs: runway_storage::GcsOptions,
 }
 
+/// How a job on this machine reaches GCS, as the runner reads it.
+fn storage_env(gcs: &runway_storage::GcsOptions) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    if let Some(endpoint) = &gcs.endpoint {
+        env.insert("RUNWAY_GCS_ENDPOINT".to_owned(), endpoint.clone());
+    }
+    if gcs.anonymous {
+        env.insert("RUNWAY_GCS_ANONYMOUS".to_owned(), "true".to_owned());
+    }
+    env
+}
+
 /// The backends, the dispatcher and the reconciler, built and not yet running.
 #[derive(Debug)]
 pub struct Workers {
@@ -57,7 +70,7 @@ pub struct Workers {
 impl Workers {
     /// Builds every backend the registry names (refusing, with a sentence, one that cannot be
     /// built here), the dispatcher and the reconciler.
-    pub fn build(
+    pub async fn build(
         state: &AppState,
         config: &WorkerConfig,
         reconcile: ReconcileSettings,
@@ -81,19 +94,24 @@ impl Workers {
                     mock = Some(backend.clone());
                     built.push(backend);
                 }
+                BackendKind::Docker => {
+                    built.push(Arc::new(
+                        DockerBackend::connect(DockerSettings {
+                            network: config.local.docker_network.clone(),
+                            user: format!("{0}:{0}", config.local.job_uid),
+                            env: storage_env(&config.gcs),
+                            scope: config.local.docker_scope.clone(),
+                        })
+                        .await?,
+                    ));
+                }
                 BackendKind::Process => {
-                    let mut env = BTreeMap::new();
+                    let mut env = storage_env(&config.gcs);
                     if let Some(exe) = &config.local.energyplus {
                         env.insert("RUNWAY_ENERGYPLUS".to_owned(), exe.display().to_string());
                     }
                     if let Some(python) = &config.local.fmu_python {
                         env.insert("RUNWAY_FMU_PYTHON".to_owned(), python.display().to_string());
-                    }
-                    if let Some(endpoint) = &config.gcs.endpoint {
-                        env.insert("RUNWAY_GCS_ENDPOINT".to_owned(), endpoint.clone());
-                    }
-                    if config.gcs.anonymous {
-                        env.insert("RUNWAY_GCS_ANONYMOUS".to_owned(), "true".to_owned());
                     }
                     built.push(Arc::new(ProcessBackend::new(ProcessSettings {
                         runner: config

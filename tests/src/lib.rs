@@ -257,3 +257,65 @@ print("ok")
         String::from_utf8_lossy(output_json)
     );
 }
+
+/// A Docker network of the test's own, removed when dropped: connected containers join it,
+/// and the services under test listen on its gateway address (the host side of the bridge).
+#[derive(Debug)]
+pub struct DockerNetwork {
+    /// Its name.
+    pub name: String,
+    /// The host's address on it.
+    pub gateway: std::net::IpAddr,
+}
+
+impl DockerNetwork {
+    /// Creates a fresh bridge network.
+    pub fn create() -> Self {
+        let name = format!("runway-test-{}", unique_suffix());
+        let docker = |args: &[&str]| {
+            let out = std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .expect("docker runs");
+            assert!(
+                out.status.success(),
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        docker(&["network", "create", "--driver", "bridge", &name]);
+        let gateway = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &name,
+        ]);
+        Self {
+            name,
+            gateway: gateway.parse().expect("a gateway address"),
+        }
+    }
+}
+
+impl Drop for DockerNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
+/// The validator images (`containers/build-images.sh`; `scripts/test.sh` builds them before
+/// the tests, so this only checks, or builds them when a test runs alone).
+pub fn validator_images() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = std::process::Command::new(root.join("containers/build-images.sh"))
+            .status()
+            .expect("build-images.sh runs");
+        assert!(status.success(), "building the validator images failed");
+    });
+}

@@ -139,6 +139,8 @@ impl Lab {
                     fmu_python: None,
                     job_uid: 1000,
                     process_as_job_user: false,
+                    docker_network: "bridge".into(),
+                    docker_scope: "lifecycle".into(),
                 },
                 // Only the process backend keeps files there; these validators are all mock.
                 data_dir: std::env::temp_dir(),
@@ -154,6 +156,7 @@ impl Lab {
                 sweep_every: 1000,
             },
         )
+        .await
         .expect("workers");
         let mock = workers.mock.clone().expect("the mock backend is built");
 

@@ -74,8 +74,8 @@ pub async fn simulate(
     )
     .await?;
     let mut command = Command::new(python);
+    // Not isolated (-I): an image points PYTHONPATH at its fmpy.
     command
-        .arg("-I")
         .arg(&driver)
         .arg(&request)
         .arg(&result_path)

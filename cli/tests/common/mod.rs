@@ -2,6 +2,8 @@
 //! a fresh PostgreSQL database, and the requests a client and a job would send.
 #![allow(dead_code, reason = "each test file uses part of the harness")]
 
+pub mod sim;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

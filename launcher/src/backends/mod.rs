@@ -14,8 +14,10 @@
 //! | backend | how it starts a job | how it observes and cancels |
 //! |---|---|---|
 //! | [`mock::MockBackend`] | an in-process task that behaves like a validator container: writes its output envelope and calls back over HTTP with an ID token from the local identity | its task's state; aborts the task |
+//! | [`docker::DockerBackend`] | a hardened container of the validator's image (connected, or sealed without a network) | the engine's container state, exit code and log; kills the container |
 //! | [`process::ProcessBackend`] | a `runway-validator-runner` child leading its own process group, as the job user | its exit status (and a job folder that survives a launcher restart); kills the group |
 
+pub mod docker;
 pub mod mock;
 pub mod process;
 
@@ -29,7 +31,7 @@ use chrono::{DateTime, Utc};
 use runway_contract::InputEnvelope;
 use runway_runs::{AttemptId, BackendKind, BackendRef, RunId};
 
-use crate::registry::{Limits, Registry, ValidatorConfig};
+use crate::registry::{Limits, Network, Registry, ValidatorConfig};
 
 /// The input envelope's URI, in a job's environment (also its first argument).
 pub const ENV_INPUT_URI: &str = "VALIDIBOT_INPUT_URI";
@@ -78,6 +80,8 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     /// Resource limits.
     pub limits: Limits,
+    /// The network mode (Docker).
+    pub network: Network,
     /// When the job must have finished.
     pub deadline: DateTime<Utc>,
     /// How long it may run.
@@ -121,6 +125,7 @@ impl JobSpec {
             env,
             labels,
             limits: validator.limits,
+            network: validator.network,
             deadline,
             timeout: Duration::from_secs(u64::from(validator.timeout_seconds)),
             envelope,
