@@ -457,3 +457,45 @@ async fn runway_submit_with_weather_by_location_shows_the_real_metrics() {
     assert!(format!("{err:#}").contains("USA_CO_Golden"), "{err:#}");
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epjson_model_runs_like_its_idf() {
+    // The box model converted by EnergyPlus itself (`--convert-only`).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let idf = dir.path().join("box.idf");
+    std::fs::write(&idf, BOX_IDF).expect("write");
+    let exe = runway_tests::energyplus();
+    let status = std::process::Command::new(&exe)
+        .arg("--convert-only")
+        .arg("--idd")
+        .arg(
+            std::fs::canonicalize(&exe)
+                .expect("exe")
+                .with_file_name("Energy+.idd"),
+        )
+        .arg("--output-directory")
+        .arg(dir.path().join("cv"))
+        .arg(&idf)
+        .output()
+        .expect("energyplus runs");
+    assert!(status.status.success(), "{status:?}");
+    let epjson = std::fs::read(dir.path().join("cv/box.epJSON")).expect("epJSON");
+    let sys = start(300, |_| {}).await;
+    let mut body = energyplus_run(BOX_IDF, true);
+    body["files"][0] = common::sim::file(
+        "box.epJSON",
+        "application/vnd.energyplus.epjson",
+        "primary_model",
+        &epjson,
+    );
+    let id = submit(&sys, &body).await;
+    let run = completed(&sys, &id, Duration::from_secs(120)).await;
+    assert_eq!(run["result"], "passed", "{run}");
+    assert_eq!(run["outputs"]["idf_version"], "25.2", "{run}");
+    let kwh = run["outputs"]["metrics"]["site_electricity_kwh"]
+        .as_f64()
+        .expect("kWh");
+    assert!((kwh - 8760.0).abs() / 8760.0 < 0.005, "{kwh} kWh");
+    output_of(&run);
+    sys.shutdown().await;
+}
