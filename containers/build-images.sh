@@ -73,4 +73,41 @@ if ! has_image runway/fmu-validator:local "$fmu_stamp"; then
     -t runway/fmu-validator:local "$ctx" >/dev/null
   rm -rf "$ctx"
 fi
+# 4. The docker-compose stack's images: Runway's services, and PostgreSQL (its official image
+#    cannot be pulled here). Only with --stack.
+if [ "${1:-}" = "--stack" ]; then
+  bins="${RUNWAY_BIN_DIR:-$root/target/debug}"
+  for b in runway-launcher runway-callback runway; do
+    [ -x "$bins/$b" ] || { echo "images: no $bins/$b; build it first (cargo build)" >&2; exit 1; }
+  done
+  svc_stamp="$(stamp_of "$bins/runway-launcher" "$bins/runway-callback" "$bins/runway" "$root/containers/runway/Dockerfile" <(echo "$base_stamp"))"
+  if ! has_image runway/runway:local "$svc_stamp"; then
+    ctx="$cache/ctx-runway"
+    rm -rf "$ctx" && mkdir -p "$ctx"
+    cp "$bins/runway-launcher" "$bins/runway-callback" "$bins/runway" "$root/containers/runway/Dockerfile" "$ctx/"
+    echo "images: building runway/runway:local"
+    docker build -q --build-arg BASE_IMAGE=runway/base:bookworm --label "runway.stamp=$svc_stamp" \
+      -t runway/runway:local "$ctx" >/dev/null
+    rm -rf "$ctx"
+  fi
+  pg_stamp="$(stamp_of "$root/containers/postgres/Dockerfile" "$root/containers/postgres/entrypoint.sh" <(echo "bookworm postgresql-15 v1"))"
+  if ! has_image runway/postgres:15-local "$pg_stamp"; then
+    rootfs="$cache/rootfs-postgres"
+    rm -rf "$rootfs"
+    echo "images: debootstrap bookworm (postgresql-15)"
+    debootstrap --variant=minbase --include=postgresql-15 bookworm "$rootfs" >"$cache/debootstrap-pg.log" 2>&1 || {
+      tail -20 "$cache/debootstrap-pg.log" >&2; echo "images: debootstrap failed" >&2; exit 1; }
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc "$rootfs"/usr/share/man
+    tar -C "$rootfs" -c . | docker import - runway/base-postgres:bookworm >/dev/null
+    rm -rf "$rootfs"
+    ctx="$cache/ctx-postgres"
+    rm -rf "$ctx" && mkdir -p "$ctx"
+    cp "$root/containers/postgres/Dockerfile" "$root/containers/postgres/entrypoint.sh" "$ctx/"
+    echo "images: building runway/postgres:15-local"
+    docker build -q --build-arg BASE_IMAGE=runway/base-postgres:bookworm --label "runway.stamp=$pg_stamp" \
+      -t runway/postgres:15-local "$ctx" >/dev/null
+    rm -rf "$ctx"
+  fi
+  echo "images: runway/runway:local, runway/postgres:15-local ready"
+fi
 echo "images: runway/energyplus-validator:local, runway/fmu-validator:local ready"

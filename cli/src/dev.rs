@@ -148,7 +148,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         Workers::build(
             &state,
             &WorkerConfig {
-                metadata_host: identity_addr,
+                metadata_host: identity_addr.to_string(),
                 workers: config.workers.clone(),
                 local: config.local.clone(),
                 data_dir: common.data_dir.clone(),

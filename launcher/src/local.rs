@@ -14,6 +14,11 @@ pub struct LocalArgs {
     /// Local identity (metadata server and JWKS) address.
     #[arg(long, env = "RUNWAY_IDENTITY_ADDR", default_value = "127.0.0.1:8082")]
     pub identity_listen: SocketAddr,
+    /// The local identity's `host:port` as jobs and the callback service reach it, when that
+    /// is not its listening address (in docker-compose: `launcher:8082`). Its issuer is
+    /// `http://<this>`.
+    #[arg(long, env = "RUNWAY_IDENTITY_PUBLIC")]
+    pub identity_public: Option<String>,
     /// How long a mock job "runs", in milliseconds.
     #[arg(long, env = "RUNWAY_MOCK_DELAY_MS", default_value_t = 1000)]
     pub mock_delay_ms: u64,

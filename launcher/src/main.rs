@@ -35,12 +35,20 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
     let identity_addr = identity.local_addr()?;
-    let issuer = local::local_issuer(&config.common.data_dir, &format!("http://{identity_addr}"))?;
+    let identity_public = config
+        .local
+        .identity_public
+        .clone()
+        .unwrap_or_else(|| identity_addr.to_string());
+    let issuer = local::local_issuer(
+        &config.common.data_dir,
+        &format!("http://{identity_public}"),
+    )?;
     let state = AppState::new(deps, registry, nonce_key, config.callback_url.clone());
     let workers = Workers::build(
         &state,
         &WorkerConfig {
-            metadata_host: identity_addr,
+            metadata_host: identity_public,
             workers: config.workers.clone(),
             local: config.local.clone(),
             data_dir: config.common.data_dir.clone(),

@@ -3,7 +3,6 @@
 //! `runway dev` both start it here, and stop it in the order that loses nothing.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// The local identity (metadata server) as jobs reach it, `host:port`.
-    pub metadata_host: SocketAddr,
+    pub metadata_host: String,
     /// Dispatcher and reconciler settings.
     pub workers: WorkerArgs,
     /// Mock and process backend settings.
@@ -87,7 +86,7 @@ impl Workers {
                         state.deps.storage.clone(),
                         MockSettings {
                             delay: Duration::from_millis(config.local.mock_delay_ms),
-                            metadata_host: config.metadata_host.to_string(),
+                            metadata_host: config.metadata_host.clone(),
                         },
                         state.clock.clone(),
                     )?);
@@ -161,11 +160,8 @@ impl Workers {
                 // Images that call back the production way (Validibot's) do so against the
                 // local identity.
                 job_env: BTreeMap::from([
-                    (
-                        ENV_METADATA_HOST.to_owned(),
-                        config.metadata_host.to_string(),
-                    ),
-                    (ENV_METADATA_IP.to_owned(), config.metadata_host.to_string()),
+                    (ENV_METADATA_HOST.to_owned(), config.metadata_host.clone()),
+                    (ENV_METADATA_IP.to_owned(), config.metadata_host.clone()),
                     (ENV_DEPLOYMENT_TARGET.to_owned(), "gcp".to_owned()),
                 ]),
                 job_owner: config.local.job_owner(),

@@ -122,7 +122,7 @@ impl Lab {
         let workers = Workers::build(
             &state,
             &WorkerConfig {
-                metadata_host: identity_addr,
+                metadata_host: identity_addr.to_string(),
                 workers: WorkerArgs {
                     max_in_flight: 16,
                     reconcile_interval_seconds: INTERVAL.as_secs(),
@@ -133,6 +133,7 @@ impl Lab {
                 },
                 local: LocalArgs {
                     identity_listen: identity_addr,
+                    identity_public: None,
                     mock_delay_ms: 0,
                     process_runner: None,
                     energyplus: None,
