@@ -70,8 +70,8 @@ echo "test: PostgreSQL on 127.0.0.1:$pg_port, fake-gcs-server on 127.0.0.1:$gcs_
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The validator images, once per run (rebuilt only when what they hold changed), with the
-# runner the tests build.
-cargo build --locked -p runway-validator-runner
-"$root/containers/build-images.sh"
+# The images, once per run (each rebuilt only when what it holds changed): the validators,
+# with the runner the tests build, and the docker-compose stack's (services and Postgres).
+cargo build --locked --workspace --bins
+"$root/containers/build-images.sh" --stack
 cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -62,7 +62,10 @@ impl Stack {
                 ("RUNWAY_DATA".into(), data.path().display().to_string()),
                 ("RUNWAY_HTTP_PORT".into(), port.to_string()),
                 ("RUNWAY_NETWORK".into(), format!("runway-it-{suffix}")),
-                ("RUNWAY_POSTGRES_IMAGE".into(), "runway/postgres:15-local".into()),
+                (
+                    "RUNWAY_POSTGRES_IMAGE".into(),
+                    "runway/postgres:15-local".into(),
+                ),
             ],
             url: format!("http://127.0.0.1:{port}"),
             _data: data,

@@ -17,12 +17,52 @@ const FMU_IMAGE: &str = "runway/fmu-validator:local";
 
 /// `runway dev` with Docker validators `energyplus`, `fmu` (connected) and `energyplus-sealed`,
 /// `fmu-sealed`, each with `timeout` seconds and one attempt; services on `net`'s gateway.
-async fn start(net: &runway_tests::DockerNetwork, timeout: u32) -> System {
+async fn start(net: &runway_tests::DockerNetwork, timeout: u32) -> Docked {
     start_scoped(net, timeout, &runway_tests::unique_suffix()).await
 }
 
+/// A system on the Docker backend; dropping it removes every container of its scope (a test
+/// may end while one still runs).
+struct Docked {
+    sys: Option<System>,
+    scope: String,
+}
+
+impl std::ops::Deref for Docked {
+    type Target = System;
+    fn deref(&self) -> &System {
+        self.sys.as_ref().expect("running")
+    }
+}
+
+impl Docked {
+    async fn shutdown(mut self) {
+        if let Some(sys) = self.sys.take() {
+            sys.shutdown().await;
+        }
+    }
+}
+
+impl Drop for Docked {
+    fn drop(&mut self) {
+        remove_scope(&self.scope);
+    }
+}
+
+fn remove_scope(scope: &str) {
+    let (_, ids) = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=runway.scope={scope}"),
+    ]);
+    for id in ids.split_whitespace() {
+        docker(&["rm", "-f", id]);
+    }
+}
+
 /// As [`start`], with the Docker scope label `scope`.
-async fn start_scoped(net: &runway_tests::DockerNetwork, timeout: u32, scope: &str) -> System {
+async fn start_scoped(net: &runway_tests::DockerNetwork, timeout: u32, scope: &str) -> Docked {
     runway_tests::validator_images();
     let dir = tempfile::tempdir().expect("tempdir");
     let validator = |id: &str, kind: &str, image: &str, network: &str| {
@@ -46,10 +86,13 @@ async fn start_scoped(net: &runway_tests::DockerNetwork, timeout: u32, scope: &s
     config.workers.reconcile_interval_seconds = 1;
     config.workers.reconcile_grace_seconds = 1;
     let running = dev::start(config).await.expect("runway starts");
-    System {
-        running,
-        http: reqwest::Client::new(),
-        dir,
+    Docked {
+        sys: Some(System {
+            running,
+            http: reqwest::Client::new(),
+            dir,
+        }),
+        scope: scope.to_owned(),
     }
 }
 
