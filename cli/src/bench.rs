@@ -1,23 +1,38 @@
-//! `runway bench`: drives N runs through the HTTP API of an in-process Runway in mock mode (zero
-//! mock delay) and prints throughput and latency percentiles. Everything runs in this one
-//! process on this machine, load generator included, so the figures are a floor for the service
-//! itself.
+//! `runway bench`: drives runs through the launcher's HTTP API of a Runway in mock mode (zero
+//! mock delay: every run still does its upload, envelope, ID token, callback verification,
+//! output read and finalization) and prints throughput, latency percentiles, the service's
+//! memory and start-up time, and on Postgres the commits each run cost.
 //!
-//! Latencies, from the client's clock (create) and the store's timestamps (the rest):
+//! By default the service is a separate `runway dev` process (this executable), so the figures
+//! are the service's own and the load generator is only a client; `--in-process` runs both in
+//! one process as earlier versions did.
+//!
+//! Two ways to load it:
+//! - closed loop (default): `--concurrency` clients each create runs one after another;
+//! - open loop (`--rate R`): runs are created at a fixed R per second whatever the answers, and
+//!   each create's latency counts from when it was due (no coordinated omission).
+//!
+//! Latencies, from the client's clock (create), the mock jobs' clock (callback) and the store's
+//! timestamps (the rest):
 //! - create: `POST /v1/runs` round trip;
+//! - callback: a mock job's `POST /v1/callbacks` round trip (token check, output read,
+//!   finalizing transaction);
 //! - dispatch: run accepted → attempt claimed by the dispatcher;
-//! - finalize: attempt claimed → run finalized by the callback (envelope upload, mock job,
-//!   token, callback verification, output read, finalizing transaction);
+//! - finalize: attempt claimed → run finalized by the callback;
 //! - end to end: run accepted → run finalized.
 
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use runway_runs::{RunFilter, RunState};
+use runway_runs::{RunFilter, RunState, RunStore};
 use runway_service::config::redact;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinSet;
 
 use crate::dev::{self, DevConfig};
@@ -28,15 +43,43 @@ pub struct BenchArgs {
     /// Runs to create.
     #[arg(long, default_value_t = 2000)]
     pub runs: usize,
-    /// Concurrent clients creating runs.
+    /// Concurrent clients creating runs (closed loop).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Open loop: create this many runs per second, whatever the answers.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Most dispatches in flight at once.
     #[arg(long, default_value_t = 128)]
     pub max_in_flight: usize,
     /// Run store (`sqlite://…` or `postgres://…`); default: a SQLite file in a temp dir.
     #[arg(long)]
     pub database_url: Option<String>,
+    /// Object storage (`file://…`, `memory://bench`, `gs://…`); default: files in a temp dir.
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Run the service in this process instead of a separate `runway dev`.
+    #[arg(long, default_value_t = false)]
+    pub in_process: bool,
+}
+
+/// The service under test.
+enum Service {
+    InProcess(dev::Running),
+    Child {
+        child: tokio::process::Child,
+        callback_times: PathBuf,
+    },
+}
+
+/// What the service reported about itself.
+#[derive(Debug, Default)]
+struct ServiceFigures {
+    ready_in: Option<Duration>,
+    idle_rss_kb: Option<u64>,
+    peak_rss_kb: Option<u64>,
+    drained_rss_kb: Option<u64>,
+    callback: Vec<Duration>,
 }
 
 /// Runs the benchmark and prints its figures.
@@ -44,128 +87,123 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 || args.concurrency == 0 {
         bail!("--runs and --concurrency must be at least 1");
     }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        bail!("--rate must be a positive number of runs per second");
+    }
     let dir = tempfile::tempdir().context("cannot make a temp dir")?;
     let database = args
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    let mut config = DevConfig::on_free_ports(dir.path());
-    config.local.mock_delay_ms = 0;
-    config.workers.max_in_flight = args.max_in_flight;
-    config.common.database_url = Some(database.clone());
-    let running = dev::start(config).await?;
+    let storage = args
+        .storage
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", dir.path().join("objects").display()));
+    if !(storage.starts_with("file://") || storage.starts_with("gs://")) {
+        bail!(
+            "--storage must be a file:// or gs:// URI: jobs are handed their envelopes by URI, \
+             and the contract knows only those two"
+        );
+    }
+    let commits = CommitCounter::connect(&database).await?;
+
+    let mut figures = ServiceFigures::default();
+    let (service, launcher_url) =
+        start_service(&args, dir.path(), &database, &storage, &mut figures).await?;
+    let store = runway_runs::connect(&database)
+        .await
+        .with_context(|| format!("cannot open the run store ({})", redact(&database)))?;
+    let commits_before = commits.read().await?;
+    let pid = match &service {
+        Service::Child { child, .. } => child.id(),
+        Service::InProcess(_) => None,
+    };
+    if let Some(pid) = pid {
+        figures.idle_rss_kb = rss_kb(pid);
+    }
+
+    // Runs of this bench only, whatever else the store holds.
+    let org = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let model =
         STANDARD.encode(b"Version, 25.2;\nBuilding, Bench;\nOutput:SQLite, SimpleAndTabular;\n");
     let body = json!({
         "validator": "energyplus",
-        "org": {"id": "bench", "name": "Bench"},
+        "org": {"id": org, "name": "Bench"},
         "workflow": {"id": "wf", "step_id": "s"},
         "inputs": {},
         "files": [{"name": "m.idf", "mime_type": "application/vnd.energyplus.idf",
                    "port_key": "primary_model", "content_base64": model}],
     })
     .to_string();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    let url = format!("{}/v1/runs", running.launcher_url);
+    let client = Client {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.concurrency.max(64))
+            .build()?,
+        url: format!("{launcher_url}/v1/runs"),
+        body: Arc::from(body),
+    };
 
     let started = Instant::now();
-    let mut clients = JoinSet::new();
-    let per_client = args.runs.div_ceil(args.concurrency);
-    for c in 0..args.concurrency {
-        let n = per_client.min(args.runs.saturating_sub(c * per_client));
-        let (http, url, body) = (http.clone(), url.clone(), body.clone());
-        clients.spawn(async move {
-            let mut latencies = Vec::with_capacity(n);
-            for _ in 0..n {
-                let t = Instant::now();
-                let response = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    response.status().as_u16() == 201,
-                    "create answered {}",
-                    response.status()
-                );
-                latencies.push(t.elapsed());
-            }
-            anyhow::Ok(latencies)
-        });
-    }
-    let mut create = Vec::with_capacity(args.runs);
-    while let Some(result) = clients.join_next().await {
-        create.extend(result??);
-    }
+    let mut create = match args.rate {
+        None => closed_loop(&client, args.runs, args.concurrency).await?,
+        Some(rate) => open_loop(&client, args.runs, rate).await?,
+    };
     let created_in = started.elapsed();
 
-    // Wait until nothing is queued or running.
-    let store = running.deps.store.clone();
+    // Wait until nothing is queued or running, sampling the service's memory.
+    let mut peak = 0;
+    // Each of these reads is a transaction of its own on Postgres: counted, to leave them out.
+    let mut reads = 0_u64;
     loop {
+        if let Some(rss) = pid.and_then(rss_kb) {
+            peak = peak.max(rss);
+        }
         let mut busy = false;
         for state in [RunState::Queued, RunState::Running] {
             let filter = RunFilter {
                 state: Some(state),
+                org_id: Some(org.clone()),
                 ..RunFilter::default()
             };
             busy |= !store.list_runs(&filter, None, 1).await?.runs.is_empty();
+            reads += 1;
         }
         if !busy {
             break;
         }
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "runs did not finish in 10 minutes"
+            started.elapsed() < Duration::from_secs(1800),
+            "runs did not finish in 30 minutes"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = started.elapsed();
-
-    // Per-run timings from the store.
-    let mut dispatch = Vec::new();
-    let mut finalize = Vec::new();
-    let mut end_to_end = Vec::new();
-    let mut passed = 0;
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list_runs(&RunFilter::default(), cursor.as_ref(), 200)
-            .await?;
-        for summary in &page.runs {
-            let Some(run) = store.get_run(summary.id).await? else {
-                continue;
-            };
-            let Some(attempt) = run.attempts.last() else {
-                continue;
-            };
-            if run.run.result.map(|r| r.as_str()) == Some("passed") {
-                passed += 1;
-            }
-            let ms = |d: chrono::TimeDelta| {
-                Duration::from_micros(d.num_microseconds().unwrap_or(0).max(0) as u64)
-            };
-            if let (Some(claimed), Some(finished)) = (attempt.dispatched_at, run.run.finished_at) {
-                dispatch.push(ms(claimed - run.run.created_at));
-                finalize.push(ms(finished - claimed));
-                end_to_end.push(ms(finished - run.run.created_at));
-            }
-        }
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
+    if let Some(pid) = pid {
+        figures.peak_rss_kb = Some(peak);
+        figures.drained_rss_kb = rss_kb(pid);
     }
-    running.shutdown().await?;
+    stop_service(service, &mut figures).await?;
+    let commits_after = commits.read().await?;
 
+    let timings = timings_of(store.as_ref(), &org).await?;
+    let mut create_sorted = std::mem::take(&mut create);
+    let loop_kind = match args.rate {
+        None => format!("closed loop, {} clients", args.concurrency),
+        Some(rate) => format!("open loop at {rate} runs/s"),
+    };
     println!(
-        "runway bench: {} runs, {} clients, mock backend (0 ms), store {}",
+        "runway bench: {} runs, {loop_kind}, mock backend (0 ms), service {}",
         args.runs,
-        args.concurrency,
-        redact(&database)
+        if args.in_process {
+            "in this process"
+        } else {
+            "in its own process"
+        }
     );
+    println!("  store   {}", redact(&database));
+    println!("  storage {storage}");
     println!(
         "  created in      {:>8.2} s  ({:.0} creates/s)",
         created_in.as_secs_f64(),
@@ -176,23 +214,351 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         total.as_secs_f64(),
         args.runs as f64 / total.as_secs_f64()
     );
-    println!("  passed          {passed}/{}", args.runs);
+    println!("  passed          {}/{}", timings.passed, args.runs);
+    if let (Some(before), Some(after)) = (commits_before, commits_after) {
+        // Leaving out the bench's own reads (and the counter's first read).
+        let per_run = (after - before).saturating_sub(reads + 2) as f64 / args.runs as f64;
+        println!("  commits per run {per_run:>8.2}  (pg_stat_database.xact_commit)");
+    }
+    if let Some(ready) = figures.ready_in {
+        println!("  start to ready  {:>8.1} ms", ready.as_secs_f64() * 1000.0);
+    }
+    if let (Some(idle), Some(peak), Some(drained)) = (
+        figures.idle_rss_kb,
+        figures.peak_rss_kb,
+        figures.drained_rss_kb,
+    ) {
+        println!(
+            "  service RSS     idle {:.1} MB, peak {:.1} MB, drained {:.1} MB",
+            idle as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            drained as f64 / 1024.0
+        );
+    }
     println!("  latency (ms)         p50      p99      max");
-    for (name, values) in [
-        ("create", &mut create),
-        ("dispatch", &mut dispatch),
-        ("finalize", &mut finalize),
-        ("end to end", &mut end_to_end),
-    ] {
+    let mut rows = vec![("create", &mut create_sorted)];
+    let mut callback = std::mem::take(&mut figures.callback);
+    if !callback.is_empty() {
+        rows.push(("callback", &mut callback));
+    }
+    let Timings {
+        mut dispatch,
+        mut finalize,
+        mut end_to_end,
+        ..
+    } = timings;
+    rows.push(("dispatch", &mut dispatch));
+    rows.push(("finalize", &mut finalize));
+    rows.push(("end to end", &mut end_to_end));
+    for (name, values) in rows {
         let (p50, p99, max) = percentiles(values);
         println!("  {name:<16} {p50:>8.1} {p99:>8.1} {max:>8.1}");
     }
     anyhow::ensure!(
-        passed == args.runs,
+        timings.passed == args.runs,
         "{} runs did not pass",
-        args.runs - passed
+        args.runs - timings.passed
     );
     Ok(())
+}
+
+/// Starts the service; returns it with the launcher's base URL.
+async fn start_service(
+    args: &BenchArgs,
+    dir: &Path,
+    database: &str,
+    storage: &str,
+    figures: &mut ServiceFigures,
+) -> anyhow::Result<(Service, String)> {
+    if args.in_process {
+        let mut config = DevConfig::on_free_ports(dir);
+        config.local.mock_delay_ms = 0;
+        config.workers.max_in_flight = args.max_in_flight;
+        config.common.database_url = Some(database.to_owned());
+        config.common.storage_uri = Some(storage.to_owned());
+        let running = dev::start(config).await?;
+        let url = running.launcher_url.clone();
+        return Ok((Service::InProcess(running), url));
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let callback_times = dir.join("callback-times.json");
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(exe)
+        .arg("dev")
+        .args(["--launcher-listen", "127.0.0.1:0"])
+        .args(["--callback-listen", "127.0.0.1:0"])
+        .args(["--identity-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--callback-times-file")
+        .arg(&callback_times)
+        .env("RUNWAY_MOCK_DELAY_MS", "0")
+        .env(
+            "RUNWAY_DISPATCH_MAX_IN_FLIGHT",
+            args.max_in_flight.to_string(),
+        )
+        .env("RUNWAY_DATABASE_URL", database)
+        .env("RUNWAY_STORAGE_URI", storage)
+        .env_remove("RUNWAY_VALIDATORS_FILE")
+        .env_remove("RUNWAY_LOCAL_BACKEND")
+        .stdout(Stdio::piped())
+        // Its logs go to a file, as a service's would, not to this terminal.
+        .stderr(
+            std::fs::File::create(
+                std::env::var_os("RUNWAY_BENCH_LOG")
+                    .map_or_else(|| dir.join("service.log"), PathBuf::from),
+            )
+            .context("cannot create the service log")?,
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start `runway dev`")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut launcher = None;
+    while let Some(line) = lines.next_line().await? {
+        if let Some(url) = line.trim().strip_prefix("launcher:") {
+            launcher = Some(url.trim().to_owned());
+            break;
+        }
+    }
+    let launcher = launcher.context("`runway dev` stopped before it printed its URLs")?;
+    // Keep reading so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::new();
+    loop {
+        if http
+            .get(format!("{launcher}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "`runway dev` was not ready in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    figures.ready_in = Some(started.elapsed());
+    Ok((
+        Service::Child {
+            child,
+            callback_times,
+        },
+        launcher,
+    ))
+}
+
+/// Stops the service (closing its database sessions, which publishes their statistics) and
+/// collects its callback round trips.
+async fn stop_service(service: Service, figures: &mut ServiceFigures) -> anyhow::Result<()> {
+    match service {
+        Service::InProcess(running) => {
+            if let Some(mock) = &running.workers.mock {
+                figures.callback = to_durations(&mock.callback_times().micros());
+            }
+            running.shutdown().await
+        }
+        Service::Child {
+            mut child,
+            callback_times,
+        } => {
+            if let Some(pid) = child
+                .id()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            {
+                rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+                    .context("cannot stop `runway dev`")?;
+            }
+            let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+                .await
+                .context("`runway dev` did not stop in 60 s")??;
+            anyhow::ensure!(status.success(), "`runway dev` ended with {status}");
+            let text = std::fs::read(&callback_times)
+                .with_context(|| format!("cannot read {}", callback_times.display()))?;
+            let micros: Vec<u32> = serde_json::from_slice(&text)?;
+            figures.callback = to_durations(&micros);
+            Ok(())
+        }
+    }
+}
+
+fn to_durations(micros: &[u32]) -> Vec<Duration> {
+    micros
+        .iter()
+        .map(|&m| Duration::from_micros(u64::from(m)))
+        .collect()
+}
+
+/// The resident memory of a process, in kB (Linux).
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// How runs are created.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    body: Arc<str>,
+}
+
+impl Client {
+    async fn create(&self) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(self.body.to_string())
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().as_u16() == 201,
+            "create answered {}",
+            response.status()
+        );
+        Ok(())
+    }
+}
+
+/// `clients` clients each creating their share of `runs`, one after another.
+async fn closed_loop(
+    client: &Client,
+    runs: usize,
+    clients: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut tasks = JoinSet::new();
+    let per_client = runs.div_ceil(clients);
+    for c in 0..clients {
+        let n = per_client.min(runs.saturating_sub(c * per_client));
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                client.create().await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut create = Vec::with_capacity(runs);
+    while let Some(result) = tasks.join_next().await {
+        create.extend(result??);
+    }
+    Ok(create)
+}
+
+/// `runs` creates at `rate` per second, each started when due; latency counts from then.
+async fn open_loop(client: &Client, runs: usize, rate: f64) -> anyhow::Result<Vec<Duration>> {
+    let start = tokio::time::Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..runs {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let client = client.clone();
+        tasks.spawn(async move {
+            client.create().await?;
+            anyhow::Ok(due.elapsed())
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    let mut create = Vec::with_capacity(runs);
+    while let Some(result) = tasks.join_next().await {
+        create.push(result??);
+    }
+    Ok(create)
+}
+
+/// Per-run timings read back from the store.
+struct Timings {
+    passed: usize,
+    dispatch: Vec<Duration>,
+    finalize: Vec<Duration>,
+    end_to_end: Vec<Duration>,
+}
+
+async fn timings_of(store: &dyn RunStore, org: &str) -> anyhow::Result<Timings> {
+    let filter = RunFilter {
+        org_id: Some(org.to_owned()),
+        ..RunFilter::default()
+    };
+    let mut timings = Timings {
+        passed: 0,
+        dispatch: Vec::new(),
+        finalize: Vec::new(),
+        end_to_end: Vec::new(),
+    };
+    let mut cursor = None;
+    loop {
+        let page = store.list_runs(&filter, cursor.as_ref(), 500).await?;
+        for summary in &page.runs {
+            let Some(run) = store.get_run(summary.id).await? else {
+                continue;
+            };
+            let Some(attempt) = run.attempts.last() else {
+                continue;
+            };
+            if run.run.result.map(|r| r.as_str()) == Some("passed") {
+                timings.passed += 1;
+            }
+            let ms = |d: chrono::TimeDelta| {
+                Duration::from_micros(d.num_microseconds().unwrap_or(0).max(0) as u64)
+            };
+            if let (Some(claimed), Some(finished)) = (attempt.dispatched_at, run.run.finished_at) {
+                timings.dispatch.push(ms(claimed - run.run.created_at));
+                timings.finalize.push(ms(finished - claimed));
+                timings.end_to_end.push(ms(finished - run.run.created_at));
+            }
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(timings)
+}
+
+/// Reads Postgres's count of committed transactions in the bench's database.
+struct CommitCounter(Option<sqlx::PgPool>);
+
+impl CommitCounter {
+    async fn connect(database: &str) -> anyhow::Result<Self> {
+        if !(database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+            return Ok(Self(None));
+        }
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(database)
+            .await
+            .with_context(|| format!("cannot connect to {}", redact(database)))?;
+        Ok(Self(Some(pool)))
+    }
+
+    async fn read(&self) -> anyhow::Result<Option<u64>> {
+        let Some(pool) = &self.0 else {
+            return Ok(None);
+        };
+        // Statistics of other sessions are published when they end or every second; what
+        // this session reads is also a snapshot per transaction, so clear it first.
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(pool)
+            .await?;
+        let (commits,): (i64,) = sqlx::query_as(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(Some(u64::try_from(commits).unwrap_or(0)))
+    }
 }
 
 /// p50, p99 and max in milliseconds.

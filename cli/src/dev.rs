@@ -35,6 +35,10 @@ pub struct DevConfig {
     /// and checked with its origin as the audience. Default: `http://<callback address>/v1/callbacks`.
     #[arg(long, env = "RUNWAY_JOB_CALLBACK_URL")]
     pub job_callback_url: Option<String>,
+    /// Where to write, on shutdown, the round trips of the mock jobs' callbacks (a JSON array
+    /// of microseconds; `runway bench` reads it).
+    #[arg(long, hide = true)]
+    pub callback_times_file: Option<std::path::PathBuf>,
     /// Local identity and mock backend settings.
     #[command(flatten)]
     pub local: LocalArgs,
@@ -91,6 +95,7 @@ pub struct Running {
     pub deps: Dependencies,
     /// The workers as built (tests read the mock backend's counters and the reconciler).
     pub workers: Arc<Workers>,
+    callback_times_file: Option<std::path::PathBuf>,
     stop_http: CancellationToken,
     running: RunningWorkers,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
@@ -196,6 +201,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
         identity_url,
         deps,
         workers,
+        callback_times_file: config.callback_times_file.clone(),
         stop_http,
         running,
         servers,
@@ -210,6 +216,16 @@ impl Running {
         self.stop_http.cancel();
         for server in self.servers {
             server.await.context("server task")??;
+        }
+        if let Some(path) = &self.callback_times_file {
+            let micros = self
+                .workers
+                .mock
+                .as_ref()
+                .map(|mock| mock.callback_times().micros())
+                .unwrap_or_default();
+            std::fs::write(path, serde_json::to_vec(&micros)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,11 +141,39 @@ fn open_no_follow(root: &Path, key: &ObjectKey) -> io::Result<Opened> {
     Ok(Opened::NotAnObject(what))
 }
 
+/// Why [`ObjectStore::read_bytes`] read nothing.
+enum Unread {
+    Missing,
+    NotAnObject(&'static str),
+    TooLarge,
+}
+
 fn is_missing(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
     )
+}
+
+/// Whether [`publish`] gave the object its name.
+#[derive(Debug, PartialEq, Eq)]
+enum Published {
+    Published,
+    Exists,
+}
+
+/// Publishes the synced temporary file at `path` with `link(2)` (which never replaces), drops
+/// the temporary name, and syncs the directory: the new entry is durable only once the
+/// directory itself is synced.
+fn publish(temp: TempFile, path: &Path, dir: &Path) -> io::Result<Published> {
+    match std::fs::hard_link(&temp.0, path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Published::Exists),
+        Err(e) => return Err(e),
+    }
+    drop(temp);
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(Published::Published)
 }
 
 /// Removes the temporary file when dropped, so that no exit path (error, mismatch, a dropped
@@ -199,56 +227,78 @@ impl ObjectStore for FileStore {
                 io::Error::other("object path has no parent"),
             ));
         };
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| StorageError::io(&uri, e))?;
-        // Fail fast before consuming the body; `link` below is what actually decides.
-        if tokio::fs::symlink_metadata(&path).await.is_ok() {
-            return Err(StorageError::AlreadyExists { uri });
-        }
-
         let temp = TempFile(dir.join(format!(
             "{RESERVED_SEGMENT_PREFIX}tmp-{}",
             uuid::Uuid::new_v4().simple()
         )));
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp.0)
-            .await
-            .map_err(|e| StorageError::io(&uri, e))?;
-        let mut digest = BodyDigest::default();
-        let mut stream = body.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| StorageError::Body {
-                uri: uri.clone(),
-                source,
-            })?;
-            digest.update(&chunk);
-            file.write_all(&chunk)
+        let (published, (size_bytes, sha256)) = match body {
+            // A body in memory is checked first, then written, synced and published in one
+            // trip to the blocking pool (each tokio::fs call is a trip of its own).
+            Body::Bytes(bytes) => {
+                let mut digest = BodyDigest::default();
+                digest.update(&bytes);
+                let digested = digest.finish(&uri, &expected)?;
+                let published = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    if std::fs::symlink_metadata(&path).is_ok() {
+                        return Ok(Published::Exists);
+                    }
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&temp.0)?;
+                    io::Write::write_all(&mut file, &bytes)?;
+                    file.sync_all()?;
+                    drop(file);
+                    publish(temp, &path, &dir)
+                })
                 .await
+                .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?
                 .map_err(|e| StorageError::io(&uri, e))?;
-        }
-        file.flush().await.map_err(|e| StorageError::io(&uri, e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| StorageError::io(&uri, e))?;
-        drop(file);
-        let (size_bytes, sha256) = digest.finish(&uri, &expected)?;
-
-        match tokio::fs::hard_link(&temp.0, &path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StorageError::AlreadyExists { uri });
+                (published, digested)
             }
-            Err(e) => return Err(StorageError::io(&uri, e)),
+            Body::Stream(mut stream) => {
+                tokio::fs::create_dir_all(&dir)
+                    .await
+                    .map_err(|e| StorageError::io(&uri, e))?;
+                // Fail fast before consuming the body; `link` below is what actually decides.
+                if tokio::fs::symlink_metadata(&path).await.is_ok() {
+                    return Err(StorageError::AlreadyExists { uri });
+                }
+                let mut file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&temp.0)
+                    .await
+                    .map_err(|e| StorageError::io(&uri, e))?;
+                let mut digest = BodyDigest::default();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|source| StorageError::Body {
+                        uri: uri.clone(),
+                        source,
+                    })?;
+                    digest.update(&chunk);
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| StorageError::io(&uri, e))?;
+                }
+                file.flush().await.map_err(|e| StorageError::io(&uri, e))?;
+                let file = file.into_std().await;
+                let digested = digest.finish(&uri, &expected)?;
+                let published = tokio::task::spawn_blocking(move || {
+                    file.sync_all()?;
+                    drop(file);
+                    publish(temp, &path, &dir)
+                })
+                .await
+                .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?
+                .map_err(|e| StorageError::io(&uri, e))?;
+                (published, digested)
+            }
+        };
+        if published == Published::Exists {
+            return Err(StorageError::AlreadyExists { uri });
         }
-        drop(temp);
-        // The new directory entry is durable only once the directory itself is synced.
-        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
-            .await
-            .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?;
-        synced.map_err(|e| StorageError::io(&uri, e))?;
 
         Ok(PutReceipt {
             storage_version: sha256_version(&sha256),
@@ -283,6 +333,43 @@ impl ObjectStore for FileStore {
             }
         });
         Ok(limit_stream(chunks, uri, max_bytes))
+    }
+
+    async fn read_bytes(&self, uri_or_key: &str, max_bytes: u64) -> Result<Bytes, StorageError> {
+        // Open, check and read in one trip to the blocking pool: the objects read whole are
+        // small (envelopes, models the mock inspects), and a stream costs a trip per chunk.
+        let key = self.base.resolve(uri_or_key)?;
+        let uri = self.uri_for(&key);
+        let root = self.root.clone();
+        let read = tokio::task::spawn_blocking(move || -> io::Result<Result<Vec<u8>, Unread>> {
+            let (file, len) = match open_no_follow(&root, &key)? {
+                Opened::File(file, len) => (file, len),
+                Opened::Missing => return Ok(Err(Unread::Missing)),
+                Opened::NotAnObject(what) => return Ok(Err(Unread::NotAnObject(what))),
+            };
+            if len > max_bytes {
+                return Ok(Err(Unread::TooLarge));
+            }
+            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            // One more byte than allowed tells a file that grew since the check.
+            io::Read::read_to_end(&mut io::Read::take(file, max_bytes + 1), &mut bytes)?;
+            if bytes.len() as u64 > max_bytes {
+                return Ok(Err(Unread::TooLarge));
+            }
+            Ok(Ok(bytes))
+        })
+        .await
+        .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?
+        .map_err(|e| StorageError::io(&uri, e))?;
+        match read {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(Unread::Missing) => Err(StorageError::NotFound { uri }),
+            Err(Unread::NotAnObject(what)) => Err(StorageError::NotAnObject { uri, what }),
+            Err(Unread::TooLarge) => Err(StorageError::TooLarge {
+                uri,
+                limit: max_bytes,
+            }),
+        }
     }
 
     async fn head(&self, uri_or_key: &str) -> Result<Option<ObjectMeta>, StorageError> {

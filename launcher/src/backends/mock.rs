@@ -164,6 +164,34 @@ pub struct MockBackend {
     http: reqwest::Client,
     jobs: Jobs,
     launches: std::sync::atomic::AtomicUsize,
+    callbacks: Arc<CallbackTimes>,
+}
+
+/// Round-trip times of mock jobs' callbacks (the callback service's latency as a job sees it),
+/// kept for `runway bench`; bounded, so a long-running `runway dev` does not grow.
+#[derive(Debug, Default)]
+pub struct CallbackTimes {
+    micros: Mutex<Vec<u32>>,
+}
+
+impl CallbackTimes {
+    /// The most round trips kept.
+    pub const CAPACITY: usize = 1 << 20;
+
+    fn record(&self, took: Duration) {
+        let mut micros = self.micros.lock().unwrap_or_else(PoisonError::into_inner);
+        if micros.len() < Self::CAPACITY {
+            micros.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// The round trips recorded so far, in microseconds, in the order they ended.
+    pub fn micros(&self) -> Vec<u32> {
+        self.micros
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl MockBackend {
@@ -188,12 +216,18 @@ impl MockBackend {
             http,
             jobs: Arc::default(),
             launches: std::sync::atomic::AtomicUsize::new(0),
+            callbacks: Arc::default(),
         })
     }
 
     /// How many jobs this backend has started (for tests that prove nothing launched twice).
     pub fn jobs_started(&self) -> usize {
         self.launches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Round-trip times of the callbacks its jobs made.
+    pub fn callback_times(&self) -> &CallbackTimes {
+        &self.callbacks
     }
 
     fn id_for(attempt_id: AttemptId) -> String {
@@ -230,6 +264,7 @@ impl Backend for MockBackend {
             tokens: self.tokens.clone(),
             http: self.http.clone(),
             clock: self.clock.clone(),
+            callbacks: self.callbacks.clone(),
             delay: self.settings.delay,
             envelope: spec.envelope.clone(),
             outcome,
@@ -365,6 +400,7 @@ struct Job {
     tokens: Arc<TokenCache>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
+    callbacks: Arc<CallbackTimes>,
     delay: Duration,
     envelope: Arc<InputEnvelope>,
     outcome: MockOutcome,
@@ -411,6 +447,7 @@ impl Job {
         let mut backoff = Duration::from_millis(100);
         for attempt in 1..=5 {
             let token = self.tokens.get(&audience).await?;
+            let sending = std::time::Instant::now();
             let sent = self
                 .http
                 .post(callback_url.as_str())
@@ -419,7 +456,10 @@ impl Job {
                 .send()
                 .await;
             match sent {
-                Ok(response) if response.status().is_success() => return Ok(None),
+                Ok(response) if response.status().is_success() => {
+                    self.callbacks.record(sending.elapsed());
+                    return Ok(None);
+                }
                 Ok(response) if response.status().is_client_error() => {
                     let status = response.status();
                     let body = response.text().await.unwrap_or_default();
