@@ -57,7 +57,14 @@ async fn open_loop_on_postgres_counts_commits_per_run() {
     // Create, claim, launch and finalize are a transaction each; the claim is shared.
     assert!((2.0..12.0).contains(&commits), "{commits} commits per run");
     // A second bench on the same database counts only its own runs.
-    let again = bench(&["--runs", "20", "--concurrency", "2", "--database-url", &db.url]);
+    let again = bench(&[
+        "--runs",
+        "20",
+        "--concurrency",
+        "2",
+        "--database-url",
+        &db.url,
+    ]);
     assert_eq!(figure(&again, "passed"), "20/20");
     db.drop_database().await;
 }

@@ -98,7 +98,10 @@ async fn acknowledged_objects_survive_a_kill_9_of_the_writer() {
                 break;
             }
         }
-        assert_ne!(line, "done", "the writer finished before it could be killed");
+        assert_ne!(
+            line, "done",
+            "the writer finished before it could be killed"
+        );
     }
     let status = child.wait().expect("reaped");
     assert!(!status.success(), "the writer was killed: {status}");
