@@ -48,7 +48,7 @@ async fn write_until_killed(dir: &str) {
                 let n = w * PER_WRITER + i;
                 let bytes = Bytes::from(content(n));
                 // Every other object is streamed in 8 KiB chunks, as uploads are.
-                let body = if n % 2 == 0 {
+                let body = if n.is_multiple_of(2) {
                     Body::from(bytes)
                 } else {
                     let chunks: Vec<std::io::Result<Bytes>> = bytes
