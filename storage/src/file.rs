@@ -62,10 +62,7 @@ impl FileStore {
     ) -> Result<Option<(tokio::fs::File, u64)>, StorageError> {
         let root = self.root.clone();
         let key = key.clone();
-        let opened = tokio::task::spawn_blocking(move || open_no_follow(&root, &key))
-            .await
-            .map_err(|e| StorageError::io(uri, io::Error::other(e)))?
-            .map_err(|e| StorageError::io(uri, e))?;
+        let opened = blocking(uri, move || open_no_follow(&root, &key)).await?;
         match opened {
             Opened::File(file, len) => Ok(Some((tokio::fs::File::from_std(file), len))),
             Opened::Missing => Ok(None),
@@ -155,6 +152,17 @@ fn is_missing(e: &io::Error) -> bool {
     )
 }
 
+/// Runs `work` on the blocking pool; its I/O error (or the pool's) is an error about `uri`.
+async fn blocking<T: Send + 'static>(
+    uri: &str,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::io(uri, io::Error::other(e)))?
+        .map_err(|e| StorageError::io(uri, e))
+}
+
 /// Whether [`publish`] gave the object its name.
 #[derive(Debug, PartialEq, Eq)]
 enum Published {
@@ -192,7 +200,7 @@ impl ObjectStore for FileStore {
     async fn hand_over(&self, prefix: &ObjectKey, owner: (u32, u32)) -> Result<(), StorageError> {
         let path = self.path_for(prefix);
         let uri = self.uri_for(prefix);
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        blocking(&uri, move || -> io::Result<()> {
             use std::os::unix::fs::PermissionsExt;
             std::fs::create_dir_all(&path)?;
             let (uid, gid) = owner;
@@ -205,8 +213,6 @@ impl ObjectStore for FileStore {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         })
         .await
-        .map_err(|e| StorageError::io(uri.clone(), io::Error::other(e)))?
-        .map_err(|e| StorageError::io(uri, e))
     }
 
     fn base(&self) -> &StorageUri {
@@ -238,7 +244,7 @@ impl ObjectStore for FileStore {
                 let mut digest = BodyDigest::default();
                 digest.update(&bytes);
                 let digested = digest.finish(&uri, &expected)?;
-                let published = tokio::task::spawn_blocking(move || {
+                let published = blocking(&uri, move || {
                     std::fs::create_dir_all(&dir)?;
                     if std::fs::symlink_metadata(&path).is_ok() {
                         return Ok(Published::Exists);
@@ -252,9 +258,7 @@ impl ObjectStore for FileStore {
                     drop(file);
                     publish(temp, &path, &dir)
                 })
-                .await
-                .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?
-                .map_err(|e| StorageError::io(&uri, e))?;
+                .await?;
                 (published, digested)
             }
             Body::Stream(mut stream) => {
@@ -285,14 +289,12 @@ impl ObjectStore for FileStore {
                 file.flush().await.map_err(|e| StorageError::io(&uri, e))?;
                 let file = file.into_std().await;
                 let digested = digest.finish(&uri, &expected)?;
-                let published = tokio::task::spawn_blocking(move || {
+                let published = blocking(&uri, move || {
                     file.sync_all()?;
                     drop(file);
                     publish(temp, &path, &dir)
                 })
-                .await
-                .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?
-                .map_err(|e| StorageError::io(&uri, e))?;
+                .await?;
                 (published, digested)
             }
         };
@@ -341,7 +343,7 @@ impl ObjectStore for FileStore {
         let key = self.base.resolve(uri_or_key)?;
         let uri = self.uri_for(&key);
         let root = self.root.clone();
-        let read = tokio::task::spawn_blocking(move || -> io::Result<Result<Vec<u8>, Unread>> {
+        let read = blocking(&uri, move || -> io::Result<Result<Vec<u8>, Unread>> {
             let (file, len) = match open_no_follow(&root, &key)? {
                 Opened::File(file, len) => (file, len),
                 Opened::Missing => return Ok(Err(Unread::Missing)),
@@ -358,9 +360,7 @@ impl ObjectStore for FileStore {
             }
             Ok(Ok(bytes))
         })
-        .await
-        .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?
-        .map_err(|e| StorageError::io(&uri, e))?;
+        .await?;
         match read {
             Ok(bytes) => Ok(Bytes::from(bytes)),
             Err(Unread::Missing) => Err(StorageError::NotFound { uri }),
@@ -431,14 +431,12 @@ impl ObjectStore for FileStore {
         };
         let prefix = prefix.to_owned();
         let uri = self.base.to_string();
-        let mut keys = tokio::task::spawn_blocking(move || {
+        let mut keys = blocking(&uri, move || {
             let mut keys = Vec::new();
             walk(&dir, &rel, &prefix, &mut keys)?;
-            Ok::<_, io::Error>(keys)
+            Ok(keys)
         })
-        .await
-        .map_err(|e| StorageError::io(&uri, io::Error::other(e)))?
-        .map_err(|e| StorageError::io(&uri, e))?;
+        .await?;
         keys.sort();
         Ok(keys)
     }
