@@ -217,7 +217,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("  passed          {}/{}", timings.passed, args.runs);
     if let (Some(before), Some(after)) = (commits_before, commits_after) {
         // Leaving out the bench's own reads (and the counter's first read).
-        let per_run = (after - before).saturating_sub(reads + 2) as f64 / args.runs as f64;
+        let per_run =
+            after.saturating_sub(before).saturating_sub(reads + 2) as f64 / args.runs as f64;
         println!("  commits per run {per_run:>8.2}  (pg_stat_database.xact_commit)");
     }
     if let Some(ready) = figures.ready_in {

@@ -354,7 +354,10 @@ impl ObjectStore for FileStore {
             }
             let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
             // One more byte than allowed tells a file that grew since the check.
-            io::Read::read_to_end(&mut io::Read::take(file, max_bytes + 1), &mut bytes)?;
+            io::Read::read_to_end(
+                &mut io::Read::take(file, max_bytes.saturating_add(1)),
+                &mut bytes,
+            )?;
             if bytes.len() as u64 > max_bytes {
                 return Ok(Err(Unread::TooLarge));
             }
