@@ -158,6 +158,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
                 local: config.local.clone(),
                 data_dir: common.data_dir.clone(),
                 gcs: common.gcs_options(),
+                cloud_run: Default::default(),
             },
             config.workers.reconcile(),
         )

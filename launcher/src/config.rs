@@ -37,6 +37,10 @@ pub struct Config {
     #[command(flatten)]
     pub workers: WorkerArgs,
 
+    /// Cloud Run backend settings.
+    #[command(flatten)]
+    pub cloud_run: CloudRunArgs,
+
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,
@@ -103,6 +107,84 @@ impl WorkerArgs {
             launch_settle: Duration::from_secs(self.launch_settle_seconds),
             dispatch_stale: Duration::from_secs(self.dispatch_stale_seconds.max(1)),
             ..crate::reconcile::ReconcileSettings::default()
+        }
+    }
+}
+
+/// How the Cloud Run backend reaches the Admin API (used when a validator's backend is
+/// `cloud_run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CloudRunArgs {
+    /// The Cloud Run Admin API endpoint (a regional one, or a local fake). Default:
+    /// `https://run.googleapis.com`.
+    #[arg(long, env = "RUNWAY_CLOUD_RUN_ENDPOINT")]
+    pub cloud_run_endpoint: Option<String>,
+    /// Send no credentials to the Admin API (only for a local fake of it); otherwise Application
+    /// Default Credentials (on Cloud Run, the metadata server).
+    #[arg(long, env = "RUNWAY_CLOUD_RUN_ANONYMOUS", default_value_t = false)]
+    pub cloud_run_anonymous: bool,
+    /// Most `jobs.run` calls per minute, across all Cloud Run validators; launches over it wait.
+    #[arg(long, env = "RUNWAY_CLOUD_RUN_RUNS_PER_MINUTE", default_value_t = 60)]
+    pub cloud_run_runs_per_minute: u32,
+    /// Seconds one launch keeps backing off while Cloud Run answers 429 or 503, before the
+    /// attempt fails (and is retried while attempts remain).
+    #[arg(
+        long,
+        env = "RUNWAY_CLOUD_RUN_LAUNCH_PATIENCE_SECONDS",
+        default_value_t = 600
+    )]
+    pub cloud_run_launch_patience_seconds: u64,
+    /// Milliseconds of the first wait after a 429 or 503 (doubling, with jitter, up to a minute).
+    #[arg(long, env = "RUNWAY_CLOUD_RUN_BACKOFF_MS", default_value_t = 1000)]
+    pub cloud_run_backoff_ms: u64,
+    /// Seconds one Admin API request may take; a `jobs.run` that times out is ambiguous and
+    /// resolved by listing executions.
+    #[arg(
+        long,
+        env = "RUNWAY_CLOUD_RUN_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    pub cloud_run_request_timeout_seconds: u64,
+    /// The container of the job the env overrides are for. Default: the job's only container.
+    #[arg(long, env = "RUNWAY_CLOUD_RUN_CONTAINER")]
+    pub cloud_run_container: Option<String>,
+}
+
+impl Default for CloudRunArgs {
+    fn default() -> Self {
+        let defaults = crate::backends::cloud_run::CloudRunSettings::default();
+        Self {
+            cloud_run_endpoint: None,
+            cloud_run_anonymous: false,
+            cloud_run_runs_per_minute: defaults.runs_per_minute,
+            cloud_run_launch_patience_seconds: defaults.launch_patience.as_secs(),
+            cloud_run_backoff_ms: u64::try_from(defaults.backoff_first.as_millis()).unwrap_or(1000),
+            cloud_run_request_timeout_seconds: defaults.request_timeout.as_secs(),
+            cloud_run_container: None,
+        }
+    }
+}
+
+impl CloudRunArgs {
+    /// The backend's settings, for the Cloud Run Jobs `registry` names.
+    pub fn settings(&self, registry: &Registry) -> crate::backends::cloud_run::CloudRunSettings {
+        use std::time::Duration;
+        let mut jobs: Vec<String> = registry
+            .iter()
+            .filter(|v| v.backend == crate::registry::BackendKind::CloudRun)
+            .filter_map(|v| v.job_name.clone())
+            .collect();
+        jobs.sort();
+        jobs.dedup();
+        crate::backends::cloud_run::CloudRunSettings {
+            endpoint: self.cloud_run_endpoint.clone(),
+            anonymous: self.cloud_run_anonymous,
+            runs_per_minute: self.cloud_run_runs_per_minute.max(1),
+            launch_patience: Duration::from_secs(self.cloud_run_launch_patience_seconds),
+            backoff_first: Duration::from_millis(self.cloud_run_backoff_ms.max(1)),
+            request_timeout: Duration::from_secs(self.cloud_run_request_timeout_seconds.max(1)),
+            container: self.cloud_run_container.clone(),
+            jobs,
         }
     }
 }

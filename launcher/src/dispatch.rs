@@ -54,8 +54,8 @@ pub struct DispatchSettings {
     pub poll_interval: Duration,
     /// How long shutdown waits for in-flight dispatches.
     pub drain_timeout: Duration,
-    /// Variables added to every job's environment (in local modes, where the metadata server
-    /// is).
+    /// Variables added to every local job's environment (where the metadata server is); Cloud
+    /// Run jobs get none of them.
     pub job_env: BTreeMap<String, String>,
     /// The user and group local jobs (process, Docker) run as, who are handed the attempt's
     /// folder on `file://` storage; `None` when this process cannot hand it over (not root).
@@ -364,6 +364,13 @@ impl Dispatcher {
                 .map_err(NotPrepared::Retryable)?;
         }
         let deadline = self.clock.now() + TimeDelta::seconds(i64::from(validator.timeout_seconds));
+        // A Cloud Run job gets its metadata server and deployment target from Cloud Run and its
+        // job definition, never from this launcher's local identity.
+        let no_env = BTreeMap::new();
+        let extra_env = match validator.backend {
+            BackendKind::CloudRun => &no_env,
+            _ => &self.settings.job_env,
+        };
         let job = JobSpec::new(
             &validator,
             Arc::new(envelope),
@@ -371,7 +378,7 @@ impl Dispatcher {
             attempt.id,
             &input_uri,
             deadline,
-            &self.settings.job_env,
+            extra_env,
         );
         Ok(Prepared {
             validator,

@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             local: config.local.clone(),
             data_dir: config.common.data_dir.clone(),
             gcs: config.common.gcs_options(),
+            cloud_run: config.cloud_run.clone(),
         },
         config.workers.reconcile(),
     )

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::backends::cloud_run::CloudRunBackend;
 use crate::backends::docker::{DockerBackend, DockerSettings};
 use crate::backends::mock::{MockBackend, MockSettings};
 use crate::backends::process::{ProcessBackend, ProcessSettings};
@@ -39,6 +40,8 @@ pub struct WorkerConfig {
     pub data_dir: std::path::PathBuf,
     /// How jobs on this machine reach GCS, when storage is `gs://`.
     pub gcs: runway_storage::GcsOptions,
+    /// How the Cloud Run backend reaches the Admin API.
+    pub cloud_run: crate::config::CloudRunArgs,
 }
 
 /// How a job on this machine reaches GCS, as the runner reads it.
@@ -126,18 +129,10 @@ impl Workers {
                             .filter(|_| config.local.process_as_job_user),
                     })?));
                 }
-                other => {
-                    let users: Vec<&str> = state
-                        .registry
-                        .iter()
-                        .filter(|v| v.backend == other)
-                        .map(|v| v.id.as_str())
-                        .collect();
-                    bail!(
-                        "the {other} backend is not available in this build yet; validators {} \
-                         use it (run them on the mock backend for now)",
-                        users.join(", ")
-                    );
+                BackendKind::CloudRun => {
+                    built.push(Arc::new(
+                        CloudRunBackend::new(config.cloud_run.settings(&state.registry)).await?,
+                    ));
                 }
             }
         }

@@ -5,6 +5,8 @@
 //! points these variables at them. A test that needs one and does not find it fails with a
 //! sentence saying so: a missing dependency is never a skip.
 
+pub mod fake_cloud_run;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

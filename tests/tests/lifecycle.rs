@@ -146,6 +146,7 @@ impl Lab {
                 // Only the process backend keeps files there; these validators are all mock.
                 data_dir: std::env::temp_dir(),
                 gcs: Default::default(),
+                cloud_run: Default::default(),
             },
             ReconcileSettings {
                 interval: INTERVAL,

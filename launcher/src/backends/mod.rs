@@ -15,8 +15,10 @@
 //! |---|---|---|
 //! | [`mock::MockBackend`] | an in-process task that behaves like a validator container: writes its output envelope and calls back over HTTP with an ID token from the local identity | its task's state; aborts the task |
 //! | [`docker::DockerBackend`] | a hardened container of the validator's image (connected, or sealed without a network) | the engine's container state, exit code and log; kills the container |
+//! | [`cloud_run::CloudRunBackend`] | one execution of the validator's Cloud Run Job (`jobs.run` with env overrides), rate-limited | `executions.get`; `executions.cancel` |
 //! | [`process::ProcessBackend`] | a `runway-validator-runner` child leading its own process group, as the job user | its exit status (and a job folder that survives a launcher restart); kills the group |
 
+pub mod cloud_run;
 pub mod docker;
 pub mod mock;
 pub mod process;

@@ -1,0 +1,602 @@
+//! The Cloud Run backend against a fake of the Cloud Run Admin API
+//! ([`runway_tests::fake_cloud_run`]) that really runs each execution — the real
+//! `runway-validator-runner` with real EnergyPlus or fmpy, or a small failing or hanging
+//! program — with the env overrides the launcher sent. Storage is `gs://` on fake-gcs-server,
+//! the store PostgreSQL, and callers authenticate with "Google" ID tokens: tokens with issuer
+//! `https://accounts.google.com` for the validator's runtime service account, from a metadata
+//! server the jobs reach with `GCE_METADATA_HOST`, verified by the callback service against that
+//! issuer's JWKS.
+//!
+//! The dispatcher and the reconciler are stepped by the tests, on a [`ManualClock`] they move;
+//! the tests wait only for the jobs themselves.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use runway_identity::nonce::NonceKey;
+use runway_identity::{
+    LocalIssuer, LocalIssuerConfig, TokenVerifier, TrustedIssuer, VerifierConfig, metadata_router,
+};
+use runway_launcher::backends::process::ProcessSettings;
+use runway_launcher::clock::ManualClock;
+use runway_launcher::config::{CloudRunArgs, WorkerArgs};
+use runway_launcher::local::LocalArgs;
+use runway_launcher::reconcile::{ActionKind, ReconcileSettings, StepReport};
+use runway_launcher::workers::{WorkerConfig, Workers};
+use runway_launcher::{AppState, Registry};
+use runway_runs::{
+    Attempt, AttemptState, BackendKind, RunId, RunResult, RunState, RunStore, RunWithAttempts,
+};
+use runway_service::health::Dependencies;
+use runway_tests::fake_cloud_run::{FakeCloudRun, FakeJob};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const PROJECT: &str = "projects/runway-test/locations/us-central1";
+const INTERVAL: Duration = Duration::from_secs(5);
+const GRACE: Duration = Duration::from_secs(5);
+const TIMEOUT_SECONDS: u32 = 300;
+/// The validators' runtime service account, as Google's tokens name it.
+const RUNTIME_SA: &str = "validator-runtime@runway-test.iam.gserviceaccount.com";
+
+fn job(name: &str) -> String {
+    format!("{PROJECT}/jobs/{name}")
+}
+
+struct Lab {
+    store: Arc<dyn RunStore>,
+    clock: Arc<ManualClock>,
+    workers: Workers,
+    cloud_run: FakeCloudRun,
+    launcher_url: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    _db: runway_tests::PostgresDatabase,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = runway_tests::PostgresDatabase::create("runway_cloudrun").await;
+        let store = runway_runs::connect(&db.url).await.expect("store");
+        let gcs_endpoint = runway_tests::gcs_endpoint();
+        let bucket = runway_tests::create_bucket(&gcs_endpoint, "cloudrun");
+        let gcs = runway_storage::GcsOptions {
+            endpoint: Some(gcs_endpoint.clone()),
+            anonymous: true,
+        };
+        let storage = runway_storage::open(
+            &format!("gs://{bucket}/runway"),
+            &runway_storage::OpenOptions { gcs: gcs.clone() },
+        )
+        .await
+        .expect("storage");
+        let deps = Dependencies {
+            store: store.clone(),
+            storage: storage.clone(),
+        };
+
+        let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+        let (google, callback, launcher) = (bind().await, bind().await, bind().await);
+        let google_addr = google.local_addr().expect("addr");
+        let callback_url = format!("http://{}", callback.local_addr().expect("addr"));
+        let launcher_url = format!("http://{}", launcher.local_addr().expect("addr"));
+
+        // "Google": the metadata server the jobs ask for ID tokens, and the issuer's JWKS.
+        let google_issuer = Arc::new(
+            LocalIssuer::generate(LocalIssuerConfig {
+                issuer: runway_identity::GOOGLE_ISSUER.to_owned(),
+                email: RUNTIME_SA.to_owned(),
+                lifetime: Duration::from_secs(3600),
+            })
+            .expect("issuer"),
+        );
+
+        let runner = ProcessSettings::default_runner();
+        assert!(
+            runner.is_file(),
+            "{} is not built: run the suite with scripts/test.sh (it builds every binary)",
+            runner.display()
+        );
+        let runner_env = BTreeMap::from([
+            ("GCE_METADATA_HOST".to_owned(), google_addr.to_string()),
+            ("RUNWAY_GCS_ENDPOINT".to_owned(), gcs_endpoint.clone()),
+            ("RUNWAY_GCS_ANONYMOUS".to_owned(), "true".to_owned()),
+            (
+                "RUNWAY_ENERGYPLUS".to_owned(),
+                runway_tests::energyplus().display().to_string(),
+            ),
+            ("RUNWAY_FMU_PYTHON".to_owned(), runway_tests::python()),
+            ("RUNWAY_CALLBACK_RETRY_SECONDS".to_owned(), "30".to_owned()),
+        ]);
+        let fake = |command: &str, args: &[&str], env: &BTreeMap<String, String>| FakeJob {
+            command: command.into(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: env.clone(),
+            image: "us-docker.pkg.dev/runway-test/validators/runner@sha256:0123".to_owned(),
+            service_account: RUNTIME_SA.to_owned(),
+            timeout: Duration::from_secs(600),
+        };
+        let runner_path = runner.display().to_string();
+        let none = BTreeMap::new();
+        let cloud_run = FakeCloudRun::start([
+            (job("energyplus"), fake(&runner_path, &[], &runner_env)),
+            (job("fmu"), fake(&runner_path, &[], &runner_env)),
+            (
+                job("crash"),
+                fake(
+                    "/bin/sh",
+                    &["-c", "echo simulator crashed >&2; exit 3"],
+                    &none,
+                ),
+            ),
+            (job("silent"), fake("/bin/sh", &["-c", "exit 0"], &none)),
+            (job("hang"), fake("/bin/sleep", &["600"], &none)),
+        ])
+        .await;
+
+        let validator = |id: &str, kind: &str| {
+            json!({"id": id, "type": kind, "version": "25.2", "backend": "cloud_run",
+                   "job_name": job(id), "timeout_seconds": TIMEOUT_SECONDS, "max_attempts": 1})
+        };
+        let registry = Registry::from_json(
+            &json!({"validators": [
+                validator("energyplus", "ENERGYPLUS"),
+                validator("fmu", "FMU"),
+                validator("crash", "ENERGYPLUS"),
+                validator("silent", "ENERGYPLUS"),
+                validator("hang", "ENERGYPLUS"),
+            ]})
+            .to_string(),
+        )
+        .expect("registry");
+        let clock = Arc::new(ManualClock::new(
+            DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("whole seconds"),
+        ));
+        let state = AppState::new(
+            deps.clone(),
+            registry,
+            NonceKey::generate(),
+            runway_contract::HttpUrl::parse(format!("{callback_url}/v1/callbacks")).expect("url"),
+        )
+        .with_clock(clock.clone());
+        let verifier = Arc::new(
+            TokenVerifier::new(VerifierConfig {
+                trusted_issuers: vec![TrustedIssuer {
+                    issuer: runway_identity::GOOGLE_ISSUER.to_owned(),
+                    jwks_uri: format!("http://{google_addr}/jwks.json"),
+                }],
+                audience: callback_url.clone(),
+                allowed_emails: vec![RUNTIME_SA.to_owned()],
+            })
+            .expect("verifier"),
+        );
+        let workers = Workers::build(
+            &state,
+            &WorkerConfig {
+                // No local identity: Cloud Run jobs get theirs from their own environment.
+                metadata_host: "127.0.0.1:9".to_owned(),
+                workers: WorkerArgs {
+                    max_in_flight: 16,
+                    reconcile_interval_seconds: INTERVAL.as_secs(),
+                    reconcile_grace_seconds: GRACE.as_secs(),
+                    reconcile_read_budget: 100,
+                    launch_settle_seconds: 30,
+                    dispatch_stale_seconds: 60,
+                },
+                local: LocalArgs {
+                    identity_listen: "127.0.0.1:9".parse().expect("addr"),
+                    identity_public: None,
+                    mock_delay_ms: 0,
+                    process_runner: None,
+                    energyplus: None,
+                    fmu_python: None,
+                    job_uid: 1000,
+                    process_as_job_user: false,
+                    docker_network: "bridge".into(),
+                    docker_scope: "cloudrun".into(),
+                },
+                data_dir: dir.path().to_owned(),
+                gcs,
+                cloud_run: CloudRunArgs {
+                    cloud_run_endpoint: Some(cloud_run.endpoint().to_owned()),
+                    cloud_run_anonymous: true,
+                    cloud_run_runs_per_minute: 600,
+                    cloud_run_launch_patience_seconds: 60,
+                    cloud_run_backoff_ms: 10,
+                    cloud_run_request_timeout_seconds: 10,
+                    cloud_run_container: None,
+                },
+            },
+            ReconcileSettings {
+                interval: INTERVAL,
+                grace: GRACE,
+                read_budget: 100,
+                scan_limit: 1000,
+                launch_settle: Duration::from_secs(30),
+                dispatch_stale: Duration::from_secs(60),
+                sweep_every: 1000,
+            },
+        )
+        .await
+        .expect("workers");
+
+        let stop = CancellationToken::new();
+        let serve = |listener, app| {
+            tokio::spawn(runway_service::server::serve(
+                listener,
+                app,
+                stop.clone().cancelled_owned(),
+            ))
+        };
+        serve(google, metadata_router(google_issuer));
+        serve(
+            callback,
+            runway_callback::router(runway_callback::AppState {
+                deps: deps.clone(),
+                verifier,
+            }),
+        );
+        serve(launcher, runway_launcher::router(state));
+        Self {
+            store,
+            clock,
+            workers,
+            cloud_run,
+            launcher_url,
+            http: reqwest::Client::new(),
+            stop,
+            _db: db,
+            _dir: dir,
+        }
+    }
+
+    async fn create(&self, body: &Value) -> RunId {
+        let response = self
+            .http
+            .post(format!("{}/v1/runs", self.launcher_url))
+            .json(body)
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_str().expect("id").parse().expect("run id")
+    }
+
+    async fn api_run(&self, id: RunId) -> Value {
+        self.http
+            .get(format!("{}/v1/runs/{id}", self.launcher_url))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    async fn dispatch(&self) -> usize {
+        self.workers.dispatcher.step().await.expect("dispatch")
+    }
+
+    async fn reconcile(&self) -> StepReport {
+        let report = self.workers.reconciler.step().await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        report
+    }
+
+    fn advance(&self, by: Duration) {
+        self.clock
+            .advance(TimeDelta::from_std(by).expect("duration"));
+    }
+
+    async fn run(&self, id: RunId) -> RunWithAttempts {
+        self.store
+            .get_run(id)
+            .await
+            .expect("get")
+            .expect("run exists")
+    }
+
+    async fn current(&self, id: RunId) -> Attempt {
+        self.run(id)
+            .await
+            .attempts
+            .last()
+            .cloned()
+            .expect("an attempt")
+    }
+
+    /// Waits (up to `limit`) until the run is completed by its job's callback.
+    async fn wait_completed(&self, id: RunId, limit: Duration) -> RunWithAttempts {
+        let start = std::time::Instant::now();
+        loop {
+            let run = self.run(id).await;
+            if run.run.state == RunState::Completed {
+                return run;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "run {id} never completed: {run:?}\nexecution logs: {:?}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> Vec<String> {
+        self.cloud_run
+            .requests()
+            .iter()
+            .filter_map(|r| r.strip_prefix("GET /v2/"))
+            .filter(|r| r.contains("/executions/"))
+            .map(|r| r.split('?').next().unwrap_or_default().to_owned())
+            .map(|e| self.cloud_run.log_of(&e))
+            .collect()
+    }
+
+    fn finish(self) {
+        self.stop.cancel();
+    }
+}
+
+fn energyplus_run() -> Value {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let model = include_str!("../../examples/box.idf");
+    let weather = std::fs::read(runway_tests::chicago_weather()).expect("weather file");
+    json!({
+        "validator": "energyplus",
+        "org": {"id": "acme", "name": "Acme"},
+        "workflow": {"id": "wf", "step_id": "s"},
+        "inputs": {"timestep_per_hour": 4},
+        "files": [
+            {"name": "box.idf", "mime_type": "application/vnd.energyplus.idf",
+             "port_key": "primary_model", "content_base64": b64(model.as_bytes())},
+            {"name": "chicago.epw", "mime_type": "application/vnd.energyplus.epw",
+             "port_key": "weather", "content_base64": b64(&weather)},
+        ],
+    })
+}
+
+fn fmu_run() -> Value {
+    use base64::Engine;
+    let fmu = std::fs::read(runway_tests::test_fmu()).expect("test fmu");
+    json!({
+        "validator": "fmu",
+        "org": {"id": "acme", "name": "Acme"},
+        "workflow": {"id": "wf", "step_id": "s"},
+        "inputs": {
+            "input_values": {"u": 0.25, "stall": 0.0},
+            "simulation": {"start_time": 0.0, "stop_time": 1.0, "step_size": 0.1},
+            "output_variables": ["x"],
+        },
+        "files": [{"name": "decay.fmu", "mime_type": "application/vnd.fmi.fmu",
+                   "port_key": "fmu_model",
+                   "content_base64": base64::engine::general_purpose::STANDARD.encode(fmu)}],
+    })
+}
+
+/// A run of one of the small programs' validators (its model is never read).
+fn tiny_run(validator: &str) -> Value {
+    let mut body = energyplus_run();
+    body["validator"] = json!(validator);
+    body["files"] = json!([body["files"][0].clone()]);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_energyplus_run_goes_through_cloud_run_end_to_end() {
+    let lab = Lab::start().await;
+    let run = lab.create(&energyplus_run()).await;
+    assert_eq!(lab.dispatch().await, 1);
+
+    // The execution is recorded as soon as jobs.run answers, from the Operation's metadata.
+    let attempt = lab.current(run).await;
+    let backend = attempt.backend.clone().expect("the execution is recorded");
+    assert_eq!(backend.kind, BackendKind::CloudRun);
+    assert!(
+        backend
+            .id
+            .starts_with(&format!("{}/executions/energyplus-", job("energyplus"))),
+        "{backend}"
+    );
+    // The contract's variables went in as env overrides, over the job's own environment.
+    let env = lab.cloud_run.env_of(&backend.id).expect("the execution");
+    assert_eq!(env["RUNWAY_ATTEMPT_ID"], attempt.id.to_string());
+    assert_eq!(env["VALIDIBOT_RUN_ID"], run.to_string());
+    assert!(env["VALIDIBOT_INPUT_URI"].starts_with("gs://"), "{env:?}");
+    assert!(
+        env["VALIDIBOT_OUTPUT_URI"].ends_with("/output.json"),
+        "{env:?}"
+    );
+    assert_ne!(
+        env["GCE_METADATA_HOST"], "127.0.0.1:9",
+        "the launcher's local identity is never sent to Cloud Run"
+    );
+    // Every request asked for integer enums, as the official client does.
+    let requests = lab.cloud_run.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("POST ") && r.contains(":run?"))
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains("%24alt=json%3Benum-encoding%3Dint")),
+        "{requests:?}"
+    );
+
+    let done = lab.wait_completed(run, Duration::from_secs(240)).await;
+    assert_eq!(done.run.result, Some(RunResult::Passed), "{done:?}");
+    let api = lab.api_run(run).await;
+    let kwh = api["outputs"]["metrics"]["site_electricity_kwh"]
+        .as_f64()
+        .expect("kWh");
+    assert!((kwh - 8760.0).abs() / 8760.0 < 0.005, "{kwh} kWh");
+    // The output was written to GCS by the job and checks against validibot-shared.
+    let output_uri = api["output_uri"].as_str().expect("output uri");
+    assert!(output_uri.starts_with("gs://"), "{output_uri}");
+    assert_eq!(
+        lab.cloud_run.started_attempts(),
+        vec![attempt.id.to_string()]
+    );
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_is_ridden_out_and_every_run_launches_exactly_once() {
+    let lab = Lab::start().await;
+    lab.cloud_run.refuse_next_runs(7, 429);
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(lab.create(&fmu_run()).await);
+    }
+    assert_eq!(lab.dispatch().await, 3);
+    for &run in &runs {
+        let attempt = lab.current(run).await;
+        assert_eq!(attempt.state, AttemptState::Running, "{attempt:?}");
+        assert!(attempt.backend.is_some());
+    }
+    assert_eq!(lab.cloud_run.run_requests(), 10, "7 refused, 3 accepted");
+    for &run in &runs {
+        let done = lab.wait_completed(run, Duration::from_secs(120)).await;
+        assert_eq!(done.run.result, Some(RunResult::Passed), "{done:?}");
+        assert_eq!(done.attempts.len(), 1);
+    }
+    let mut started = lab.cloud_run.started_attempts();
+    started.sort();
+    started.dedup();
+    assert_eq!(started.len(), 3, "each run launched once");
+    assert_eq!(lab.cloud_run.started_attempts().len(), 3);
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_jobs_run_is_resolved_without_a_second_launch() {
+    let lab = Lab::start().await;
+    // The execution starts, but the caller gets a 500: it cannot tell.
+    lab.cloud_run.start_then_fail_next_runs(1, 500);
+    let run = lab.create(&tiny_run("silent")).await;
+    lab.dispatch().await;
+    let attempt = lab.current(run).await;
+    assert_eq!(attempt.state, AttemptState::Unknown, "{attempt:?}");
+    assert_eq!(attempt.backend, None);
+    lab.cloud_run.wait_idle(Duration::from_secs(30)).await;
+
+    let report = lab.reconcile().await;
+    assert_eq!(report.count(ActionKind::Resolved), 1, "{report:?}");
+    let resolved = lab.current(run).await;
+    let execution = resolved
+        .backend
+        .clone()
+        .expect("found by listing executions");
+    assert_eq!(
+        lab.cloud_run.env_of(&execution.id).expect("exists")["RUNWAY_ATTEMPT_ID"],
+        attempt.id.to_string()
+    );
+    // It ended without output: failed from observation, never launched again.
+    lab.advance(INTERVAL + GRACE);
+    lab.reconcile().await;
+    lab.advance(INTERVAL + GRACE);
+    lab.reconcile().await;
+    let done = lab.run(run).await;
+    assert_eq!(done.run.state, RunState::Completed, "{done:?}");
+    assert_eq!(done.attempts[0].state, AttemptState::Failed);
+    assert_eq!(lab.cloud_run.run_requests(), 1, "no second jobs.run");
+    assert_eq!(lab.cloud_run.started_attempts().len(), 1);
+
+    // The same ambiguity with a job that calls back needs no reconciler.
+    lab.cloud_run.start_then_fail_next_runs(1, 500);
+    let run = lab.create(&fmu_run()).await;
+    lab.dispatch().await;
+    let done = lab.wait_completed(run, Duration::from_secs(120)).await;
+    assert_eq!(done.run.result, Some(RunResult::Passed), "{done:?}");
+    assert_eq!(lab.cloud_run.run_requests(), 2);
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_that_fails_without_a_callback_fails_its_attempt_within_one_interval() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("crash")).await;
+    lab.dispatch().await;
+    lab.cloud_run.wait_idle(Duration::from_secs(30)).await;
+    // The job ended (by its completion time) a moment ago; one interval past the grace later
+    // the reconciler has observed it and failed the attempt.
+    let report = lab.reconcile().await;
+    assert_eq!(
+        report.count(ActionKind::Failed),
+        0,
+        "still within the grace"
+    );
+    lab.advance(INTERVAL + GRACE);
+    let report = lab.reconcile().await;
+    assert_eq!(report.count(ActionKind::Failed), 1, "{report:?}");
+    let done = lab.run(run).await;
+    assert_eq!(done.run.result, Some(RunResult::Error), "{done:?}");
+    let attempt = &done.attempts[0];
+    assert_eq!(attempt.state, AttemptState::Failed);
+    assert_eq!(
+        attempt.exit_code, None,
+        "Cloud Run gives no exit code per execution"
+    );
+    let tail = attempt.log_tail.as_deref().unwrap_or_default();
+    assert!(tail.contains("failed"), "{tail}");
+    assert!(
+        tail.contains("logs: file://"),
+        "Cloud Run's log link is kept: {tail}"
+    );
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_executions_cancel_and_a_cancelled_execution_is_no_success() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("hang")).await;
+    lab.dispatch().await;
+    let execution = lab.current(run).await.backend.expect("execution").id;
+    let response = lab
+        .http
+        .post(format!("{}/v1/runs/{run}/cancel", lab.launcher_url))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(response.status(), 202);
+    let report = lab.reconcile().await;
+    assert_eq!(report.count(ActionKind::Canceled), 1, "{report:?}");
+    assert_eq!(lab.cloud_run.cancel_requests(), vec![execution.clone()]);
+    lab.cloud_run.wait_idle(Duration::from_secs(10)).await;
+    let done = lab.run(run).await;
+    assert_eq!(done.run.result, Some(RunResult::Canceled));
+    let backend = lab
+        .workers
+        .backends
+        .get(BackendKind::CloudRun)
+        .expect("built")
+        .clone();
+    let state = backend.observe(&execution).await.expect("observe");
+    let runway_launcher::backends::JobState::Exited { code, log_tail, .. } = state else {
+        panic!("{state:?}")
+    };
+    assert_eq!(code, None, "a cancelled execution is not a success");
+    assert!(log_tail.is_some_and(|t| t.contains("cancelled")));
+    // Cancelling again (already ended) and observing a missing execution are not errors.
+    backend.cancel(&execution).await.expect("cancel again");
+    assert_eq!(
+        backend
+            .observe(&format!(
+                "{}/executions/energyplus-nope0",
+                job("energyplus")
+            ))
+            .await
+            .expect("observe"),
+        runway_launcher::backends::JobState::Gone
+    );
+    lab.finish();
+}
