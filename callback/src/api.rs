@@ -71,6 +71,9 @@ pub enum CallbackError {
     /// attempt's output.
     #[error("{0}")]
     Rejected(String),
+    /// The token is valid, but for another identity than the one the attempt's job runs as.
+    #[error("{0}")]
+    WrongCaller(String),
     /// Something on our side failed; the caller should retry.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -89,6 +92,7 @@ impl IntoResponse for CallbackError {
             Self::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
             Self::UnknownCallback => (StatusCode::NOT_FOUND, "unknown_callback"),
             Self::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+            Self::WrongCaller(_) => (StatusCode::FORBIDDEN, "wrong_caller"),
             Self::Internal(cause) => {
                 tracing::error!(error = %format!("{cause:#}"), "callback failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -145,9 +149,12 @@ async fn receive(
         attempt.id = %attempt.id,
         caller = %caller.email,
     );
-    match accept(&state, &payload, &attempt).instrument(span).await {
+    match accept(&state, &payload, &attempt, &caller.email)
+        .instrument(span)
+        .await
+    {
         Ok(response) => Ok(response),
-        Err(e @ CallbackError::Rejected(_)) => {
+        Err(e @ (CallbackError::Rejected(_) | CallbackError::WrongCaller(_))) => {
             let reason = e.to_string();
             tracing::warn!(%reason, "callback rejected");
             let recorded = state
@@ -175,8 +182,16 @@ async fn accept(
     state: &CallbackState,
     payload: &CallbackPayload,
     attempt: &Attempt,
+    caller: &str,
 ) -> Result<Response, CallbackError> {
     let reject = |why: String| Err(CallbackError::Rejected(why));
+    if let Some(expected) = attempt.caller_identity.as_deref()
+        && caller != expected
+    {
+        return Err(CallbackError::WrongCaller(format!(
+            "this attempt's job runs as {expected}; a token for {caller} may not call back for it"
+        )));
+    }
     if payload.run_id != attempt.run_id.to_string() {
         return reject("run_id does not match the attempt of this callback_id".into());
     }

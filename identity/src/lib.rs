@@ -35,8 +35,9 @@ pub use issuer::{LocalIssuer, LocalIssuerConfig};
 pub use metadata::metadata_router;
 #[cfg(feature = "issuer")]
 pub use verifier::{
-    DEFAULT_MAX_TOKEN_LIFETIME, GOOGLE_ISSUER, GOOGLE_JWKS_URI, TokenError, TokenVerifier,
-    TrustedIssuer, Unverified, VerifiedToken, VerifierConfig, read_jwks, read_unverified,
+    DEFAULT_MAX_TOKEN_LIFETIME, GOOGLE_ISSUER, GOOGLE_ISSUER_ALIAS, GOOGLE_JWKS_URI, TokenError,
+    TokenVerifier, TrustedIssuer, Unverified, VerifiedToken, VerifierConfig, read_jwks,
+    read_unverified,
 };
 
 /// The only signature algorithm issued or accepted.

@@ -16,6 +16,11 @@ use super::{ALGORITHM, install_crypto_provider};
 
 /// The `iss` of Google-signed ID tokens.
 pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+/// The other `iss` Google's documentation says its ID tokens may carry; trusting
+/// [`GOOGLE_ISSUER`] trusts it too, with the same keys.
+pub const GOOGLE_ISSUER_ALIAS: &str = "accounts.google.com";
+/// Longest key-cache lifetime taken from a JWKS response's `Cache-Control: max-age`.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Where Google publishes the keys that sign its ID tokens.
 pub const GOOGLE_JWKS_URI: &str = "https://www.googleapis.com/oauth2/v3/certs";
 
@@ -164,7 +169,7 @@ pub struct TokenVerifier {
 struct Inner {
     audience: String,
     allowed_emails: HashSet<String>,
-    issuers: HashMap<String, IssuerKeys>,
+    issuers: HashMap<String, Arc<IssuerKeys>>,
     client: reqwest::Client,
     cache_ttl: Duration,
     refresh_cooldown: Duration,
@@ -184,6 +189,9 @@ struct IssuerKeys {
 struct KeyCache {
     keys: HashMap<String, Arc<DecodingKey>>,
     fetched_at: Option<Instant>,
+    /// How long the last fetched keys may be used, from the response's `Cache-Control:
+    /// max-age`; `None` for the verifier's default.
+    ttl: Option<Duration>,
     last_attempt: Option<Instant>,
     last_attempt_failed: bool,
 }
@@ -196,7 +204,8 @@ enum Lookup {
 }
 
 impl KeyCache {
-    fn lookup(&self, kid: &str, ttl: Duration) -> Lookup {
+    fn lookup(&self, kid: &str, default_ttl: Duration) -> Lookup {
+        let ttl = self.ttl.unwrap_or(default_ttl);
         match self.keys.get(kid) {
             Some(key) if self.fetched_at.is_some_and(|t| t.elapsed() < ttl) => {
                 Lookup::Fresh(key.clone())
@@ -262,13 +271,19 @@ impl TokenVerifier {
                     trusted.issuer
                 )
             })?;
-            let keys = IssuerKeys {
+            let keys = Arc::new(IssuerKeys {
                 jwks_uri: trusted.jwks_uri,
                 cache: RwLock::default(),
                 fetching: tokio::sync::Mutex::default(),
-            };
-            if issuers.insert(trusted.issuer.clone(), keys).is_some() {
-                anyhow::bail!("token issuer {:?} is listed twice", trusted.issuer);
+            });
+            let mut names = vec![trusted.issuer.clone()];
+            if trusted.issuer == GOOGLE_ISSUER {
+                names.push(GOOGLE_ISSUER_ALIAS.to_owned());
+            }
+            for name in names {
+                if issuers.insert(name.clone(), keys.clone()).is_some() {
+                    anyhow::bail!("token issuer {name:?} is listed twice");
+                }
             }
         }
         let client = reqwest::Client::builder()
@@ -288,8 +303,8 @@ impl TokenVerifier {
         })
     }
 
-    /// Sets how long fetched keys are used before being fetched again (default 1 h). Call before
-    /// cloning.
+    /// Sets how long fetched keys are used before being fetched again when the JWKS response
+    /// carries no `Cache-Control: max-age` (default 1 h). Call before cloning.
     pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.cache_ttl = ttl;
@@ -464,9 +479,15 @@ impl TokenVerifier {
         let mut cache = keys.cache.write().unwrap_or_else(PoisonError::into_inner);
         cache.last_attempt = Some(Instant::now());
         match fetched {
-            Ok(fresh) => {
-                tracing::debug!(issuer, keys = fresh.len(), "fetched token signing keys");
+            Ok((fresh, ttl)) => {
+                tracing::debug!(
+                    issuer,
+                    keys = fresh.len(),
+                    ?ttl,
+                    "fetched token signing keys"
+                );
                 cache.keys = fresh;
+                cache.ttl = ttl;
                 cache.fetched_at = cache.last_attempt;
                 cache.last_attempt_failed = false;
                 cache.keys.get(kid).cloned().ok_or_else(unknown_kid)
@@ -492,7 +513,8 @@ impl TokenVerifier {
         }
     }
 
-    async fn fetch_jwks(&self, uri: &str) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+    /// The keys at `uri`, and how long they may be cached if the response says.
+    async fn fetch_jwks(&self, uri: &str) -> Result<(JwksKeys, Option<Duration>), String> {
         let response = self
             .inner
             .client
@@ -501,6 +523,12 @@ impl TokenVerifier {
             .await
             .map_err(|e| format!("GET {uri}: {e}"))?;
         let status = response.status();
+        let ttl = response
+            .headers()
+            .get_all(reqwest::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(cache_max_age);
         let body = response
             .bytes()
             .await
@@ -514,7 +542,9 @@ impl TokenVerifier {
         if body.len() > MAX_JWKS_BYTES {
             return Err(format!("GET {uri}: larger than {MAX_JWKS_BYTES} bytes"));
         }
-        parse_jwks(&body).map_err(|e| format!("GET {uri}: {e}"))
+        parse_jwks(&body)
+            .map(|keys| (keys, ttl))
+            .map_err(|e| format!("GET {uri}: {e}"))
     }
 }
 
@@ -630,6 +660,28 @@ fn check_header(token: &str) -> Result<String, TokenError> {
         Some(Value::String(kid)) if !kid.is_empty() => Ok(kid.clone()),
         _ => Err(TokenError::Malformed("header has no kid".to_owned())),
     }
+}
+
+/// Keys by `kid`.
+type JwksKeys = HashMap<String, Arc<DecodingKey>>;
+
+/// The `max-age` of a `Cache-Control` value (capped at a day), unless it also says `no-store`
+/// or `no-cache` (then zero: fetch again when next needed, within the cool-down).
+fn cache_max_age(value: &str) -> Option<Duration> {
+    let directives: Vec<String> = value
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect();
+    if directives
+        .iter()
+        .any(|d| d == "no-store" || d == "no-cache")
+    {
+        return Some(Duration::ZERO);
+    }
+    directives.iter().find_map(|d| {
+        let seconds: u64 = d.strip_prefix("max-age=")?.trim_matches('"').parse().ok()?;
+        Some(Duration::from_secs(seconds).min(MAX_CACHE_TTL))
+    })
 }
 
 fn read(cache: &RwLock<KeyCache>) -> std::sync::RwLockReadGuard<'_, KeyCache> {

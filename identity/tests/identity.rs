@@ -625,3 +625,97 @@ async fn python_google_auth_fetches_a_token_that_verifies() {
 
     assert_eq!(verified.email, EMAIL);
 }
+
+/// A JWKS endpoint serving `jwks` with `cache_control`, counting its hits.
+async fn jwks_with_cache_control(
+    jwks: Value,
+    cache_control: &'static str,
+) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { ([("cache-control", cache_control)], axum::Json(jwks)) }
+            }),
+        )
+        .layer(middleware::from_fn_with_state(hits.clone(), count_jwks));
+    spawn(listener, app);
+    (url, hits)
+}
+
+#[tokio::test]
+async fn google_tokens_verify_under_either_issuer_spelling() {
+    let fixture = Fixture::start().await;
+    let verifier = TokenVerifier::new(VerifierConfig {
+        trusted_issuers: vec![TrustedIssuer {
+            issuer: runway_identity::GOOGLE_ISSUER.to_owned(),
+            jwks_uri: fixture.issuer.jwks_uri(),
+        }],
+        audience: AUDIENCE.to_owned(),
+        allowed_emails: vec![EMAIL.to_owned()],
+    })
+    .unwrap();
+    for iss in ["https://accounts.google.com", "accounts.google.com"] {
+        let mut claims = fixture.claims();
+        claims["iss"] = json!(iss);
+        let verified = verifier.verify_token(&fixture.sign(&claims)).await.unwrap();
+        assert_eq!(verified.issuer, iss);
+        assert_eq!(verified.email, EMAIL);
+    }
+    // Both spellings share one key cache: one fetch in all.
+    assert_eq!(fixture.jwks_hits(), 1);
+    let mut claims = fixture.claims();
+    claims["iss"] = json!("http://accounts.google.com");
+    assert!(matches!(
+        verifier.verify_token(&fixture.sign(&claims)).await,
+        Err(TokenError::UnknownIssuer(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_jwks_cache_follows_cache_control_max_age() {
+    let fixture = Fixture::start().await;
+    let verifier_for = |jwks_uri: String| {
+        TokenVerifier::new(VerifierConfig {
+            trusted_issuers: vec![TrustedIssuer {
+                issuer: fixture.issuer.issuer().to_owned(),
+                jwks_uri,
+            }],
+            audience: AUDIENCE.to_owned(),
+            allowed_emails: vec![EMAIL.to_owned()],
+        })
+        .unwrap()
+        // No cool-down, so that only the cache lifetime decides when keys are fetched again.
+        .with_refresh_cooldown(Duration::ZERO)
+    };
+    let token = fixture.sign(&fixture.claims());
+
+    // Keys Google says to keep for hours are not fetched again for each token.
+    let (uri, hits) = jwks_with_cache_control(
+        fixture.issuer.jwks(),
+        "public, max-age=19800, must-revalidate",
+    )
+    .await;
+    let verifier = verifier_for(uri);
+    for _ in 0..3 {
+        verifier.verify_token(&token).await.unwrap();
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // Keys that may not be cached are fetched again when next needed.
+    let (uri, hits) = jwks_with_cache_control(fixture.issuer.jwks(), "max-age=0").await;
+    let verifier = verifier_for(uri);
+    for _ in 0..3 {
+        verifier.verify_token(&token).await.unwrap();
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    let (uri, hits) = jwks_with_cache_control(fixture.issuer.jwks(), "no-store").await;
+    let verifier = verifier_for(uri);
+    verifier.verify_token(&token).await.unwrap();
+    verifier.verify_token(&token).await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}

@@ -8,7 +8,8 @@
 //! ```json
 //! {"validators": [
 //!   {"id": "energyplus", "type": "ENERGYPLUS", "version": "25.2", "backend": "cloud_run",
-//!    "job_name": "projects/p/locations/r/jobs/energyplus", "timeout_seconds": 3600,
+//!    "job_name": "projects/p/locations/r/jobs/energyplus",
+//!    "service_account": "energyplus-runtime@p.iam.gserviceaccount.com", "timeout_seconds": 3600,
 //!    "max_concurrency": 10, "max_attempts": 3, "retry_backoff_seconds": 5,
 //!    "retry_backoff_max_seconds": 300, "limits": {"cpus": 2, "memory_mb": 4096, "pids": 512}}
 //! ]}
@@ -53,6 +54,11 @@ pub struct ValidatorConfig {
     /// The Cloud Run Job (required by `cloud_run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+    /// The service account its jobs run as (required by `cloud_run`: the Cloud Run Job's
+    /// runtime identity). Each attempt records it, and only an ID token for it may call back
+    /// for the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
     /// The job's deadline, in seconds (at least 1).
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u32,
@@ -192,6 +198,18 @@ impl Registry {
             if v.backend == BackendKind::CloudRun && v.job_name.as_deref().is_none_or(blank) {
                 bail!("validator {id:?} uses the cloud_run backend but has no job_name");
             }
+            if v.backend == BackendKind::CloudRun && v.service_account.as_deref().is_none_or(blank)
+            {
+                bail!(
+                    "validator {id:?} uses the cloud_run backend but has no service_account \
+                     (the Cloud Run Job's runtime identity, which alone may call back)"
+                );
+            }
+            if let Some(sa) = &v.service_account
+                && (sa.len() < 3 || !sa.contains('@') || sa.contains(char::is_whitespace))
+            {
+                bail!("validator {id:?} has service_account {sa:?}, which is not an email address");
+            }
             if v.backend == BackendKind::Docker && v.image.as_deref().is_none_or(blank) {
                 bail!("validator {id:?} uses the docker backend but has no image");
             }
@@ -267,6 +285,7 @@ impl Registry {
             backend: BackendKind::Mock,
             image: None,
             job_name: None,
+            service_account: None,
             timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
             max_concurrency: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -356,7 +375,8 @@ mod tests {
         let r = Registry::from_json(
             r#"{"validators": [
                 {"id": "ep", "type": "ENERGYPLUS", "version": "25.2", "backend": "cloud_run",
-                 "job_name": "jobs/ep", "max_concurrency": 4},
+                 "job_name": "jobs/ep", "service_account": "ep@p.iam.gserviceaccount.com",
+                 "max_concurrency": 4},
                 {"id": "fmu", "type": "FMU", "version": "2.0", "backend": "docker",
                  "image": "runway/fmu:1", "timeout_seconds": 60, "max_attempts": 1}
             ]}"#,
@@ -385,6 +405,18 @@ mod tests {
             format!(r#"{{"validators": [{{"id": "v", "type": "FMU", "version": "1", {extra}}}]}}"#)
         };
         assert!(err(&one(r#""backend": "cloud_run""#)).contains("has no job_name"));
+        assert!(
+            err(&one(
+                r#""backend": "cloud_run", "job_name": "projects/p/locations/l/jobs/j""#
+            ))
+            .contains("has no service_account")
+        );
+        assert!(
+            err(&one(
+                r#""backend": "mock", "service_account": "not an email""#
+            ))
+            .contains("not an email address")
+        );
         assert!(err(&one(r#""backend": "docker""#)).contains("has no image"));
         assert!(err(&one(r#""backend": "mock", "timeout_seconds": 0"#)).contains("timeout"));
         assert!(err(&one(r#""backend": "mock", "max_attempts": 0"#)).contains("max_attempts"));

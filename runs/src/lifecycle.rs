@@ -288,6 +288,7 @@ fn new_attempt(
     number: u32,
     storage_prefix: String,
     callback_nonce_sha256: Option<String>,
+    caller_identity: Option<String>,
     not_before: DateTime<Utc>,
     created_at: DateTime<Utc>,
 ) -> Attempt {
@@ -311,6 +312,7 @@ fn new_attempt(
         dispatched_at: None,
         started_at: None,
         finished_at: None,
+        caller_identity,
     }
 }
 
@@ -380,6 +382,7 @@ pub(crate) async fn create_run(
         1,
         paths.attempt(new.first_attempt.id.as_uuid()).to_string(),
         Some(new.first_attempt.callback_nonce_sha256),
+        new.first_attempt.caller_identity,
         run.created_at,
         run.created_at,
     );
@@ -485,7 +488,16 @@ pub(crate) async fn end_attempt(
         let id = AttemptId::new();
         let prefix = ended.paths()?.sibling(id.as_uuid()).to_string();
         let not_before = stored(at + run.retry.backoff(ended.number, jitter));
-        let retry = new_attempt(&run, id, ended.number + 1, prefix, None, not_before, at);
+        let retry = new_attempt(
+            &run,
+            id,
+            ended.number + 1,
+            prefix,
+            None,
+            ended.caller_identity.clone(),
+            not_before,
+            at,
+        );
         tx.insert_attempt(&retry).await?;
         let queued = Run {
             state: run_state_for(retry.state),

@@ -379,6 +379,9 @@ pub struct Attempt {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The identity (service-account email) its job runs as, which alone may call back for it;
+    /// `None` where any allowed caller may (validators that name no `service_account`).
+    pub caller_identity: Option<String>,
 }
 
 impl Attempt {
@@ -416,6 +419,8 @@ pub struct NewAttempt {
     pub id: AttemptId,
     /// The commitment of its callback nonce.
     pub callback_nonce_sha256: String,
+    /// The identity its job will run as, which alone may call back for it (retries inherit it).
+    pub caller_identity: Option<String>,
 }
 
 /// A client's idempotency key with the fingerprint of the request it came with.

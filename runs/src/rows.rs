@@ -13,7 +13,7 @@ macro_rules! attempt_columns {
     () => {
         "id, run_id, number, state, validator_id, not_before, storage_prefix, callback_id, \
          callback_nonce_sha256, deadline_at, backend_kind, backend_ref, cancel_requested, error, \
-         exit_code, log_tail, created_at, dispatched_at, started_at, finished_at"
+         exit_code, log_tail, created_at, dispatched_at, started_at, finished_at, caller_identity"
     };
 }
 
@@ -45,7 +45,7 @@ pub(crate) const INSERT_ATTEMPT: &str = concat!(
     "INSERT INTO attempts (",
     attempt_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20)"
+     $19, $20, $21)"
 );
 
 /// Writes back an attempt's mutable columns under a compare-and-set on its state; bind with
@@ -53,7 +53,7 @@ pub(crate) const INSERT_ATTEMPT: &str = concat!(
 pub(crate) const UPDATE_ATTEMPT: &str = "UPDATE attempts SET state = $3, not_before = $4, \
      callback_nonce_sha256 = $5, deadline_at = $6, backend_kind = $7, backend_ref = $8, \
      cancel_requested = $9, error = $10, exit_code = $11, log_tail = $12, dispatched_at = $13, \
-     started_at = $14, finished_at = $15 WHERE id = $1 AND state = $2";
+     started_at = $14, finished_at = $15, caller_identity = $16 WHERE id = $1 AND state = $2";
 
 /// Writes back a run's mutable columns under a compare-and-set on its state; bind with
 /// [`bind_run_update`].
@@ -127,6 +127,7 @@ macro_rules! decoders {
                 dispatched_at: opt_ts_col(row, "dispatched_at")?,
                 started_at: opt_ts_col(row, "started_at")?,
                 finished_at: opt_ts_col(row, "finished_at")?,
+                caller_identity: row.try_get("caller_identity")?,
             })
         }
 
@@ -182,6 +183,7 @@ macro_rules! bind_attempt {
             .bind(enc_opt_ts(a.dispatched_at))
             .bind(enc_opt_ts(a.started_at))
             .bind(enc_opt_ts(a.finished_at))
+            .bind(a.caller_identity.as_deref())
     }};
 }
 
@@ -204,6 +206,7 @@ macro_rules! bind_attempt_update {
             .bind(enc_opt_ts(a.dispatched_at))
             .bind(enc_opt_ts(a.started_at))
             .bind(enc_opt_ts(a.finished_at))
+            .bind(a.caller_identity.as_deref())
     }};
 }
 

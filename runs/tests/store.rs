@@ -139,8 +139,12 @@ fn new_attempt() -> NewAttempt {
     NewAttempt {
         id: AttemptId::new(),
         callback_nonce_sha256: "ab".repeat(32),
+        caller_identity: Some(CALLER.to_owned()),
     }
 }
+
+/// The identity every test attempt's job runs as.
+const CALLER: &str = "validator@runway-test.iam.gserviceaccount.com";
 
 /// Three attempts; retries wait 30–60 s, then 60–120 s.
 const POLICY: RetryPolicy = RetryPolicy {
@@ -1029,6 +1033,11 @@ async fn retries_are_scheduled_up_to_max_attempts(db: &Db) {
         assert_eq!(ended.log_tail.as_deref(), Some("Killed"));
         assert_eq!(retry.number, number);
         assert_eq!(retry.state, AttemptState::Pending);
+        assert_eq!(
+            retry.caller_identity.as_deref(),
+            Some(CALLER),
+            "a retry's job runs as the same identity"
+        );
         // Exponential backoff with equal jitter: in [b/2, b] for b = 60 s · 2^(n-2).
         let full = secs(60 * (1 << (number - 2)));
         assert!(

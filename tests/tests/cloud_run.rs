@@ -41,6 +41,9 @@ const GRACE: Duration = Duration::from_secs(5);
 const TIMEOUT_SECONDS: u32 = 300;
 /// The validators' runtime service account, as Google's tokens name it.
 const RUNTIME_SA: &str = "validator-runtime@runway-test.iam.gserviceaccount.com";
+/// Another allow-listed identity (another validator's runtime), whose tokens are valid but may
+/// not call back for these validators' attempts.
+const OTHER_SA: &str = "other-validator@runway-test.iam.gserviceaccount.com";
 
 fn job(name: &str) -> String {
     format!("{PROJECT}/jobs/{name}")
@@ -48,6 +51,10 @@ fn job(name: &str) -> String {
 
 struct Lab {
     store: Arc<dyn RunStore>,
+    storage: Arc<dyn runway_storage::ObjectStore>,
+    /// Signs "Google" tokens for [`OTHER_SA`] with the key the JWKS publishes.
+    other_identity: LocalIssuer,
+    callback_url: String,
     clock: Arc<ManualClock>,
     workers: Workers,
     cloud_run: FakeCloudRun,
@@ -87,14 +94,19 @@ impl Lab {
         let launcher_url = format!("http://{}", launcher.local_addr().expect("addr"));
 
         // "Google": the metadata server the jobs ask for ID tokens, and the issuer's JWKS.
-        let google_issuer = Arc::new(
-            LocalIssuer::generate(LocalIssuerConfig {
-                issuer: runway_identity::GOOGLE_ISSUER.to_owned(),
-                email: RUNTIME_SA.to_owned(),
-                lifetime: Duration::from_secs(3600),
-            })
-            .expect("issuer"),
-        );
+        let google_as = |email: &str| {
+            LocalIssuer::load_or_create(
+                &dir.path().join("google.pem"),
+                LocalIssuerConfig {
+                    issuer: runway_identity::GOOGLE_ISSUER.to_owned(),
+                    email: email.to_owned(),
+                    lifetime: Duration::from_secs(3600),
+                },
+            )
+            .expect("issuer")
+        };
+        let google_issuer = Arc::new(google_as(RUNTIME_SA));
+        let other_identity = google_as(OTHER_SA);
 
         let runner = ProcessSettings::default_runner();
         assert!(
@@ -141,7 +153,8 @@ impl Lab {
 
         let validator = |id: &str, kind: &str| {
             json!({"id": id, "type": kind, "version": "25.2", "backend": "cloud_run",
-                   "job_name": job(id), "timeout_seconds": TIMEOUT_SECONDS, "max_attempts": 1})
+                   "job_name": job(id), "service_account": RUNTIME_SA,
+                   "timeout_seconds": TIMEOUT_SECONDS, "max_attempts": 1})
         };
         let registry = Registry::from_json(
             &json!({"validators": [
@@ -171,7 +184,7 @@ impl Lab {
                     jwks_uri: format!("http://{google_addr}/jwks.json"),
                 }],
                 audience: callback_url.clone(),
-                allowed_emails: vec![RUNTIME_SA.to_owned()],
+                allowed_emails: vec![RUNTIME_SA.to_owned(), OTHER_SA.to_owned()],
             })
             .expect("verifier"),
         );
@@ -244,6 +257,9 @@ impl Lab {
         serve(launcher, runway_launcher::router(state));
         Self {
             store,
+            storage,
+            other_identity,
+            callback_url,
             clock,
             workers,
             cloud_run,
@@ -597,6 +613,64 @@ async fn cancel_reaches_executions_cancel_and_a_cancelled_execution_is_no_succes
             .await
             .expect("observe"),
         runway_launcher::backends::JobState::Gone
+    );
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_google_token_of_another_validators_identity_may_not_call_back() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("hang")).await;
+    lab.dispatch().await;
+    let attempt = lab.current(run).await;
+    assert_eq!(attempt.caller_identity.as_deref(), Some(RUNTIME_SA));
+    let input_uri = lab
+        .storage
+        .uri_for(&attempt.paths().expect("paths").input());
+    let input = runway_contract::InputEnvelope::from_json(
+        &lab.storage
+            .read_bytes(&input_uri, 1 << 20)
+            .await
+            .expect("input.json"),
+    )
+    .expect("envelope");
+    let payload = json!({
+        "run_id": input.run_id,
+        "callback_id": input.context.callback_id,
+        "callback_nonce": input.context.callback_nonce,
+        "status": "success",
+        "result_uri": input.context.expected_output_uri,
+    });
+    let post = |token: String| {
+        lab.http
+            .post(format!("{}/v1/callbacks", lab.callback_url))
+            .bearer_auth(token)
+            .json(&payload)
+            .send()
+    };
+    // Signed by "Google", for the right audience, allow-listed — but not this job's identity.
+    let response = post(lab.other_identity.issue(&lab.callback_url))
+        .await
+        .expect("callback");
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "wrong_caller", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(RUNTIME_SA) && message.contains(OTHER_SA),
+        "{message}"
+    );
+    let receipts = lab
+        .store
+        .callback_receipts(attempt.id)
+        .await
+        .expect("receipts");
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].outcome, runway_runs::ReceiptOutcome::Rejected);
+    assert_eq!(
+        lab.current(run).await.state,
+        AttemptState::Running,
+        "nothing changed"
     );
     lab.finish();
 }

@@ -434,6 +434,7 @@ async fn commit(
                 .nonce_key
                 .commitment_for(&attempt_id.to_string())
                 .to_string(),
+            caller_identity: validator.service_account.clone(),
         },
     };
     let store = &state.deps.store;
