@@ -281,17 +281,27 @@ fn completion_payload(run: &Run, attempt_id: AttemptId) -> Value {
     })
 }
 
+/// Who an attempt's job is: the commitment of its callback nonce (if already known) and the
+/// identity that alone may call back.
+struct JobIdentity {
+    callback_nonce_sha256: Option<String>,
+    caller_identity: Option<String>,
+}
+
 /// A fresh pending attempt of `run`, number `number`, due at `not_before`, in its own folder.
 fn new_attempt(
     run: &Run,
     id: AttemptId,
     number: u32,
     storage_prefix: String,
-    callback_nonce_sha256: Option<String>,
-    caller_identity: Option<String>,
+    identity: JobIdentity,
     not_before: DateTime<Utc>,
     created_at: DateTime<Utc>,
 ) -> Attempt {
+    let JobIdentity {
+        callback_nonce_sha256,
+        caller_identity,
+    } = identity;
     Attempt {
         id,
         run_id: run.id,
@@ -381,8 +391,10 @@ pub(crate) async fn create_run(
         new.first_attempt.id,
         1,
         paths.attempt(new.first_attempt.id.as_uuid()).to_string(),
-        Some(new.first_attempt.callback_nonce_sha256),
-        new.first_attempt.caller_identity,
+        JobIdentity {
+            callback_nonce_sha256: Some(new.first_attempt.callback_nonce_sha256),
+            caller_identity: new.first_attempt.caller_identity,
+        },
         run.created_at,
         run.created_at,
     );
@@ -493,8 +505,10 @@ pub(crate) async fn end_attempt(
             id,
             ended.number + 1,
             prefix,
-            None,
-            ended.caller_identity.clone(),
+            JobIdentity {
+                callback_nonce_sha256: None,
+                caller_identity: ended.caller_identity.clone(),
+            },
             not_before,
             at,
         );
