@@ -59,6 +59,10 @@ pub struct ValidatorConfig {
     /// for the attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// Which images its jobs may run: `tag` (any), or `digest` (only an image pinned by
+    /// `@sha256:`; checked at start-up and before every launch, on backends that can tell).
+    #[serde(default)]
+    pub image_policy: ImagePolicy,
     /// The job's deadline, in seconds (at least 1).
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u32,
@@ -83,6 +87,29 @@ pub struct ValidatorConfig {
     /// network; its output is salvaged when it exits).
     #[serde(default)]
     pub network: Network,
+}
+
+/// Which images a validator's jobs may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImagePolicy {
+    /// Any image reference.
+    #[default]
+    Tag,
+    /// Only an image pinned by digest (`…@sha256:<64 hex>`).
+    Digest,
+}
+
+impl ImagePolicy {
+    /// Whether `image` may run under this policy.
+    pub fn allows(self, image: &str) -> bool {
+        match self {
+            Self::Tag => true,
+            Self::Digest => image.rsplit_once("@sha256:").is_some_and(|(name, hex)| {
+                !name.is_empty() && hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            }),
+        }
+    }
 }
 
 /// A Docker job's network.
@@ -210,6 +237,15 @@ impl Registry {
             {
                 bail!("validator {id:?} has service_account {sa:?}, which is not an email address");
             }
+            if v.image_policy == ImagePolicy::Digest
+                && let Some(image) = &v.image
+                && !v.image_policy.allows(image)
+            {
+                bail!(
+                    "validator {id:?} has image_policy digest but its image {image:?} is not \
+                     pinned by digest (name@sha256:<64 hex>)"
+                );
+            }
             if v.backend == BackendKind::Docker && v.image.as_deref().is_none_or(blank) {
                 bail!("validator {id:?} uses the docker backend but has no image");
             }
@@ -286,6 +322,7 @@ impl Registry {
             image: None,
             job_name: None,
             service_account: None,
+            image_policy: ImagePolicy::Tag,
             timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
             max_concurrency: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -397,6 +434,29 @@ mod tests {
         assert_eq!(r.caps(), HashMap::from([("ep".to_owned(), 4)]));
         assert_eq!(r.iter().count(), 2);
         assert!(r.get("nope").is_none());
+    }
+
+    #[test]
+    fn the_digest_policy_allows_only_images_pinned_by_digest() {
+        let digest = "a".repeat(64);
+        assert!(ImagePolicy::Tag.allows("runner:latest"));
+        assert!(ImagePolicy::Digest.allows(&format!("eu.gcr.io/p/runner@sha256:{digest}")));
+        assert!(ImagePolicy::Digest.allows(&format!("runner:1.2@sha256:{digest}")));
+        for refused in [
+            "runner:latest".to_owned(),
+            "runner".to_owned(),
+            format!("@sha256:{digest}"),
+            format!("runner@sha256:{}", "a".repeat(63)),
+            format!("runner@sha256:{}", "g".repeat(64)),
+            format!("runner@sha512:{digest}"),
+        ] {
+            assert!(!ImagePolicy::Digest.allows(&refused), "{refused}");
+        }
+        let r = format!(
+            r#"{{"validators": [{{"id": "d", "type": "FMU", "version": "1", "backend": "docker",
+                 "image": "runner:1", "image_policy": "digest"}}]}}"#
+        );
+        assert!(err(&r).contains("not pinned by digest"));
     }
 
     #[test]

@@ -137,6 +137,14 @@ impl Workers {
             }
         }
         let backends = Backends::new(&state.registry, built)?;
+        for backend in backends.iter() {
+            let validators: Vec<&crate::registry::ValidatorConfig> = state
+                .registry
+                .iter()
+                .filter(|v| v.backend == backend.kind())
+                .collect();
+            backend.check(&validators).await?;
+        }
         let dispatcher = Arc::new(Dispatcher::new(
             DispatcherParts {
                 store: state.deps.store.clone(),

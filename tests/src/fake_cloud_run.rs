@@ -74,6 +74,8 @@ struct Execution {
     exit_code: Option<i32>,
     log: PathBuf,
     cancel: Arc<Notify>,
+    /// The image it ran, when the job was redeployed with another.
+    image: Option<String>,
 }
 
 /// What the next `jobs.run` does instead of succeeding.
@@ -86,6 +88,8 @@ enum Injection {
 #[derive(Debug, Default)]
 struct Inner {
     executions: Vec<Execution>,
+    /// Jobs redeployed with another image (`set_image`).
+    images: HashMap<String, String>,
     injections: VecDeque<Injection>,
     run_requests: usize,
     cancel_requests: Vec<String>,
@@ -153,6 +157,14 @@ impl FakeCloudRun {
     /// The endpoint to give the client (`with_endpoint`).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Redeploys `job` with `image` (what `jobs.get` and later executions report).
+    pub fn set_image(&self, job: &str, image: &str) {
+        self.shared
+            .lock()
+            .images
+            .insert(job.to_owned(), image.to_owned());
     }
 
     /// The next `n` `jobs.run` calls answer `status` and start nothing.
@@ -290,6 +302,10 @@ fn enum_value(ints: bool, number: i64, name: &str) -> Value {
 
 impl Execution {
     fn to_json(&self, jobs: &HashMap<String, FakeJob>, ints: bool) -> Value {
+        let image = jobs
+            .get(&self.job)
+            .map(|j| j.image.clone())
+            .unwrap_or_default();
         let mut out = json!({
             "name": self.name,
             "uid": self.uid,
@@ -304,7 +320,7 @@ impl Execution {
             "etag": format!("\"{}\"", self.uid),
             "template": {
                 "containers": [{
-                    "image": jobs.get(&self.job).map(|j| j.image.clone()).unwrap_or_default(),
+                    "image": self.image.clone().unwrap_or(image),
                     "env": self.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
                 }],
                 "timeout": format!("{}s", self.timeout.as_secs()),
@@ -404,19 +420,27 @@ async fn get_resource(
     let parts: Vec<&str> = name.split('/').collect();
     match parts.as_slice() {
         ["projects", _, "locations", _, "jobs", _] => match shared.jobs.get(&name) {
-            Some(job) => axum::Json(json!({
+            Some(job) => {
+                let image = shared
+                    .lock()
+                    .images
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(|| job.image.clone());
+                axum::Json(json!({
                 "name": name,
                 "uid": uuid::Uuid::new_v4().to_string(),
                 "generation": "1",
                 "template": {"taskCount": 1, "template": {
-                    "containers": [{"image": job.image,
+                    "containers": [{"image": image,
                         "env": job.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>()}],
                     "timeout": format!("{}s", job.timeout.as_secs()),
                     "serviceAccount": job.service_account,
                     "maxRetries": 0,
                 }},
             }))
-            .into_response(),
+            .into_response()
+            }
             None => error(404, &format!("Resource '{name}' was not found")),
         },
         ["projects", _, "locations", _, "jobs", _, "executions"] => {
@@ -572,6 +596,7 @@ fn run_job(shared: &Arc<Shared>, job_name: &str, body: &Value, ints: bool) -> Re
         exit_code: None,
         log: log.clone(),
         cancel: cancel.clone(),
+        image: shared.lock().images.get(job_name).cloned(),
     };
     let rendered = execution.to_json(&shared.jobs, ints);
     shared.lock().executions.push(execution);

@@ -45,11 +45,29 @@ const RUNTIME_SA: &str = "validator-runtime@runway-test.iam.gserviceaccount.com"
 /// not call back for these validators' attempts.
 const OTHER_SA: &str = "other-validator@runway-test.iam.gserviceaccount.com";
 
+/// The image every fake job runs, pinned by digest.
+const PINNED_IMAGE: &str = "us-docker.pkg.dev/runway-test/validators/runner@sha256:\
+     3b5e1c0a9f8d7e6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a392817060f5e";
+
 fn job(name: &str) -> String {
     format!("{PROJECT}/jobs/{name}")
 }
 
+fn reconcile_settings() -> ReconcileSettings {
+    ReconcileSettings {
+        interval: INTERVAL,
+        grace: GRACE,
+        read_budget: 100,
+        scan_limit: 1000,
+        launch_settle: Duration::from_secs(30),
+        dispatch_stale: Duration::from_secs(60),
+        sweep_every: 1000,
+    }
+}
+
 struct Lab {
+    state: AppState,
+    worker_config: WorkerConfig,
     store: Arc<dyn RunStore>,
     storage: Arc<dyn runway_storage::ObjectStore>,
     /// Signs "Google" tokens for [`OTHER_SA`] with the key the JWKS publishes.
@@ -129,7 +147,7 @@ impl Lab {
             command: command.into(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: env.clone(),
-            image: "us-docker.pkg.dev/runway-test/validators/runner@sha256:0123".to_owned(),
+            image: PINNED_IMAGE.to_owned(),
             service_account: RUNTIME_SA.to_owned(),
             timeout: Duration::from_secs(600),
         };
@@ -153,7 +171,7 @@ impl Lab {
 
         let validator = |id: &str, kind: &str| {
             json!({"id": id, "type": kind, "version": "25.2", "backend": "cloud_run",
-                   "job_name": job(id), "service_account": RUNTIME_SA,
+                   "job_name": job(id), "service_account": RUNTIME_SA, "image_policy": "digest",
                    "timeout_seconds": TIMEOUT_SECONDS, "max_attempts": 1})
         };
         let registry = Registry::from_json(
@@ -188,55 +206,44 @@ impl Lab {
             })
             .expect("verifier"),
         );
-        let workers = Workers::build(
-            &state,
-            &WorkerConfig {
-                // No local identity: Cloud Run jobs get theirs from their own environment.
-                metadata_host: "127.0.0.1:9".to_owned(),
-                workers: WorkerArgs {
-                    max_in_flight: 16,
-                    reconcile_interval_seconds: INTERVAL.as_secs(),
-                    reconcile_grace_seconds: GRACE.as_secs(),
-                    reconcile_read_budget: 100,
-                    launch_settle_seconds: 30,
-                    dispatch_stale_seconds: 60,
-                },
-                local: LocalArgs {
-                    identity_listen: "127.0.0.1:9".parse().expect("addr"),
-                    identity_public: None,
-                    mock_delay_ms: 0,
-                    process_runner: None,
-                    energyplus: None,
-                    fmu_python: None,
-                    job_uid: 1000,
-                    process_as_job_user: false,
-                    docker_network: "bridge".into(),
-                    docker_scope: "cloudrun".into(),
-                },
-                data_dir: dir.path().to_owned(),
-                gcs,
-                cloud_run: CloudRunArgs {
-                    cloud_run_endpoint: Some(cloud_run.endpoint().to_owned()),
-                    cloud_run_anonymous: true,
-                    cloud_run_runs_per_minute: 600,
-                    cloud_run_launch_patience_seconds: 60,
-                    cloud_run_backoff_ms: 10,
-                    cloud_run_request_timeout_seconds: 10,
-                    cloud_run_container: None,
-                },
+        let worker_config = WorkerConfig {
+            // No local identity: Cloud Run jobs get theirs from their own environment.
+            metadata_host: "127.0.0.1:9".to_owned(),
+            workers: WorkerArgs {
+                max_in_flight: 16,
+                reconcile_interval_seconds: INTERVAL.as_secs(),
+                reconcile_grace_seconds: GRACE.as_secs(),
+                reconcile_read_budget: 100,
+                launch_settle_seconds: 30,
+                dispatch_stale_seconds: 60,
             },
-            ReconcileSettings {
-                interval: INTERVAL,
-                grace: GRACE,
-                read_budget: 100,
-                scan_limit: 1000,
-                launch_settle: Duration::from_secs(30),
-                dispatch_stale: Duration::from_secs(60),
-                sweep_every: 1000,
+            local: LocalArgs {
+                identity_listen: "127.0.0.1:9".parse().expect("addr"),
+                identity_public: None,
+                mock_delay_ms: 0,
+                process_runner: None,
+                energyplus: None,
+                fmu_python: None,
+                job_uid: 1000,
+                process_as_job_user: false,
+                docker_network: "bridge".into(),
+                docker_scope: "cloudrun".into(),
             },
-        )
-        .await
-        .expect("workers");
+            data_dir: dir.path().to_owned(),
+            gcs,
+            cloud_run: CloudRunArgs {
+                cloud_run_endpoint: Some(cloud_run.endpoint().to_owned()),
+                cloud_run_anonymous: true,
+                cloud_run_runs_per_minute: 600,
+                cloud_run_launch_patience_seconds: 60,
+                cloud_run_backoff_ms: 10,
+                cloud_run_request_timeout_seconds: 10,
+                cloud_run_container: None,
+            },
+        };
+        let workers = Workers::build(&state, &worker_config, reconcile_settings())
+            .await
+            .expect("workers");
 
         let stop = CancellationToken::new();
         let serve = |listener, app| {
@@ -254,8 +261,10 @@ impl Lab {
                 verifier,
             }),
         );
-        serve(launcher, runway_launcher::router(state));
+        serve(launcher, runway_launcher::router(state.clone()));
         Self {
+            state,
+            worker_config,
             store,
             storage,
             other_identity,
@@ -672,5 +681,56 @@ async fn a_valid_google_token_of_another_validators_identity_may_not_call_back()
         AttemptState::Running,
         "nothing changed"
     );
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_digest_policy_refuses_an_unpinned_image_at_start_up_and_before_launch() {
+    let lab = Lab::start().await;
+    // A job redeployed by tag after start-up is refused before its next launch.
+    lab.cloud_run.set_image(
+        &job("hang"),
+        "us-docker.pkg.dev/runway-test/validators/runner:latest",
+    );
+    let run = lab.create(&tiny_run("hang")).await;
+    lab.dispatch().await;
+    let done = lab.run(run).await;
+    assert_eq!(done.run.result, Some(RunResult::Error), "{done:?}");
+    let error = done.attempts[0].error.clone().unwrap_or_default();
+    assert!(error.contains("not pinned by digest"), "{error}");
+    assert_eq!(lab.cloud_run.run_requests(), 0, "nothing launched");
+
+    // And a launcher does not start on it.
+    let err = Workers::build(&lab.state, &lab.worker_config, reconcile_settings())
+        .await
+        .expect_err("refused at start-up");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("hang") && err.contains("not pinned by digest"),
+        "{err}"
+    );
+
+    // Nor on a job that runs as another identity than its validator names, or that is missing.
+    lab.cloud_run.set_image(&job("hang"), PINNED_IMAGE);
+    for (field, value, expected) in [
+        ("service_account", json!(OTHER_SA), "runs as"),
+        ("job_name", json!(job("missing")), "does not exist"),
+    ] {
+        let mut validator = json!({"id": "hang", "type": "ENERGYPLUS", "version": "25.2",
+            "backend": "cloud_run", "job_name": job("hang"), "service_account": RUNTIME_SA});
+        validator[field] = value;
+        let registry =
+            Registry::from_json(&json!({"validators": [validator]}).to_string()).expect("registry");
+        let state = AppState::new(
+            lab.state.deps.clone(),
+            registry,
+            NonceKey::generate(),
+            lab.state.callback_url.clone(),
+        );
+        let err = Workers::build(&state, &lab.worker_config, reconcile_settings())
+            .await
+            .expect_err("refused at start-up");
+        assert!(format!("{err:#}").contains(expected), "{err:#}");
+    }
     lab.finish();
 }

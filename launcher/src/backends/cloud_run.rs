@@ -41,7 +41,7 @@ use runway_runs::{AttemptId, BackendKind};
 use tokio::time::Instant;
 
 use super::{Backend, JobSpec, JobState, LaunchError};
-use crate::registry::ValidatorConfig;
+use crate::registry::{ImagePolicy, ValidatorConfig};
 
 /// The variable naming the attempt in every execution's environment: how `find` and `sweep`
 /// tell whose execution it is (`jobs.run` cannot set labels).
@@ -227,6 +227,50 @@ impl CloudRunBackend {
         ))
     }
 
+    /// The image and runtime service account the job's template names.
+    async fn job_template(&self, job_name: &str) -> Result<(String, String), GaxError> {
+        let job = self
+            .jobs
+            .get_job()
+            .set_name(job_name)
+            .with_attempt_timeout(self.settings.request_timeout)
+            .send()
+            .await?;
+        let task = job.template.and_then(|t| t.template).unwrap_or_default();
+        let image = task
+            .containers
+            .iter()
+            .find(|c| {
+                self.settings
+                    .container
+                    .as_ref()
+                    .is_none_or(|n| *n == c.name)
+            })
+            .map(|c| c.image.clone())
+            .unwrap_or_default();
+        Ok((image, task.service_account))
+    }
+
+    /// Refuses, before a launch, a job redeployed with an image its policy does not allow.
+    async fn check_image(&self, job: &JobSpec, job_name: &str) -> Result<(), LaunchError> {
+        if job.image_policy == ImagePolicy::Tag {
+            return Ok(());
+        }
+        let (image, _) = self.job_template(job_name).await.map_err(|e| {
+            LaunchError::Retryable(
+                anyhow::Error::new(e).context(format!("reading the Cloud Run Job {job_name}")),
+            )
+        })?;
+        if job.image_policy.allows(&image) {
+            Ok(())
+        } else {
+            Err(LaunchError::Permanent(anyhow!(
+                "the Cloud Run Job {job_name} runs image {image:?}, which is not pinned by digest \
+                 (the validator's image_policy is digest)"
+            )))
+        }
+    }
+
     async fn run_once(&self, request: RunJobRequest) -> Result<String, (Failure, GaxError)> {
         let operation = self
             .jobs
@@ -241,9 +285,17 @@ impl CloudRunBackend {
             .as_ref()
             .filter(|any| any.type_url() == Some(EXECUTION_TYPE))
             .and_then(|any| any.to_msg::<Execution>().ok())
-            .map(|e| e.name)
-            .filter(|name| !name.is_empty());
-        execution.ok_or_else(|| {
+            .filter(|e| !e.name.is_empty());
+        if let Some(execution) = &execution {
+            let images: Vec<&str> = execution
+                .template
+                .iter()
+                .flat_map(|t| t.containers.iter())
+                .map(|c| c.image.as_str())
+                .collect();
+            tracing::info!(execution = %execution.name, ?images, "Cloud Run execution started");
+        }
+        execution.map(|e| e.name).ok_or_else(|| {
             (
                 Failure::Unknown,
                 GaxError::deser(format!(
@@ -382,10 +434,52 @@ impl Backend for CloudRunBackend {
         BackendKind::CloudRun
     }
 
+    async fn check(&self, validators: &[&ValidatorConfig]) -> anyhow::Result<()> {
+        for v in validators {
+            let job_name = v
+                .job_name
+                .as_deref()
+                .with_context(|| format!("validator {:?} names no Cloud Run Job", v.id))?;
+            let (image, identity) = match self.job_template(job_name).await {
+                Ok(template) => template,
+                Err(e) if classify(&e) == Failure::NotFound => anyhow::bail!(
+                    "validator {:?}: the Cloud Run Job {job_name} does not exist",
+                    v.id
+                ),
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "validator {:?}: cannot read the Cloud Run Job {job_name} (jobs.get)",
+                        v.id
+                    )));
+                }
+            };
+            if !v.image_policy.allows(&image) {
+                anyhow::bail!(
+                    "validator {:?}: the Cloud Run Job {job_name} runs image {image:?}, which is \
+                     not pinned by digest (image_policy digest); deploy it as name@sha256:…",
+                    v.id
+                );
+            }
+            if let Some(expected) = &v.service_account
+                && !identity.is_empty()
+                && identity != *expected
+            {
+                anyhow::bail!(
+                    "validator {:?}: the Cloud Run Job {job_name} runs as {identity}, but the \
+                     validator's service_account is {expected}",
+                    v.id
+                );
+            }
+            tracing::info!(validator = %v.id, job = job_name, %image, "Cloud Run Job checked");
+        }
+        Ok(())
+    }
+
     async fn launch(&self, job: &JobSpec) -> Result<String, LaunchError> {
         let job_name = job.job_name.as_deref().ok_or_else(|| {
             LaunchError::Permanent(anyhow!("the validator names no Cloud Run Job"))
         })?;
+        self.check_image(job, job_name).await?;
         let request = self
             .request(job, job_name)
             .map_err(LaunchError::Permanent)?;

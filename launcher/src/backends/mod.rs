@@ -75,6 +75,8 @@ pub struct JobSpec {
     pub image: Option<String>,
     /// The Cloud Run Job (Cloud Run).
     pub job_name: Option<String>,
+    /// Which images the job may run.
+    pub image_policy: crate::registry::ImagePolicy,
     /// The job's environment: the container contract's variables and, in local modes, where
     /// the metadata server is.
     pub env: BTreeMap<String, String>,
@@ -124,6 +126,7 @@ impl JobSpec {
             validator_id: validator.id.clone(),
             image: validator.image.clone(),
             job_name: validator.job_name.clone(),
+            image_policy: validator.image_policy,
             env,
             labels,
             limits: validator.limits,
@@ -174,6 +177,13 @@ pub enum JobState {
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
+
+    /// Checks, at start-up, that what `validators` name exists and may run here (a Cloud Run
+    /// Job, its runtime identity, its image policy); a misconfiguration is a start-up error
+    /// with a sentence, never a run that fails later.
+    async fn check(&self, _validators: &[&ValidatorConfig]) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// Starts the job; returns the backend's id for it.
     async fn launch(&self, job: &JobSpec) -> Result<String, LaunchError>;
