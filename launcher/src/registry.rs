@@ -452,11 +452,9 @@ mod tests {
         ] {
             assert!(!ImagePolicy::Digest.allows(&refused), "{refused}");
         }
-        let r = format!(
-            r#"{{"validators": [{{"id": "d", "type": "FMU", "version": "1", "backend": "docker",
-                 "image": "runner:1", "image_policy": "digest"}}]}}"#
-        );
-        assert!(err(&r).contains("not pinned by digest"));
+        let r = r#"{"validators": [{"id": "d", "type": "FMU", "version": "1", "backend": "docker",
+                 "image": "runner:1", "image_policy": "digest"}]}"#;
+        assert!(err(r).contains("not pinned by digest"));
     }
 
     #[test]
