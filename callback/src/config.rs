@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use runway_service::config::CommonConfig;
 
 /// Runway's callback service.
@@ -108,16 +108,8 @@ impl AuthConfig {
         let trusted_issuers = self
             .trusted_issuers
             .iter()
-            .map(|pair| {
-                let (issuer, jwks_uri) = pair
-                    .split_once('=')
-                    .with_context(|| format!("trusted issuer {pair:?} must be ISSUER=JWKS_URI"))?;
-                Ok(runway_identity::TrustedIssuer {
-                    issuer: issuer.to_owned(),
-                    jwks_uri: jwks_uri.to_owned(),
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|pair| pair.parse().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<runway_identity::TrustedIssuer>>>()?;
         Ok(runway_identity::VerifierConfig {
             trusted_issuers,
             audience,

@@ -73,6 +73,37 @@ enum Command {
         #[command(flatten)]
         client: ClientConfig,
     },
+    /// Create, list and revoke the launcher's API keys (in the run store it uses).
+    ApiKey {
+        #[command(subcommand)]
+        action: ApiKeyAction,
+        #[command(flatten)]
+        common: CommonConfig,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyAction {
+    /// Create a key for an org; its secret is printed once, never stored.
+    Create {
+        /// The org whose runs the key may create and see.
+        #[arg(long)]
+        org: String,
+        /// What the key is for (shown in listings).
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (of one org).
+    List {
+        /// Only this org's keys.
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Revoke a key by its id; requests with it are refused from then on.
+    Revoke {
+        /// The key's id (from `create` or `list`).
+        id: String,
+    },
 }
 
 #[tokio::main]
@@ -101,7 +132,55 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Watch { id, client } => client::watch(&client, &id).await,
         Command::Cancel { id, client } => client::cancel(&client, &id).await,
         Command::Bench { args } => bench::run(args).await,
+        Command::ApiKey { action, common } => api_key(action, &common).await,
     }
+}
+
+async fn api_key(action: ApiKeyAction, common: &CommonConfig) -> anyhow::Result<()> {
+    let store = common.open_store().await?;
+    match action {
+        ApiKeyAction::Create { org, name } => {
+            let (key, secret) =
+                runway_launcher::auth::create_api_key(store.as_ref(), &org, &name).await?;
+            eprintln!(
+                "created API key {} for org {} ({}); the key is shown once, store it now:",
+                key.id, key.org_id, key.name
+            );
+            println!("{secret}");
+        }
+        ApiKeyAction::List { org } => {
+            for key in store.list_api_keys(org.as_deref()).await? {
+                let state = key.revoked_at.map_or("active".to_owned(), |at| {
+                    format!("revoked {}", at.to_rfc3339())
+                });
+                println!(
+                    "{}  {}…  org {}  {}  created {}  {state}",
+                    key.id,
+                    key.prefix,
+                    key.org_id,
+                    key.name,
+                    key.created_at.to_rfc3339()
+                );
+            }
+        }
+        ApiKeyAction::Revoke { id } => {
+            let parsed = id.parse().map_err(|_| {
+                anyhow::anyhow!("{id:?} is not an API key id (see runway api-key list)")
+            })?;
+            let key = store
+                .revoke_api_key(parsed, chrono::Utc::now())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("there is no API key {id}"))?;
+            println!(
+                "revoked API key {} ({}, org {}) at {}",
+                key.id,
+                key.name,
+                key.org_id,
+                key.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn dev(config: DevConfig) -> anyhow::Result<()> {

@@ -52,6 +52,22 @@ pub struct TrustedIssuer {
     pub jwks_uri: String,
 }
 
+impl std::str::FromStr for TrustedIssuer {
+    type Err = String;
+
+    /// `ISSUER=JWKS_URI`, as the services' `…_TRUSTED_ISSUERS` settings spell one.
+    fn from_str(pair: &str) -> Result<Self, Self::Err> {
+        let (issuer, jwks_uri) = pair
+            .split_once('=')
+            .filter(|(issuer, jwks)| !issuer.trim().is_empty() && !jwks.trim().is_empty())
+            .ok_or_else(|| format!("trusted issuer {pair:?} must be ISSUER=JWKS_URI"))?;
+        Ok(Self {
+            issuer: issuer.trim().to_owned(),
+            jwks_uri: jwks_uri.trim().to_owned(),
+        })
+    }
+}
+
 impl TrustedIssuer {
     /// Google, the issuer of ID tokens on Cloud Run.
     pub fn google() -> Self {

@@ -41,6 +41,10 @@ pub struct Config {
     #[command(flatten)]
     pub cloud_run: CloudRunArgs,
 
+    /// Who may call the API.
+    #[command(flatten)]
+    pub api_auth: ApiAuthArgs,
+
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,
@@ -108,6 +112,84 @@ impl WorkerArgs {
             dispatch_stale: Duration::from_secs(self.dispatch_stale_seconds.max(1)),
             ..crate::reconcile::ReconcileSettings::default()
         }
+    }
+}
+
+/// How the launcher's API authenticates its callers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiAuthArgs {
+    /// `open` (local modes: no credentials, and the API listens on loopback only) or
+    /// `required` (every `/v1` request carries an API key or an allow-listed Google ID token).
+    #[arg(long, env = "RUNWAY_API_AUTH", value_enum, default_value = "open")]
+    pub api_auth: crate::auth::AuthMode,
+    /// Let an open API listen beyond loopback — only where the network itself is private (the
+    /// docker-compose stack, whose port is published on the host's loopback only).
+    #[arg(long, env = "RUNWAY_API_OPEN_BEYOND_LOOPBACK", default_value_t = false)]
+    pub api_open_beyond_loopback: bool,
+    /// The `aud` the callers' ID tokens must carry (the launcher's URL). Needed to accept ID
+    /// tokens; without `RUNWAY_API_ALLOWED_CALLERS` only API keys are accepted.
+    #[arg(long, env = "RUNWAY_API_AUDIENCE")]
+    pub api_audience: Option<String>,
+    /// Issuers of the callers' ID tokens, as `ISSUER=JWKS_URI` (comma-separated). Default:
+    /// Google.
+    #[arg(
+        long = "api-trusted-issuer",
+        env = "RUNWAY_API_TRUSTED_ISSUERS",
+        value_delimiter = ','
+    )]
+    pub api_trusted_issuers: Vec<String>,
+    /// Service accounts whose ID tokens are accepted (the web app), comma-separated; they act
+    /// for any org.
+    #[arg(
+        long = "api-allowed-caller",
+        env = "RUNWAY_API_ALLOWED_CALLERS",
+        value_delimiter = ','
+    )]
+    pub api_allowed_callers: Vec<String>,
+}
+
+impl ApiAuthArgs {
+    /// The API's authentication for a launcher listening on `listen`; refuses, with a
+    /// sentence, an open API on a non-loopback address and ID tokens without an audience.
+    pub fn build(&self, listen: std::net::SocketAddr) -> anyhow::Result<crate::auth::ApiAuth> {
+        use crate::auth::{ApiAuth, AuthMode};
+        if self.api_auth == AuthMode::Open {
+            anyhow::ensure!(
+                listen.ip().is_loopback() || self.api_open_beyond_loopback,
+                "RUNWAY_API_AUTH is open, so the launcher listens on loopback only; set \
+                 RUNWAY_API_AUTH=required (API keys or Google ID tokens) to listen on {listen}"
+            );
+            return Ok(ApiAuth::default());
+        }
+        let verifier = if self.api_allowed_callers.is_empty() {
+            None
+        } else {
+            let Some(audience) = self.api_audience.clone().filter(|a| !a.trim().is_empty()) else {
+                anyhow::bail!(
+                    "RUNWAY_API_ALLOWED_CALLERS is set, so set RUNWAY_API_AUDIENCE (the \
+                     launcher's URL, the audience of its callers' ID tokens) too"
+                );
+            };
+            let trusted_issuers = if self.api_trusted_issuers.is_empty() {
+                vec![runway_identity::TrustedIssuer::google()]
+            } else {
+                self.api_trusted_issuers
+                    .iter()
+                    .map(|pair| pair.parse().map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            Some(std::sync::Arc::new(runway_identity::TokenVerifier::new(
+                runway_identity::VerifierConfig {
+                    trusted_issuers,
+                    audience,
+                    allowed_emails: self.api_allowed_callers.clone(),
+                },
+            )?))
+        };
+        Ok(ApiAuth {
+            mode: AuthMode::Required,
+            verifier,
+        })
     }
 }
 
@@ -247,6 +329,48 @@ mod tests {
         assert!(dir.path().join("nonce.key").exists());
         let again = config.launcher.nonce_key(&config.common).expect("key");
         assert_eq!(key.nonce_for("a"), again.nonce_for("a"));
+    }
+
+    #[test]
+    fn an_open_api_listens_on_loopback_only() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["runway-launcher"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).expect("parses")
+        };
+        let open = parse(&[]);
+        assert!(open.api_auth.build(open.listen).is_ok());
+        let err = open
+            .api_auth
+            .build("0.0.0.0:8080".parse().expect("addr"))
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("RUNWAY_API_AUTH=required"),
+            "{err}"
+        );
+        let private = parse(&["--api-open-beyond-loopback"]);
+        assert!(
+            private
+                .api_auth
+                .build("0.0.0.0:8080".parse().expect("addr"))
+                .is_ok()
+        );
+        let required = parse(&["--api-auth", "required"]);
+        let auth = required
+            .api_auth
+            .build("0.0.0.0:8080".parse().expect("addr"))
+            .expect("API keys only");
+        assert!(auth.verifier.is_none());
+        let err = parse(&[
+            "--api-auth",
+            "required",
+            "--api-allowed-caller",
+            "web@p.iam",
+        ])
+        .api_auth
+        .build("0.0.0.0:8080".parse().expect("addr"))
+        .expect_err("no audience");
+        assert!(err.to_string().contains("RUNWAY_API_AUDIENCE"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`config`]: flags and environment variables.
 
 pub mod api;
+pub mod auth;
 pub mod backends;
 pub mod clock;
 pub mod config;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// What time it is.
     pub clock: Arc<dyn Clock>,
+    /// How API callers are authenticated.
+    pub auth: Arc<auth::ApiAuth>,
 }
 
 impl AppState {
@@ -71,7 +74,14 @@ impl AppState {
             callback_url,
             wake: Arc::new(Notify::new()),
             clock: Arc::new(SystemClock),
+            auth: Arc::default(),
         }
+    }
+
+    /// The same state, authenticating API callers with `auth`.
+    pub fn with_auth(mut self, auth: auth::ApiAuth) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 
     /// The same state, telling time by `clock`.

@@ -44,7 +44,16 @@ async fn main() -> anyhow::Result<()> {
         &config.common.data_dir,
         &format!("http://{identity_public}"),
     )?;
-    let state = AppState::new(deps, registry, nonce_key, config.callback_url.clone());
+    let auth = config.api_auth.build(config.listen)?;
+    match (auth.mode, auth.verifier.is_some()) {
+        (runway_launcher::auth::AuthMode::Open, _) => tracing::warn!(
+            "the API runs open (RUNWAY_API_AUTH=open): no API key or token is asked for, on loopback only"
+        ),
+        (_, true) => tracing::info!("the API requires an API key or an allow-listed ID token"),
+        (_, false) => tracing::info!("the API requires an API key"),
+    }
+    let state =
+        AppState::new(deps, registry, nonce_key, config.callback_url.clone()).with_auth(auth);
     let workers = Workers::build(
         &state,
         &WorkerConfig {

@@ -47,6 +47,10 @@ struct App {
 
 impl App {
     async fn spawn(postgres: bool) -> Self {
+        Self::spawn_with_auth(postgres, runway_launcher::auth::ApiAuth::default()).await
+    }
+
+    async fn spawn_with_auth(postgres: bool, auth: runway_launcher::auth::ApiAuth) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (url, pg) = if postgres {
             let database = runway_tests::PostgresDatabase::create("runway_api").await;
@@ -74,7 +78,8 @@ impl App {
             Registry::local_defaults(),
             nonce_key.clone(),
             callback_url(),
-        );
+        )
+        .with_auth(auth);
         let wake = state.wake.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1392,4 +1397,238 @@ async fn internal_failures_are_opaque() {
         .await
         .expect("list");
     assert!(page.runs.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication (RUNWAY_API_AUTH=required)
+
+const WEB_APP: &str = "web-app@runway-test.iam.gserviceaccount.com";
+
+/// A launcher that requires credentials: API keys, or ID tokens of [`WEB_APP`] from a local
+/// issuer served on a free port (standing in for Google).
+async fn spawn_required(postgres: bool) -> (App, Arc<runway_identity::LocalIssuer>, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let issuer_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let issuer = Arc::new(
+        runway_identity::LocalIssuer::generate(runway_identity::LocalIssuerConfig {
+            issuer: issuer_url,
+            email: WEB_APP.to_owned(),
+            lifetime: Duration::from_secs(3600),
+        })
+        .expect("issuer"),
+    );
+    tokio::spawn(runway_service::server::serve(
+        listener,
+        runway_identity::metadata_router(issuer.clone()),
+        std::future::pending(),
+    ));
+    let audience = "https://launcher.runway.test".to_owned();
+    let verifier = runway_identity::TokenVerifier::new(runway_identity::VerifierConfig {
+        trusted_issuers: vec![runway_identity::TrustedIssuer {
+            issuer: issuer.issuer().to_owned(),
+            jwks_uri: issuer.jwks_uri(),
+        }],
+        audience: audience.clone(),
+        allowed_emails: vec![WEB_APP.to_owned()],
+    })
+    .expect("verifier");
+    let app = App::spawn_with_auth(
+        postgres,
+        runway_launcher::auth::ApiAuth {
+            mode: runway_launcher::auth::AuthMode::Required,
+            verifier: Some(Arc::new(verifier)),
+        },
+    )
+    .await;
+    (app, issuer, audience)
+}
+
+impl App {
+    async fn send_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        read(request.send().await.expect("request")).await
+    }
+}
+
+async fn api_keys_and_id_tokens_scope_what_callers_see(postgres: bool) {
+    use reqwest::Method;
+    let (app, issuer, audience) = spawn_required(postgres).await;
+    let store = app.store.clone();
+
+    // No credentials: 401 with a sentence, and the challenge; health and the document stay open.
+    let response = app
+        .client
+        .get(app.url("/v1/runs"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let (status, body) = read(response).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "Authorization: Bearer",
+    );
+    assert_eq!(app.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(app.get("/openapi.json").await.0, StatusCode::OK);
+
+    let (acme_key, acme) = runway_launcher::auth::create_api_key(store.as_ref(), "acme", "web")
+        .await
+        .expect("key");
+    let (_, globex) = runway_launcher::auth::create_api_key(store.as_ref(), "globex", "ci")
+        .await
+        .expect("key");
+    assert!(acme.starts_with("rwk_") && acme.starts_with(&acme_key.prefix));
+    let stored = store.list_api_keys(None).await.expect("keys");
+    assert!(
+        !format!("{stored:?}").contains(&acme[acme_key.prefix.len()..]),
+        "only a hash of the secret is stored"
+    );
+
+    // A key creates runs for its own org only; a refused request leaves nothing behind.
+    let run = energyplus_request("acme", json!({}), idf_file());
+    let (status, created) = app
+        .send_as(Method::POST, "/v1/runs", Some(&acme), Some(&run))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let objects = app.objects();
+    let other = energyplus_request("globex", json!({}), idf_file());
+    let (status, body) = app
+        .send_as(Method::POST, "/v1/runs", Some(&acme), Some(&other))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::FORBIDDEN,
+        "wrong_org",
+        "\"acme\"",
+    );
+    assert_eq!(
+        app.objects(),
+        objects,
+        "nothing stored for the refused request"
+    );
+    let form = multipart(
+        &fmu_request("globex", "model"),
+        vec![("model", fmu_bytes(4096))],
+    );
+    let response = app
+        .client
+        .post(app.url("/v1/runs"))
+        .bearer_auth(&acme)
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST");
+    let (status, body) = read(response).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "wrong_org", "globex");
+    assert_eq!(
+        app.objects(),
+        objects,
+        "nothing uploaded for the refused multipart request"
+    );
+
+    // Another org's run does not exist for it: read, cancel, list.
+    let path = format!("/v1/runs/{}", created["id"].as_str().expect("id"));
+    assert_eq!(
+        app.send_as(Method::GET, &path, Some(&acme), None).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = app.send_as(Method::GET, &path, Some(&globex), None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "run_not_found", "");
+    let cancel = format!("{path}/cancel");
+    let (status, _) = app
+        .send_as(Method::POST, &cancel, Some(&globex), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, listed) = app
+        .send_as(Method::GET, "/v1/runs", Some(&globex), None)
+        .await;
+    assert_eq!(listed["runs"], json!([]));
+    let (_, listed) = app
+        .send_as(Method::GET, "/v1/runs", Some(&acme), None)
+        .await;
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(1));
+    let (status, body) = app
+        .send_as(Method::GET, "/v1/runs?org=acme", Some(&globex), None)
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "wrong_org", "globex");
+
+    // The web app's ID token acts for any org.
+    let token = issuer.issue(&audience);
+    let (status, listed) = app
+        .send_as(Method::GET, "/v1/runs", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(1));
+    let (status, _) = app
+        .send_as(Method::POST, "/v1/runs", Some(&token), Some(&other))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = app
+        .send_as(
+            Method::GET,
+            "/v1/runs",
+            Some(&issuer.issue("https://elsewhere")),
+            None,
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "bad_token",
+        "audience",
+    );
+
+    // Unknown, then revoked keys.
+    let (status, body) = app
+        .send_as(Method::GET, "/v1/runs", Some("rwk_not-a-key"), None)
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unknown_api_key",
+        "not known",
+    );
+    store
+        .revoke_api_key(acme_key.id, Utc::now())
+        .await
+        .expect("revoke");
+    let (status, body) = app.send_as(Method::GET, &path, Some(&acme), None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "revoked_api_key",
+        "revoked",
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_id_tokens_scope_what_callers_see_on_sqlite() {
+    api_keys_and_id_tokens_scope_what_callers_see(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_id_tokens_scope_what_callers_see_on_postgres() {
+    api_keys_and_id_tokens_scope_what_callers_see(true).await;
 }

@@ -194,6 +194,22 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Outbox events about a run, oldest first.
     async fn outbox_for_run(&self, run_id: RunId) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// Stores a new API key.
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError>;
+
+    /// The key whose secret has this SHA-256 (revoked or not).
+    async fn api_key_by_secret(&self, secret_sha256: &str) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Revokes a key; `None` if there is no such key. Revoking twice keeps the first time.
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Every key (of `org`, if given), oldest first.
+    async fn list_api_keys(&self, org: Option<&str>) -> Result<Vec<ApiKey>, StoreError>;
+
     /// The event was delivered.
     async fn mark_outbox_delivered(
         &self,

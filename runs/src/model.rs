@@ -77,6 +77,45 @@ uuid_id!(
     /// Identifies a callback receipt.
     ReceiptId
 );
+uuid_id!(
+    /// Identifies a launcher API key.
+    ApiKeyId
+);
+
+/// A launcher API key: a bearer secret scoped to one org. Only the secret's SHA-256 is stored;
+/// the secret itself is shown once, when the key is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKey {
+    /// Its identifier (what revoking names).
+    pub id: ApiKeyId,
+    /// The org whose runs it may create and see.
+    pub org_id: String,
+    /// What it is for, as its creator named it.
+    pub name: String,
+    /// The secret's first characters, to tell keys apart in listings.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked; a revoked key is refused.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApiKey {
+    /// Its identifier.
+    pub id: ApiKeyId,
+    /// Its org.
+    pub org_id: String,
+    /// Its name.
+    pub name: String,
+    /// The secret's first characters.
+    pub prefix: String,
+    /// SHA-256 (hex) of the secret.
+    pub secret_sha256: String,
+    /// When it is created.
+    pub created_at: DateTime<Utc>,
+}
 
 /// Generates a lowercase `as_str`/`FromStr`/`Display` trio for a fieldless enum; the same
 /// strings are what the database stores and what serde writes.

@@ -61,6 +61,15 @@ pub(crate) const UPDATE_RUN: &str = "UPDATE runs SET state = $3, result = $4, fi
      messages = $6, metrics = $7, outputs = $8, output_uri = $9, output_sha256 = $10 \
      WHERE id = $1 AND state = $2";
 
+/// The API key columns a key is read back with.
+pub(crate) const API_KEY_COLUMNS: &str = "id, org_id, name, prefix, created_at, revoked_at";
+/// Inserts an API key.
+pub(crate) const INSERT_API_KEY: &str = "INSERT INTO api_keys (id, org_id, name, prefix, \
+     secret_sha256, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
+/// Revokes a key not revoked yet.
+pub(crate) const REVOKE_API_KEY: &str =
+    "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+
 /// Inserts a receipt; bind with [`bind_receipt`].
 pub(crate) const INSERT_RECEIPT: &str = "INSERT INTO callback_receipts (id, attempt_id, \
      callback_id, received_at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -128,6 +137,17 @@ macro_rules! decoders {
                 started_at: opt_ts_col(row, "started_at")?,
                 finished_at: opt_ts_col(row, "finished_at")?,
                 caller_identity: row.try_get("caller_identity")?,
+            })
+        }
+
+        fn api_key_from_row(row: &$row) -> Result<ApiKey, StoreError> {
+            Ok(ApiKey {
+                id: ApiKeyId::from_uuid(id_col(row, "id")?),
+                org_id: row.try_get("org_id")?,
+                name: row.try_get("name")?,
+                prefix: row.try_get("prefix")?,
+                created_at: ts_col(row, "created_at")?,
+                revoked_at: opt_ts_col(row, "revoked_at")?,
             })
         }
 
@@ -274,7 +294,81 @@ macro_rules! bind_outbox {
     }};
 }
 
+/// The API key operations over a `$pool` (free functions the database's `RunStore` methods
+/// call: `async_trait` cannot see into a macro inside the impl).
+macro_rules! api_key_queries {
+    ($pool:ty) => {
+        async fn api_key_create(pool: &$pool, key: &NewApiKey) -> Result<ApiKey, StoreError> {
+            sqlx::query(INSERT_API_KEY)
+                .bind(enc_id(key.id.as_uuid()))
+                .bind(&key.org_id)
+                .bind(&key.name)
+                .bind(&key.prefix)
+                .bind(&key.secret_sha256)
+                .bind(enc_ts(key.created_at))
+                .execute(pool)
+                .await?;
+            api_key_get(pool, key.id)
+                .await?
+                .ok_or_else(|| StoreError::not_found("api key", key.id))
+        }
+
+        async fn api_key_get(pool: &$pool, id: ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
+            sqlx::query(&format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE id = $1"
+            ))
+            .bind(enc_id(id.as_uuid()))
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(api_key_from_row)
+            .transpose()
+        }
+
+        async fn api_key_by_secret(
+            pool: &$pool,
+            secret_sha256: &str,
+        ) -> Result<Option<ApiKey>, StoreError> {
+            sqlx::query(&format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE secret_sha256 = $1"
+            ))
+            .bind(secret_sha256)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(api_key_from_row)
+            .transpose()
+        }
+
+        async fn api_key_revoke(
+            pool: &$pool,
+            id: ApiKeyId,
+            at: DateTime<Utc>,
+        ) -> Result<Option<ApiKey>, StoreError> {
+            sqlx::query(REVOKE_API_KEY)
+                .bind(enc_id(id.as_uuid()))
+                .bind(enc_ts(at))
+                .execute(pool)
+                .await?;
+            api_key_get(pool, id).await
+        }
+
+        async fn api_key_list(pool: &$pool, org: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+            sqlx::query(&format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE $1 IS NULL OR org_id = $1 \
+                 ORDER BY created_at, id"
+            ))
+            .bind(org)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(api_key_from_row)
+            .collect()
+        }
+    };
+}
+
 pub(crate) use {
-    bind_attempt, bind_attempt_update, bind_outbox, bind_receipt, bind_run_insert, bind_run_update,
-    decoders,
+    api_key_queries, bind_attempt, bind_attempt_update, bind_outbox, bind_receipt, bind_run_insert,
+    bind_run_update, decoders,
 };

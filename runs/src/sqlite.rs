@@ -153,6 +153,7 @@ fn json_col(row: &SqliteRow, col: &str) -> Result<Option<Value>, StoreError> {
 }
 
 decoders!(SqliteRow);
+api_key_queries!(SqlitePool);
 
 // --- Queries shared by transactions and plain reads -------------------------------------------
 
@@ -641,6 +642,26 @@ impl RunStore for SqliteStore {
         .iter()
         .map(outbox_from_row)
         .collect()
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
+        api_key_create(&self.pool, key).await
+    }
+
+    async fn api_key_by_secret(&self, secret_sha256: &str) -> Result<Option<ApiKey>, StoreError> {
+        api_key_by_secret(&self.pool, secret_sha256).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        api_key_revoke(&self.pool, id, at).await
+    }
+
+    async fn list_api_keys(&self, org: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        api_key_list(&self.pool, org).await
     }
 
     async fn mark_outbox_delivered(

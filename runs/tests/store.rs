@@ -120,6 +120,7 @@ store_cases!(
     an_upgrade_from_the_first_schema_keeps_every_row,
     receipts_of_callbacks_that_changed_nothing_are_capped_and_purged,
     concurrent_claimers_claim_each_attempt_once_within_caps,
+    api_keys_are_found_by_secret_listed_by_org_and_revoked_once,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1819,4 +1820,85 @@ async fn unknown_url_scheme_is_named_in_the_error() {
         store::connect("no-scheme-at-all").await,
         Err(StoreError::BadUrl(_))
     ));
+}
+
+async fn api_keys_are_found_by_secret_listed_by_org_and_revoked_once(db: &Db) {
+    let store = db.store();
+    let new = |org: &str, name: &str, secret: &str, at| store::NewApiKey {
+        id: store::ApiKeyId::new(),
+        org_id: org.to_owned(),
+        name: name.to_owned(),
+        prefix: "rwk_abcd".to_owned(),
+        secret_sha256: secret.repeat(64),
+        created_at: at,
+    };
+    let web = store
+        .create_api_key(&new("org-1", "web app", "a", t0()))
+        .await
+        .expect("create");
+    assert_eq!(web.org_id, "org-1");
+    assert_eq!(web.created_at, t0());
+    assert_eq!(web.revoked_at, None);
+    store
+        .create_api_key(&new("org-2", "ci", "b", t0() + secs(1)))
+        .await
+        .expect("create");
+    // One secret, one key.
+    assert!(
+        store
+            .create_api_key(&new("org-3", "dup", "a", t0()))
+            .await
+            .is_err()
+    );
+
+    let found = store
+        .api_key_by_secret(&"a".repeat(64))
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(found, web);
+    assert_eq!(
+        store
+            .api_key_by_secret(&"c".repeat(64))
+            .await
+            .expect("lookup"),
+        None
+    );
+    let all = store.list_api_keys(None).await.expect("list");
+    assert_eq!(
+        all.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        ["web app", "ci"]
+    );
+    let org1 = store.list_api_keys(Some("org-1")).await.expect("list");
+    assert_eq!(org1, vec![web.clone()]);
+
+    let revoked = store
+        .revoke_api_key(web.id, t0() + secs(10))
+        .await
+        .expect("revoke")
+        .expect("exists");
+    assert_eq!(revoked.revoked_at, Some(t0() + secs(10)));
+    let again = store
+        .revoke_api_key(web.id, t0() + secs(20))
+        .await
+        .expect("revoke")
+        .expect("exists");
+    assert_eq!(
+        again.revoked_at,
+        Some(t0() + secs(10)),
+        "the first revocation stands"
+    );
+    let found = store
+        .api_key_by_secret(&"a".repeat(64))
+        .await
+        .expect("lookup")
+        .expect("still found, as revoked");
+    assert!(found.revoked_at.is_some());
+    assert_eq!(
+        store
+            .revoke_api_key(store::ApiKeyId::new(), t0())
+            .await
+            .expect("revoke"),
+        None
+    );
 }

@@ -61,6 +61,7 @@ use sha2::{Digest as _, Sha256};
 use super::error::ApiError;
 use super::view::RunView;
 use crate::AppState;
+use crate::auth::Caller;
 use crate::envelope::{self, EnvelopeAttempt};
 use crate::registry::{Registry, ValidatorConfig, is_valid_id};
 use crate::spec::{ResourceMeta, RunSpec, StoredFile, default_role, required_port};
@@ -194,20 +195,27 @@ pub(crate) async fn create_run(
     request: Request,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(request.headers())?;
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Open);
     match encoding(request.headers())? {
-        Encoding::Json => from_json(&state, key, request).await,
-        Encoding::Multipart => from_multipart(&state, key, request).await,
+        Encoding::Json => from_json(&state, &caller, key, request).await,
+        Encoding::Multipart => from_multipart(&state, &caller, key, request).await,
     }
 }
 
 async fn from_json(
     state: &AppState,
+    caller: &Caller,
     key: Option<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let body = read_json_body(request).await?;
     let parsed = parse_request(&body, "the request body")?;
     let checked = check(&state.registry, parsed, Encoding::Json)?;
+    caller.check_org(&checked.org.id)?;
     drop(body);
     let run_id = run_id_for(&checked.org.id, key.as_deref());
     let digests: Vec<FileDigest> = checked
@@ -258,6 +266,7 @@ async fn from_json(
 
 async fn from_multipart(
     state: &AppState,
+    caller: &Caller,
     key: Option<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -301,6 +310,8 @@ async fn from_multipart(
     drop(first);
     let parsed = parse_request(&request_bytes, "the `request` form part")?;
     let checked = check(&state.registry, parsed, Encoding::Multipart)?;
+    // Before any file is uploaded: a refused request leaves nothing behind.
+    caller.check_org(&checked.org.id)?;
     let run_id = run_id_for(&checked.org.id, key.as_deref());
     let existing = match &key {
         Some(_) => find_existing(state, run_id).await?,

@@ -21,6 +21,23 @@ pub enum ApiError {
         /// A sentence naming the problem and the field.
         message: String,
     },
+    /// 401: no credentials, or credentials that identify no one (a bad token, an unknown or
+    /// revoked API key).
+    #[error("{message}")]
+    Unauthorized {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// A sentence naming the problem.
+        message: String,
+    },
+    /// 403: the caller is known but may not do this (another org's runs).
+    #[error("{message}")]
+    Forbidden {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// A sentence naming the problem.
+        message: String,
+    },
     /// 404: no such run or route.
     #[error("{message}")]
     NotFound {
@@ -104,6 +121,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -118,6 +137,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest { code, .. }
+            | Self::Unauthorized { code, .. }
+            | Self::Forbidden { code, .. }
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }
             | Self::Unprocessable { code, .. } => code,
@@ -157,11 +178,18 @@ impl IntoResponse for ApiError {
                 .into_response(),
             other => {
                 let message = other.to_string();
-                (
+                let mut response = (
                     status,
                     Json(json!({"error": {"code": code, "message": message}})),
                 )
-                    .into_response()
+                    .into_response();
+                if status == StatusCode::UNAUTHORIZED {
+                    response.headers_mut().insert(
+                        axum::http::header::WWW_AUTHENTICATE,
+                        axum::http::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                response
             }
         }
     }

@@ -64,13 +64,24 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
 /// The launcher's routes.
 pub fn router(state: AppState) -> Router {
     let deps = state.deps.clone();
+    // The `/v1` routes know their caller (and refuse unknown ones when auth is required).
+    let mut v1 = Router::new();
     let mut api = Router::new();
     for &(method, path) in ROUTES {
         if let Some(handler) = handler(method, path) {
-            api = api.route(path, handler);
+            if path.starts_with("/v1/") {
+                v1 = v1.route(path, handler);
+            } else {
+                api = api.route(path, handler);
+            }
         }
     }
-    api.fallback(route_not_found)
+    let v1 = v1.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::auth::authenticate,
+    ));
+    api.merge(v1)
+        .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .merge(health::router(deps))

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use runway_runs::{CancelOutcome, RunCursor, RunFilter, RunId, RunState, StoreError};
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::view::RunView;
 use crate::AppState;
+use crate::auth::Caller;
 use crate::registry::is_valid_id;
 
 /// Default page size of `GET /v1/runs`.
@@ -43,6 +44,7 @@ pub(crate) async fn list_validators(State(state): State<AppState>) -> Json<Value
 /// `GET /v1/runs/{id}`.
 pub(crate) async fn get_run(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = run_id(path)?;
@@ -52,6 +54,8 @@ pub(crate) async fn get_run(
         .get_run(id)
         .await
         .with_context(|| format!("reading run {id}"))?
+        // Another org's run is not found, rather than forbidden: its existence is not told.
+        .filter(|run| caller_of(caller.as_ref()).may_see(&run.run.org_id))
         .ok_or_else(|| run_not_found(id))?;
     Ok(Json(RunView::full(&run)?.to_value()))
 }
@@ -69,8 +73,10 @@ pub(crate) struct ListParams {
 /// `GET /v1/runs?state=&validator=&org=&limit=&cursor=`: newest first.
 pub(crate) async fn list_runs(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let caller = caller_of(caller.as_ref());
     let Query(params) = query.map_err(|e| {
         ApiError::bad_request(
             "invalid_parameter",
@@ -84,7 +90,7 @@ pub(crate) async fn list_runs(
     let bad = |name: &str, why: String| {
         ApiError::bad_request("invalid_parameter", format!("parameter {name}: {why}"))
     };
-    let filter = RunFilter {
+    let mut filter = RunFilter {
         state: params
             .state
             .map(|s| {
@@ -118,6 +124,12 @@ pub(crate) async fn list_runs(
             })
             .transpose()?,
     };
+    if let Some(own) = caller.org() {
+        if let Some(asked) = &filter.org_id {
+            caller.check_org(asked)?;
+        }
+        filter.org_id = Some(own.to_owned());
+    }
     let limit = match params.limit {
         None => DEFAULT_LIST_LIMIT,
         Some(text) => text
@@ -163,10 +175,22 @@ pub(crate) async fn list_runs(
 /// flagged for the reconciler (202); a completed one is a 409 carrying its result.
 pub(crate) async fn cancel_run(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = run_id(path)?;
     let store = &state.deps.store;
+    let caller = caller_of(caller.as_ref());
+    if caller.org().is_some() {
+        let org = store
+            .get_run(id)
+            .await
+            .with_context(|| format!("reading run {id}"))?
+            .map(|run| run.run.org_id);
+        if !org.is_some_and(|org| caller.may_see(&org)) {
+            return Err(run_not_found(id));
+        }
+    }
     let status = match store.request_cancel(id, state.clock.now()).await {
         Ok(CancelOutcome::Canceled(_)) => StatusCode::OK,
         Ok(CancelOutcome::Requested(_)) => StatusCode::ACCEPTED,
@@ -193,6 +217,11 @@ pub(crate) async fn cancel_run(
         .with_context(|| format!("reading run {id} after canceling it"))?
         .ok_or_else(|| run_not_found(id))?;
     Ok((status, Json(RunView::full(&run)?.to_value())).into_response())
+}
+
+/// The caller the auth middleware found (every `/v1` route has one; `Open` elsewhere).
+fn caller_of(caller: Option<&Extension<Caller>>) -> Caller {
+    caller.map_or(Caller::Open, |Extension(c)| c.clone())
 }
 
 fn run_id(path: Result<Path<String>, PathRejection>) -> Result<RunId, ApiError> {
