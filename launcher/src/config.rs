@@ -219,6 +219,10 @@ pub struct CloudRunArgs {
     /// Milliseconds of the first wait after a 429 or 503 (doubling, with jitter, up to a minute).
     #[arg(long, env = "RUNWAY_CLOUD_RUN_BACKOFF_MS", default_value_t = 1000)]
     pub cloud_run_backoff_ms: u64,
+    /// Seconds between two reads (`executions.get`) of one running execution by the reconciler;
+    /// a callback needs none, and a job seen ended or past its deadline is acted on at once.
+    #[arg(long, env = "RUNWAY_CLOUD_RUN_OBSERVE_SECONDS", default_value_t = 60)]
+    pub cloud_run_observe_seconds: u64,
     /// Seconds one Admin API request may take; a `jobs.run` that times out is ambiguous and
     /// resolved by listing executions.
     #[arg(
@@ -241,6 +245,7 @@ impl Default for CloudRunArgs {
             cloud_run_runs_per_minute: defaults.runs_per_minute,
             cloud_run_launch_patience_seconds: defaults.launch_patience.as_secs(),
             cloud_run_backoff_ms: u64::try_from(defaults.backoff_first.as_millis()).unwrap_or(1000),
+            cloud_run_observe_seconds: defaults.observe_every.as_secs(),
             cloud_run_request_timeout_seconds: defaults.request_timeout.as_secs(),
             cloud_run_container: None,
         }
@@ -264,6 +269,7 @@ impl CloudRunArgs {
             runs_per_minute: self.cloud_run_runs_per_minute.max(1),
             launch_patience: Duration::from_secs(self.cloud_run_launch_patience_seconds),
             backoff_first: Duration::from_millis(self.cloud_run_backoff_ms.max(1)),
+            observe_every: Duration::from_secs(self.cloud_run_observe_seconds),
             request_timeout: Duration::from_secs(self.cloud_run_request_timeout_seconds.max(1)),
             container: self.cloud_run_container.clone(),
             jobs,

@@ -166,6 +166,8 @@ struct Memory {
     cursor: Option<AttemptId>,
     /// When a job without a known end time was first seen ended.
     first_seen_ended: HashMap<AttemptId, DateTime<Utc>>,
+    /// When a job was last seen pending or running (for backends that space their reads).
+    seen_running: HashMap<AttemptId, DateTime<Utc>>,
     steps: u64,
     recent: VecDeque<Action>,
 }
@@ -328,6 +330,7 @@ impl Reconciler {
             if wrapped && cursor.is_none() {
                 // The whole active set was seen: forget attempts that are no longer in it.
                 memory.first_seen_ended.retain(|id, _| active.contains(id));
+                memory.seen_running.retain(|id, _| active.contains(id));
             }
             for action in &report.actions {
                 if memory.recent.len() == RECENT_ACTIONS {
@@ -571,18 +574,32 @@ impl Reconciler {
         let Some(job) = &attempt.backend else {
             return Ok(());
         };
+        let backend = self.backend_of(job)?;
+        let every = delta(backend.observe_every());
+        if every > TimeDelta::zero()
+            && self
+                .memory()
+                .seen_running
+                .get(&attempt.id)
+                .is_some_and(|&seen| now < seen + every)
+        {
+            // Seen running a moment ago, on a backend whose reads are counted: its callback
+            // needs no read, and its deadline is watched without one.
+            return Ok(());
+        }
         if !budget.take() {
             return Ok(());
         }
         report.backend_reads += 1;
-        let state = self
-            .backend_of(job)?
+        let state = backend
             .observe(&job.id)
             .await
             .with_context(|| format!("observing job {job}"))?;
         let (code, log_tail, finished_at) = match state {
             JobState::Pending | JobState::Running => {
-                self.memory().first_seen_ended.remove(&attempt.id);
+                let mut memory = self.memory();
+                memory.first_seen_ended.remove(&attempt.id);
+                memory.seen_running.insert(attempt.id, now);
                 return Ok(());
             }
             JobState::Exited {
@@ -592,6 +609,7 @@ impl Reconciler {
             } => (code, log_tail, finished_at),
             JobState::Gone => (None, None, None),
         };
+        self.memory().seen_running.remove(&attempt.id);
         let ended_at = match finished_at {
             Some(at) => at,
             None => *self

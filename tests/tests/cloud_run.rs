@@ -38,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 const PROJECT: &str = "projects/runway-test/locations/us-central1";
 const INTERVAL: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(5);
+/// How long the reconciler waits before reading a running execution again.
+const OBSERVE_EVERY: Duration = Duration::from_secs(30);
 const TIMEOUT_SECONDS: u32 = 300;
 /// The validators' runtime service account, as Google's tokens name it.
 const RUNTIME_SA: &str = "validator-runtime@runway-test.iam.gserviceaccount.com";
@@ -237,6 +239,7 @@ impl Lab {
                 cloud_run_runs_per_minute: 600,
                 cloud_run_launch_patience_seconds: 60,
                 cloud_run_backoff_ms: 10,
+                cloud_run_observe_seconds: OBSERVE_EVERY.as_secs(),
                 cloud_run_request_timeout_seconds: 10,
                 cloud_run_container: None,
             },
@@ -732,5 +735,40 @@ async fn the_digest_policy_refuses_an_unpinned_image_at_start_up_and_before_laun
             .expect_err("refused at start-up");
         assert!(format!("{err:#}").contains(expected), "{err:#}");
     }
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_execution_is_read_once_per_observe_interval() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("hang")).await;
+    lab.dispatch().await;
+    let gets = || {
+        lab.cloud_run
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET ") && r.contains("/executions/"))
+            .count()
+    };
+    assert_eq!(lab.reconcile().await.backend_reads, 1, "first seen: read");
+    assert_eq!(
+        lab.reconcile().await.backend_reads,
+        0,
+        "seen running a moment ago"
+    );
+    lab.advance(INTERVAL);
+    assert_eq!(lab.reconcile().await.backend_reads, 0);
+    lab.advance(OBSERVE_EVERY);
+    assert_eq!(
+        lab.reconcile().await.backend_reads,
+        1,
+        "an interval later: read again"
+    );
+    assert_eq!(gets(), 2);
+    // Its deadline is acted on without waiting for the next read.
+    lab.advance(Duration::from_secs(u64::from(TIMEOUT_SECONDS)));
+    let report = lab.reconcile().await;
+    assert_eq!(report.count(ActionKind::TimedOut), 1, "{report:?}");
+    assert_eq!(lab.run(run).await.run.result, Some(RunResult::TimedOut));
     lab.finish();
 }

@@ -68,6 +68,8 @@ pub struct CloudRunSettings {
     pub launch_patience: Duration,
     /// The first wait after a 429/503 (doubling, with jitter, up to a minute).
     pub backoff_first: Duration,
+    /// How long the reconciler waits before reading a running execution again.
+    pub observe_every: Duration,
     /// Longest wait for one Admin API request.
     pub request_timeout: Duration,
     /// The container the env overrides are for; `None` for the job's only container.
@@ -84,6 +86,7 @@ impl Default for CloudRunSettings {
             runs_per_minute: 60,
             launch_patience: Duration::from_secs(600),
             backoff_first: Duration::from_secs(1),
+            observe_every: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             container: None,
             jobs: Vec::new(),
@@ -523,6 +526,10 @@ impl Backend for CloudRunBackend {
                 }
             }
         }
+    }
+
+    fn observe_every(&self) -> Duration {
+        self.settings.observe_every
     }
 
     async fn observe(&self, id: &str) -> anyhow::Result<JobState> {

@@ -191,6 +191,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The state of the job with this id.
     async fn observe(&self, id: &str) -> anyhow::Result<JobState>;
 
+    /// How long the reconciler waits before observing again a job it last saw pending or
+    /// running: zero (every pass) for local backends, longer for a backend whose reads count
+    /// against a quota (Cloud Run). A job seen ended, one never observed, and a deadline are
+    /// never delayed by it.
+    fn observe_every(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// The id of the job this backend started for `attempt_id` of `validator`, if there is one:
     /// how an ambiguous launch is resolved without launching twice.
     async fn find(
