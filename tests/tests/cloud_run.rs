@@ -772,3 +772,38 @@ async fn a_running_execution_is_read_once_per_observe_interval() {
     assert_eq!(lab.run(run).await.run.result, Some(RunResult::TimedOut));
     lab.finish();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_cancels_running_executions_of_no_active_attempt() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("hang")).await;
+    lab.dispatch().await;
+    let attempt = lab.current(run).await;
+    let execution = attempt.backend.clone().expect("execution").id;
+    let backend = lab
+        .workers
+        .backends
+        .get(BackendKind::CloudRun)
+        .expect("built")
+        .clone();
+    let live = std::collections::HashSet::from([attempt.id]);
+    assert_eq!(
+        backend.sweep(&live).await.expect("sweep"),
+        0,
+        "its attempt is active"
+    );
+    assert!(lab.cloud_run.cancel_requests().is_empty());
+    assert_eq!(
+        backend.sweep(&Default::default()).await.expect("sweep"),
+        1,
+        "an orphan (its launcher lost it) is cancelled"
+    );
+    assert_eq!(lab.cloud_run.cancel_requests(), vec![execution]);
+    lab.cloud_run.wait_idle(Duration::from_secs(10)).await;
+    assert_eq!(
+        backend.sweep(&Default::default()).await.expect("sweep"),
+        0,
+        "ended: left alone"
+    );
+    lab.finish();
+}
