@@ -159,6 +159,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
                 data_dir: common.data_dir.clone(),
                 gcs: common.gcs_options(),
                 cloud_run: Default::default(),
+                webhooks: Default::default(),
             },
             config.workers.reconcile(),
         )

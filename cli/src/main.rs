@@ -73,12 +73,64 @@ enum Command {
         #[command(flatten)]
         client: ClientConfig,
     },
+    /// Webhook subscriptions and dead deliveries (in the run store the launcher uses).
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookAction,
+        #[command(flatten)]
+        common: CommonConfig,
+    },
     /// Create, list and revoke the launcher's API keys (in the run store it uses).
     ApiKey {
         #[command(subcommand)]
         action: ApiKeyAction,
         #[command(flatten)]
         common: CommonConfig,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookAction {
+    /// Subscribe an org's URL to events; the signing secret is printed once.
+    Create {
+        /// The org whose events are delivered.
+        #[arg(long)]
+        org: String,
+        /// Where they are POSTed (http or https).
+        #[arg(long)]
+        url: String,
+        /// Event types (repeat); default `run.completed`.
+        #[arg(long = "event", default_value = "run.completed")]
+        events: Vec<String>,
+    },
+    /// List subscriptions (without their secrets).
+    List {
+        /// Only this org's.
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Start a secret rotation: a new secret is printed, and deliveries are signed with the new
+    /// and the old one until `finish-rotation`.
+    Rotate {
+        /// The subscription's id.
+        id: String,
+    },
+    /// End a rotation: only the newest secret signs.
+    FinishRotation {
+        /// The subscription's id.
+        id: String,
+    },
+    /// Stop a subscription.
+    Disable {
+        /// The subscription's id.
+        id: String,
+    },
+    /// List events whose delivery was given up.
+    Dead,
+    /// Deliver a dead event again (same webhook-id), its attempts counted from zero.
+    Replay {
+        /// The event's id (its webhook-id, from `dead`).
+        id: String,
     },
 }
 
@@ -133,7 +185,85 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Cancel { id, client } => client::cancel(&client, &id).await,
         Command::Bench { args } => bench::run(args).await,
         Command::ApiKey { action, common } => api_key(action, &common).await,
+        Command::Webhook { action, common } => webhook(action, &common).await,
     }
+}
+
+async fn webhook(action: WebhookAction, common: &CommonConfig) -> anyhow::Result<()> {
+    use runway_launcher::webhooks;
+    let store = common.open_store().await?;
+    let subscription_id = |id: &str| -> anyhow::Result<runway_runs::SubscriptionId> {
+        id.parse().map_err(|_| {
+            anyhow::anyhow!("{id:?} is not a subscription id (see runway webhook list)")
+        })
+    };
+    match action {
+        WebhookAction::Create { org, url, events } => {
+            let sub = webhooks::subscribe(store.as_ref(), &org, &url, &events).await?;
+            eprintln!("created webhook subscription {sub}; its signing secret is shown once:");
+            println!("{}", sub.secrets[0]);
+        }
+        WebhookAction::List { org } => {
+            for sub in store.list_subscriptions(org.as_deref()).await? {
+                let state = match (&sub.disabled_at, &sub.disabled_reason) {
+                    (Some(at), reason) => format!(
+                        "disabled {} ({})",
+                        at.to_rfc3339(),
+                        reason.as_deref().unwrap_or("")
+                    ),
+                    (None, _) if sub.secrets.len() > 1 => "active, rotating".to_owned(),
+                    (None, _) => "active".to_owned(),
+                };
+                println!("{sub}  {state}");
+            }
+        }
+        WebhookAction::Rotate { id } => {
+            let sub = webhooks::rotate_secret(store.as_ref(), subscription_id(&id)?).await?;
+            eprintln!(
+                "rotating {sub}: deliveries are signed with the new and the old secret until finish-rotation; the new one:"
+            );
+            println!("{}", sub.secrets[0]);
+        }
+        WebhookAction::FinishRotation { id } => {
+            let sub = webhooks::finish_rotation(store.as_ref(), subscription_id(&id)?).await?;
+            println!("{sub}: signed with its newest secret only");
+        }
+        WebhookAction::Disable { id } => {
+            let sub = store
+                .disable_subscription(
+                    subscription_id(&id)?,
+                    chrono::Utc::now(),
+                    "disabled by an operator",
+                )
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("there is no webhook subscription {id}"))?;
+            println!("disabled {sub}");
+        }
+        WebhookAction::Dead => {
+            for event in store.dead_outbox(1000).await? {
+                println!(
+                    "{}  {}  run {}  {} deliveries  dead {}  {}",
+                    event.id,
+                    event.event,
+                    event.run_id,
+                    event.attempts,
+                    event.dead_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    event.last_error.unwrap_or_default()
+                );
+            }
+        }
+        WebhookAction::Replay { id } => {
+            let event: runway_runs::OutboxId = id.parse().map_err(|_| {
+                anyhow::anyhow!("{id:?} is not an event id (see runway webhook dead)")
+            })?;
+            anyhow::ensure!(
+                store.replay_outbox(event, chrono::Utc::now()).await?,
+                "event {id} is not dead (delivered, still being delivered, or unknown)"
+            );
+            println!("event {id} will be delivered again");
+        }
+    }
+    Ok(())
 }
 
 async fn api_key(action: ApiKeyAction, common: &CommonConfig) -> anyhow::Result<()> {

@@ -45,6 +45,10 @@ pub struct Config {
     #[command(flatten)]
     pub api_auth: ApiAuthArgs,
 
+    /// Webhook delivery.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,
@@ -111,6 +115,44 @@ impl WorkerArgs {
             launch_settle: Duration::from_secs(self.launch_settle_seconds),
             dispatch_stale: Duration::from_secs(self.dispatch_stale_seconds.max(1)),
             ..crate::reconcile::ReconcileSettings::default()
+        }
+    }
+}
+
+/// How webhooks are delivered (subscriptions are made with `runway webhook`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookArgs {
+    /// Deliveries of one event before it is given up (dead; `runway webhook replay` puts it back).
+    #[arg(long, env = "RUNWAY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 20)]
+    pub webhook_max_attempts: u32,
+    /// Seconds of the first wait after a failed delivery (doubling, with jitter).
+    #[arg(long, env = "RUNWAY_WEBHOOK_BACKOFF_SECONDS", default_value_t = 5)]
+    pub webhook_backoff_seconds: u64,
+    /// Longest wait between two deliveries of one event, in seconds.
+    #[arg(
+        long,
+        env = "RUNWAY_WEBHOOK_BACKOFF_MAX_SECONDS",
+        default_value_t = 3600
+    )]
+    pub webhook_backoff_max_seconds: u64,
+    /// Seconds a receiver has to answer.
+    #[arg(long, env = "RUNWAY_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub webhook_timeout_seconds: u64,
+}
+
+impl WebhookArgs {
+    /// The deliverer's settings.
+    pub fn settings(&self) -> crate::webhooks::DeliverySettings {
+        use std::time::Duration;
+        crate::webhooks::DeliverySettings {
+            max_attempts: self.webhook_max_attempts.max(1),
+            backoff_first: Duration::from_secs(self.webhook_backoff_seconds.max(1)),
+            backoff_max: Duration::from_secs(
+                self.webhook_backoff_max_seconds
+                    .max(self.webhook_backoff_seconds.max(1)),
+            ),
+            timeout: Duration::from_secs(self.webhook_timeout_seconds.max(1)),
+            ..crate::webhooks::DeliverySettings::default()
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod local;
 pub mod reconcile;
 pub mod registry;
 pub mod spec;
+pub mod webhooks;
 pub mod workers;
 
 use std::sync::Arc;

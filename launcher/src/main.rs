@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir: config.common.data_dir.clone(),
             gcs: config.common.gcs_options(),
             cloud_run: config.cloud_run.clone(),
+            webhooks: config.webhooks.settings(),
         },
         config.workers.reconcile(),
     )

@@ -42,6 +42,8 @@ pub struct WorkerConfig {
     pub gcs: runway_storage::GcsOptions,
     /// How the Cloud Run backend reaches the Admin API.
     pub cloud_run: crate::config::CloudRunArgs,
+    /// How webhooks are delivered.
+    pub webhooks: crate::webhooks::DeliverySettings,
 }
 
 /// How a job on this machine reaches GCS, as the runner reads it.
@@ -65,6 +67,8 @@ pub struct Workers {
     pub dispatcher: Arc<Dispatcher>,
     /// The reconciler.
     pub reconciler: Arc<Reconciler>,
+    /// The webhook deliverer.
+    pub deliverer: Arc<crate::webhooks::Deliverer>,
     /// The mock backend, when a validator uses it (tests read its counters).
     pub mock: Option<Arc<MockBackend>>,
 }
@@ -180,10 +184,16 @@ impl Workers {
             },
             reconcile,
         ));
+        let deliverer = Arc::new(crate::webhooks::Deliverer::new(
+            state.deps.store.clone(),
+            state.clock.clone(),
+            config.webhooks.clone(),
+        )?);
         Ok(Self {
             backends,
             dispatcher,
             reconciler,
+            deliverer,
             mock,
         })
     }
@@ -198,6 +208,11 @@ impl Workers {
         let stop_dispatch = CancellationToken::new();
         let stop_reconcile = CancellationToken::new();
         Ok(RunningWorkers {
+            deliverer: tokio::spawn(
+                self.deliverer
+                    .clone()
+                    .run_until_stopped(stop_reconcile.clone()),
+            ),
             dispatcher: tokio::spawn(
                 self.dispatcher
                     .clone()
@@ -218,6 +233,7 @@ impl Workers {
 /// The dispatcher and the reconciler, running.
 #[derive(Debug)]
 pub struct RunningWorkers {
+    deliverer: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     reconciler: JoinHandle<()>,
     stop_dispatch: CancellationToken,
@@ -237,6 +253,7 @@ impl RunningWorkers {
         }
         self.stop_reconcile.cancel();
         self.reconciler.await.context("reconciler task")?;
+        self.deliverer.await.context("webhook deliverer task")?;
         Ok(())
     }
 }

@@ -210,6 +210,40 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Every key (of `org`, if given), oldest first.
     async fn list_api_keys(&self, org: Option<&str>) -> Result<Vec<ApiKey>, StoreError>;
 
+    /// Stores a new webhook subscription.
+    async fn create_subscription(
+        &self,
+        subscription: &WebhookSubscription,
+    ) -> Result<WebhookSubscription, StoreError>;
+
+    /// Every subscription (of `org`, if given), disabled ones included, oldest first.
+    async fn list_subscriptions(
+        &self,
+        org: Option<&str>,
+    ) -> Result<Vec<WebhookSubscription>, StoreError>;
+
+    /// Stops a subscription; `None` if there is none. Disabling twice keeps the first reason.
+    async fn disable_subscription(
+        &self,
+        id: SubscriptionId,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Option<WebhookSubscription>, StoreError>;
+
+    /// Replaces a subscription's signing secrets (newest first); `None` if there is none.
+    async fn set_subscription_secrets(
+        &self,
+        id: SubscriptionId,
+        secrets: &[String],
+    ) -> Result<Option<WebhookSubscription>, StoreError>;
+
+    /// Dead outbox events (deliveries given up), most recent first.
+    async fn dead_outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Makes a dead outbox event due again at `at`, its attempts counted from zero (the same
+    /// event, so the same webhook id); false if it is not dead.
+    async fn replay_outbox(&self, id: OutboxId, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
     /// The event was delivered.
     async fn mark_outbox_delivered(
         &self,

@@ -100,6 +100,47 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+uuid_id!(
+    /// Identifies a webhook subscription.
+    SubscriptionId
+);
+
+/// Where an org's events are delivered: a URL, the secrets their signatures are made with
+/// (Standard Webhooks `whsec_…`; during a rotation, the new and the old), and the event types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSubscription {
+    /// Its identifier.
+    pub id: SubscriptionId,
+    /// The org whose events it receives.
+    pub org_id: String,
+    /// Where they are POSTed.
+    pub url: String,
+    /// The signing secrets, newest first; every delivery is signed with each.
+    pub secrets: Vec<String>,
+    /// The event types it receives (`run.completed`, …).
+    pub events: Vec<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it stopped receiving (disabled by an operator, or the receiver answered 410).
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Why.
+    pub disabled_reason: Option<String>,
+}
+
+impl std::fmt::Display for WebhookSubscription {
+    /// Everything but the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}  org {}  {}  events {}",
+            self.id,
+            self.org_id,
+            self.url,
+            self.events.join(",")
+        )
+    }
+}
+
 /// A key to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewApiKey {

@@ -123,6 +123,7 @@ fn json_col(row: &PgRow, col: &str) -> Result<Option<Value>, StoreError> {
 
 decoders!(PgRow);
 api_key_queries!(PgPool);
+webhook_queries!(PgPool);
 
 // --- Queries shared by transactions and plain reads -------------------------------------------
 
@@ -669,6 +670,45 @@ impl RunStore for PostgresStore {
 
     async fn list_api_keys(&self, org: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
         api_key_list(&self.pool, org).await
+    }
+
+    async fn create_subscription(
+        &self,
+        subscription: &WebhookSubscription,
+    ) -> Result<WebhookSubscription, StoreError> {
+        subscription_create(&self.pool, subscription).await
+    }
+
+    async fn list_subscriptions(
+        &self,
+        org: Option<&str>,
+    ) -> Result<Vec<WebhookSubscription>, StoreError> {
+        subscription_list(&self.pool, org).await
+    }
+
+    async fn disable_subscription(
+        &self,
+        id: SubscriptionId,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Option<WebhookSubscription>, StoreError> {
+        subscription_disable(&self.pool, id, at, reason).await
+    }
+
+    async fn set_subscription_secrets(
+        &self,
+        id: SubscriptionId,
+        secrets: &[String],
+    ) -> Result<Option<WebhookSubscription>, StoreError> {
+        subscription_set_secrets(&self.pool, id, secrets).await
+    }
+
+    async fn dead_outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        outbox_dead(&self.pool, limit).await
+    }
+
+    async fn replay_outbox(&self, id: OutboxId, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        outbox_replay(&self.pool, id, at).await
     }
 
     async fn mark_outbox_delivered(

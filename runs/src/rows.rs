@@ -70,6 +70,10 @@ pub(crate) const INSERT_API_KEY: &str = "INSERT INTO api_keys (id, org_id, name,
 pub(crate) const REVOKE_API_KEY: &str =
     "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
 
+/// The webhook subscription columns.
+pub(crate) const SUBSCRIPTION_COLUMNS: &str =
+    "id, org_id, url, secrets, events, created_at, disabled_at, disabled_reason";
+
 /// Inserts a receipt; bind with [`bind_receipt`].
 pub(crate) const INSERT_RECEIPT: &str = "INSERT INTO callback_receipts (id, attempt_id, \
      callback_id, received_at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -148,6 +152,27 @@ macro_rules! decoders {
                 prefix: row.try_get("prefix")?,
                 created_at: ts_col(row, "created_at")?,
                 revoked_at: opt_ts_col(row, "revoked_at")?,
+            })
+        }
+
+        fn subscription_from_row(row: &$row) -> Result<WebhookSubscription, StoreError> {
+            let list = |col: &str| -> Result<Vec<String>, StoreError> {
+                Ok(row
+                    .try_get::<String, _>(col)?
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect())
+            };
+            Ok(WebhookSubscription {
+                id: SubscriptionId::from_uuid(id_col(row, "id")?),
+                org_id: row.try_get("org_id")?,
+                url: row.try_get("url")?,
+                secrets: list("secrets")?,
+                events: list("events")?,
+                created_at: ts_col(row, "created_at")?,
+                disabled_at: opt_ts_col(row, "disabled_at")?,
+                disabled_reason: row.try_get("disabled_reason")?,
             })
         }
 
@@ -368,7 +393,125 @@ macro_rules! api_key_queries {
     };
 }
 
+/// The webhook subscription operations (and replaying a dead outbox event) over a `$pool`.
+macro_rules! webhook_queries {
+    ($pool:ty) => {
+        async fn subscription_create(
+            pool: &$pool,
+            s: &WebhookSubscription,
+        ) -> Result<WebhookSubscription, StoreError> {
+            sqlx::query(
+                "INSERT INTO webhook_subscriptions (id, org_id, url, secrets, events, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(enc_id(s.id.as_uuid()))
+            .bind(&s.org_id)
+            .bind(&s.url)
+            .bind(s.secrets.join(" "))
+            .bind(s.events.join(" "))
+            .bind(enc_ts(s.created_at))
+            .execute(pool)
+            .await?;
+            subscription_get(pool, s.id)
+                .await?
+                .ok_or_else(|| StoreError::not_found("webhook subscription", s.id))
+        }
+
+        async fn subscription_get(
+            pool: &$pool,
+            id: SubscriptionId,
+        ) -> Result<Option<WebhookSubscription>, StoreError> {
+            sqlx::query(&format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE id = $1"
+            ))
+            .bind(enc_id(id.as_uuid()))
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(subscription_from_row)
+            .transpose()
+        }
+
+        async fn subscription_list(
+            pool: &$pool,
+            org: Option<&str>,
+        ) -> Result<Vec<WebhookSubscription>, StoreError> {
+            sqlx::query(&format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions \
+                 WHERE $1 IS NULL OR org_id = $1 ORDER BY created_at, id"
+            ))
+            .bind(org)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(subscription_from_row)
+            .collect()
+        }
+
+        async fn subscription_disable(
+            pool: &$pool,
+            id: SubscriptionId,
+            at: DateTime<Utc>,
+            reason: &str,
+        ) -> Result<Option<WebhookSubscription>, StoreError> {
+            sqlx::query(
+                "UPDATE webhook_subscriptions SET disabled_at = $2, disabled_reason = $3 \
+                 WHERE id = $1 AND disabled_at IS NULL",
+            )
+            .bind(enc_id(id.as_uuid()))
+            .bind(enc_ts(at))
+            .bind(reason)
+            .execute(pool)
+            .await?;
+            subscription_get(pool, id).await
+        }
+
+        async fn subscription_set_secrets(
+            pool: &$pool,
+            id: SubscriptionId,
+            secrets: &[String],
+        ) -> Result<Option<WebhookSubscription>, StoreError> {
+            sqlx::query("UPDATE webhook_subscriptions SET secrets = $2 WHERE id = $1")
+                .bind(enc_id(id.as_uuid()))
+                .bind(secrets.join(" "))
+                .execute(pool)
+                .await?;
+            subscription_get(pool, id).await
+        }
+
+        async fn outbox_replay(
+            pool: &$pool,
+            id: OutboxId,
+            at: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            let done = sqlx::query(
+                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $2 \
+                 WHERE id = $1 AND dead_at IS NOT NULL",
+            )
+            .bind(enc_id(id.as_uuid()))
+            .bind(enc_ts(at))
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn outbox_dead(pool: &$pool, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+            sqlx::query(concat!(
+                "SELECT ",
+                outbox_columns!(),
+                " FROM outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, id LIMIT $1"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(outbox_from_row)
+            .collect()
+        }
+    };
+}
+
 pub(crate) use {
     api_key_queries, bind_attempt, bind_attempt_update, bind_outbox, bind_receipt, bind_run_insert,
-    bind_run_update, decoders,
+    bind_run_update, decoders, webhook_queries,
 };

@@ -243,6 +243,7 @@ impl Lab {
                 cloud_run_request_timeout_seconds: 10,
                 cloud_run_container: None,
             },
+            webhooks: Default::default(),
         };
         let workers = Workers::build(&state, &worker_config, reconcile_settings())
             .await

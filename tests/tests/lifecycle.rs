@@ -147,6 +147,7 @@ impl Lab {
                 data_dir: std::env::temp_dir(),
                 gcs: Default::default(),
                 cloud_run: Default::default(),
+                webhooks: Default::default(),
             },
             ReconcileSettings {
                 interval: INTERVAL,
