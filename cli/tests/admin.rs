@@ -107,7 +107,14 @@ fn webhook_subscriptions_are_managed_from_the_cli() {
     let dir = tempfile::tempdir().expect("tempdir");
     let created = runway(
         dir.path(),
-        &["webhook", "create", "--org", "acme", "--url", "https://hooks.acme.test/runway"],
+        &[
+            "webhook",
+            "create",
+            "--org",
+            "acme",
+            "--url",
+            "https://hooks.acme.test/runway",
+        ],
     );
     assert!(created.status.success(), "{}", text(&created.stderr));
     let secret = text(&created.stdout).trim().to_owned();
@@ -116,7 +123,10 @@ fn webhook_subscriptions_are_managed_from_the_cli() {
     let id = note.split_whitespace().nth(3).expect("the id").to_owned();
 
     let listing = text(&runway(dir.path(), &["webhook", "list"]).stdout);
-    assert!(listing.contains(&id) && listing.contains("run.completed") && listing.contains("active"), "{listing}");
+    assert!(
+        listing.contains(&id) && listing.contains("run.completed") && listing.contains("active"),
+        "{listing}"
+    );
     assert!(!listing.contains(&secret), "a listing never shows a secret");
 
     let rotated = runway(dir.path(), &["webhook", "rotate", &id]);
@@ -124,19 +134,36 @@ fn webhook_subscriptions_are_managed_from_the_cli() {
     let new_secret = text(&rotated.stdout).trim().to_owned();
     assert!(new_secret.starts_with("whsec_") && new_secret != secret);
     assert!(text(&runway(dir.path(), &["webhook", "list"]).stdout).contains("rotating"));
-    assert!(runway(dir.path(), &["webhook", "finish-rotation", &id]).status.success());
+    assert!(
+        runway(dir.path(), &["webhook", "finish-rotation", &id])
+            .status
+            .success()
+    );
     let disabled = runway(dir.path(), &["webhook", "disable", &id]);
     assert!(disabled.status.success());
     assert!(text(&runway(dir.path(), &["webhook", "list"]).stdout).contains("disabled"));
     assert_eq!(text(&runway(dir.path(), &["webhook", "dead"]).stdout), "");
 
     for (args, needle) in [
-        (vec!["webhook", "create", "--org", "acme", "--url", "ftp://x/"], "http(s) URL"),
-        (vec!["webhook", "rotate", "nope"], "is not a subscription id"),
-        (vec!["webhook", "replay", "0190c2a4-8a1e-7b3e-9d4c-0123456789ab"], "is not dead"),
+        (
+            vec!["webhook", "create", "--org", "acme", "--url", "ftp://x/"],
+            "http(s) URL",
+        ),
+        (
+            vec!["webhook", "rotate", "nope"],
+            "is not a subscription id",
+        ),
+        (
+            vec!["webhook", "replay", "0190c2a4-8a1e-7b3e-9d4c-0123456789ab"],
+            "is not dead",
+        ),
     ] {
         let out = runway(dir.path(), &args);
         assert!(!out.status.success(), "{args:?}");
-        assert!(text(&out.stderr).contains(needle), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
 }

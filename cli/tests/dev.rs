@@ -195,23 +195,24 @@ fn a_hostile_body_leaves_the_service_small() {
 async fn a_completed_run_is_delivered_to_its_orgs_webhook() {
     use std::sync::{Arc, Mutex};
     let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            axum::routing::post({
-                let received = received.clone();
-                move |headers: axum::http::HeaderMap, body: String| async move {
-                    let id = headers
-                        .get("webhook-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    received.lock().unwrap().push((id, body));
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let received = received.clone();
+            move |headers: axum::http::HeaderMap, body: String| async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                received.lock().unwrap().push((id, body));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
 
@@ -224,13 +225,18 @@ async fn a_completed_run_is_delivered_to_its_orgs_webhook() {
     )
     .await
     .expect("subscribe");
-    let (status, run) = sys.create(&common::energyplus_run("Version,25.2;"), None).await;
+    let (status, run) = sys
+        .create(&common::energyplus_run("Version,25.2;"), None)
+        .await;
     assert_eq!(status, 201, "{run}");
     let id = run["id"].as_str().expect("id").to_owned();
     sys.wait_completed(&id).await;
     let start = std::time::Instant::now();
     while received.lock().unwrap().is_empty() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(20), "no webhook arrived");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no webhook arrived"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let (webhook_id, body) = received.lock().unwrap()[0].clone();

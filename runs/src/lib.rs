@@ -237,6 +237,13 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         secrets: &[String],
     ) -> Result<Option<WebhookSubscription>, StoreError>;
 
+    /// Marks delivered, in one statement, those of `ids` still open; returns how many.
+    async fn mark_outbox_delivered_many(
+        &self,
+        ids: &[OutboxId],
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
     /// Dead outbox events (deliveries given up), most recent first.
     async fn dead_outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
 

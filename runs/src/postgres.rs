@@ -123,7 +123,7 @@ fn json_col(row: &PgRow, col: &str) -> Result<Option<Value>, StoreError> {
 
 decoders!(PgRow);
 api_key_queries!(PgPool);
-webhook_queries!(PgPool);
+webhook_queries!(PgPool, sqlx::Postgres);
 
 // --- Queries shared by transactions and plain reads -------------------------------------------
 
@@ -701,6 +701,14 @@ impl RunStore for PostgresStore {
         secrets: &[String],
     ) -> Result<Option<WebhookSubscription>, StoreError> {
         subscription_set_secrets(&self.pool, id, secrets).await
+    }
+
+    async fn mark_outbox_delivered_many(
+        &self,
+        ids: &[OutboxId],
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        outbox_delivered_many(&self.pool, ids, at).await
     }
 
     async fn dead_outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {

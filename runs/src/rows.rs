@@ -395,7 +395,26 @@ macro_rules! api_key_queries {
 
 /// The webhook subscription operations (and replaying a dead outbox event) over a `$pool`.
 macro_rules! webhook_queries {
-    ($pool:ty) => {
+    ($pool:ty, $db:ty) => {
+        async fn outbox_delivered_many(
+            pool: &$pool,
+            ids: &[OutboxId],
+            at: DateTime<Utc>,
+        ) -> Result<u64, StoreError> {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let mut query = sqlx::QueryBuilder::<$db>::new("UPDATE outbox SET delivered_at = ");
+            query.push_bind(enc_ts(at));
+            query.push(" WHERE delivered_at IS NULL AND dead_at IS NULL AND id IN (");
+            let mut list = query.separated(", ");
+            for id in ids {
+                list.push_bind(enc_id(id.as_uuid()));
+            }
+            list.push_unseparated(")");
+            Ok(query.build().execute(pool).await?.rows_affected())
+        }
+
         async fn subscription_create(
             pool: &$pool,
             s: &WebhookSubscription,

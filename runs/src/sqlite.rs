@@ -154,7 +154,7 @@ fn json_col(row: &SqliteRow, col: &str) -> Result<Option<Value>, StoreError> {
 
 decoders!(SqliteRow);
 api_key_queries!(SqlitePool);
-webhook_queries!(SqlitePool);
+webhook_queries!(SqlitePool, sqlx::Sqlite);
 
 // --- Queries shared by transactions and plain reads -------------------------------------------
 
@@ -694,6 +694,14 @@ impl RunStore for SqliteStore {
         secrets: &[String],
     ) -> Result<Option<WebhookSubscription>, StoreError> {
         subscription_set_secrets(&self.pool, id, secrets).await
+    }
+
+    async fn mark_outbox_delivered_many(
+        &self,
+        ids: &[OutboxId],
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        outbox_delivered_many(&self.pool, ids, at).await
     }
 
     async fn dead_outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
