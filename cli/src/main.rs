@@ -240,7 +240,7 @@ async fn webhook(action: WebhookAction, common: &CommonConfig) -> anyhow::Result
             println!("disabled {sub}");
         }
         WebhookAction::Dead => {
-            for event in store.dead_outbox(1000).await? {
+            for event in store.dead_outbox(None, 1000).await? {
                 println!(
                     "{}  {}  run {}  {} deliveries  dead {}  {}",
                     event.id,
@@ -257,7 +257,7 @@ async fn webhook(action: WebhookAction, common: &CommonConfig) -> anyhow::Result
                 anyhow::anyhow!("{id:?} is not an event id (see runway webhook dead)")
             })?;
             anyhow::ensure!(
-                store.replay_outbox(event, chrono::Utc::now()).await?,
+                store.replay_outbox(event, None, chrono::Utc::now()).await?,
                 "event {id} is not dead (delivered, still being delivered, or unknown)"
             );
             println!("event {id} will be delivered again");

@@ -330,7 +330,7 @@ async fn a_dead_event_is_listed_and_replayed_under_its_own_id(postgres: bool) {
     lab.advance(Duration::from_secs(10));
     let report = deliverer.step().await.expect("step");
     assert_eq!(report.dead, 1, "{report:?}");
-    let dead = lab.store.dead_outbox(10).await.expect("dead");
+    let dead = lab.store.dead_outbox(None, 10).await.expect("dead");
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]
@@ -354,15 +354,54 @@ async fn a_dead_event_is_listed_and_replayed_under_its_own_id(postgres: bool) {
     assert_eq!(rotated.secrets.len(), 2);
     assert_eq!(rotated.secrets[1], sub.secrets[0]);
     lab.shared.lock().unwrap().down = false;
+
+    // The API lists it and replays it; another org sees and replays nothing.
+    let listed: Value = lab
+        .http
+        .get(format!("{}/v1/webhooks/dead", lab.launcher))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        listed["events"][0]["id"],
+        dead[0].id.to_string(),
+        "{listed}"
+    );
+    assert_eq!(listed["events"][0]["event"], "run.completed");
+    assert_eq!(listed["events"][0]["deliveries"], 2);
     assert!(
         lab.store
-            .replay_outbox(dead[0].id, lab.clock.now())
+            .dead_outbox(Some("globex"), 10)
             .await
-            .expect("replay")
+            .expect("dead")
+            .is_empty()
     );
     assert!(
         !lab.store
-            .replay_outbox(dead[0].id, lab.clock.now())
+            .replay_outbox(dead[0].id, Some("globex"), lab.clock.now())
+            .await
+            .expect("replay"),
+        "another org's event is not replayed"
+    );
+    let post = |path: String| lab.http.post(format!("{}{path}", lab.launcher)).send();
+    let bad = post("/v1/webhooks/dead/not-a-uuid/replay".into())
+        .await
+        .expect("POST");
+    assert_eq!(bad.status(), 400);
+    let unknown = post(format!("/v1/webhooks/dead/{}/replay", uuid::Uuid::now_v7()))
+        .await
+        .expect("POST");
+    assert_eq!(unknown.status(), 404);
+    let replayed = post(format!("/v1/webhooks/dead/{}/replay", dead[0].id))
+        .await
+        .expect("POST");
+    assert_eq!(replayed.status(), 202);
+    assert!(
+        !lab.store
+            .replay_outbox(dead[0].id, None, lab.clock.now())
             .await
             .expect("again"),
         "not dead now"

@@ -244,12 +244,22 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
 
-    /// Dead outbox events (deliveries given up), most recent first.
-    async fn dead_outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
+    /// Dead outbox events (deliveries given up) about runs of `org` (or all), most recent first.
+    async fn dead_outbox(
+        &self,
+        org: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
 
-    /// Makes a dead outbox event due again at `at`, its attempts counted from zero (the same
-    /// event, so the same webhook id); false if it is not dead.
-    async fn replay_outbox(&self, id: OutboxId, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Makes a dead outbox event (about a run of `org`, if given) due again at `at`, its
+    /// attempts counted from zero (the same event, so the same webhook id); false if there is
+    /// no such dead event.
+    async fn replay_outbox(
+        &self,
+        id: OutboxId,
+        org: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// The event was delivered.
     async fn mark_outbox_delivered(

@@ -711,12 +711,21 @@ impl RunStore for PostgresStore {
         outbox_delivered_many(&self.pool, ids, at).await
     }
 
-    async fn dead_outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
-        outbox_dead(&self.pool, limit).await
+    async fn dead_outbox(
+        &self,
+        org: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        outbox_dead(&self.pool, org, limit).await
     }
 
-    async fn replay_outbox(&self, id: OutboxId, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        outbox_replay(&self.pool, id, at).await
+    async fn replay_outbox(
+        &self,
+        id: OutboxId,
+        org: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        outbox_replay(&self.pool, id, org, at).await
     }
 
     async fn mark_outbox_delivered(

@@ -501,26 +501,36 @@ macro_rules! webhook_queries {
         async fn outbox_replay(
             pool: &$pool,
             id: OutboxId,
+            org: Option<&str>,
             at: DateTime<Utc>,
         ) -> Result<bool, StoreError> {
             let done = sqlx::query(
                 "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $2 \
-                 WHERE id = $1 AND dead_at IS NOT NULL",
+                 WHERE id = $1 AND dead_at IS NOT NULL \
+                 AND ($3 IS NULL OR run_id IN (SELECT id FROM runs WHERE org_id = $3))",
             )
             .bind(enc_id(id.as_uuid()))
             .bind(enc_ts(at))
+            .bind(org)
             .execute(pool)
             .await?;
             Ok(done.rows_affected() == 1)
         }
 
-        async fn outbox_dead(pool: &$pool, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        async fn outbox_dead(
+            pool: &$pool,
+            org: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<OutboxEvent>, StoreError> {
             sqlx::query(concat!(
                 "SELECT ",
                 outbox_columns!(),
-                " FROM outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, id LIMIT $1"
+                " FROM outbox WHERE dead_at IS NOT NULL \
+                 AND ($2 IS NULL OR run_id IN (SELECT id FROM runs WHERE org_id = $2)) \
+                 ORDER BY dead_at DESC, id LIMIT $1"
             ))
             .bind(i64::from(limit))
+            .bind(org)
             .fetch_all(pool)
             .await?
             .iter()

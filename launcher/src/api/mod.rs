@@ -9,6 +9,7 @@ mod create;
 mod error;
 mod runs;
 mod view;
+mod webhooks;
 
 use std::time::Instant;
 
@@ -38,6 +39,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/runs"),
     ("GET", "/v1/runs/{id}"),
     ("POST", "/v1/runs/{id}/cancel"),
+    ("GET", "/v1/webhooks/dead"),
+    ("POST", "/v1/webhooks/dead/{id}/replay"),
 ];
 
 /// The OpenAPI 3.1 document describing [`ROUTES`].
@@ -57,6 +60,8 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("GET", "/v1/runs") => get(runs::list_runs),
         ("GET", "/v1/runs/{id}") => get(runs::get_run),
         ("POST", "/v1/runs/{id}/cancel") => post(runs::cancel_run),
+        ("GET", "/v1/webhooks/dead") => get(webhooks::list_dead),
+        ("POST", "/v1/webhooks/dead/{id}/replay") => post(webhooks::replay),
         _ => unreachable!("ROUTES lists {method} {path} but no handler serves it"),
     })
 }

@@ -130,19 +130,7 @@ pub(crate) async fn list_runs(
         }
         filter.org_id = Some(own.to_owned());
     }
-    let limit = match params.limit {
-        None => DEFAULT_LIST_LIMIT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
-            .ok_or_else(|| {
-                bad(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIST_LIMIT}, got {text:?}"),
-                )
-            })?,
-    };
+    let limit = page_limit(params.limit.as_deref(), DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
     let cursor = params
         .cursor
         .map(|c| {
@@ -219,8 +207,24 @@ pub(crate) async fn cancel_run(
     Ok((status, Json(RunView::full(&run)?.to_value())).into_response())
 }
 
+/// A list route's `limit` parameter: `default` when absent, else a whole number from 1 to `max`.
+pub(crate) fn page_limit(text: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    text.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("parameter limit: must be a whole number from 1 to {max}, got {text:?}"),
+            )
+        })
+}
+
 /// The caller the auth middleware found (every `/v1` route has one; `Open` elsewhere).
-fn caller_of(caller: Option<&Extension<Caller>>) -> Caller {
+pub(crate) fn caller_of(caller: Option<&Extension<Caller>>) -> Caller {
     caller.map_or(Caller::Open, |Extension(c)| c.clone())
 }
 
