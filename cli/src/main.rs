@@ -323,7 +323,7 @@ async fn dev(config: DevConfig) -> anyhow::Result<()> {
     let running = runway_cli::dev::start(config).await?;
     // A closed stdout (`runway dev | head`) must not take the servers down: ignore write errors.
     let banner = format!(
-        "Runway is running (Ctrl-C to stop)\n  launcher:  {}\n  callback:  {}\n  identity:  {}\n  run store: {database}\n  storage:   {storage}\n",
+        "Runway is running (Ctrl-C to stop)\n  launcher:  {}\n  callback:  {}\n  identity:  {}\n  run store: {database}\n  storage:   {storage}\n  api:       open (a local mode: no credentials are asked for)\n",
         running.launcher_url, running.callback_url, running.identity_url,
     );
     let mut stdout = std::io::stdout();

@@ -257,7 +257,12 @@ impl FakeCloudRun {
 }
 
 fn error(status: u16, message: &str) -> Response {
-    let name = match status {
+    error_with(status, None, message)
+}
+
+/// An error with an explicit canonical status name (`FAILED_PRECONDITION` is also a 400).
+fn error_with(status: u16, name: Option<&str>, message: &str) -> Response {
+    let name = name.unwrap_or(match status {
         400 => "INVALID_ARGUMENT",
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
@@ -266,7 +271,7 @@ fn error(status: u16, message: &str) -> Response {
         503 => "UNAVAILABLE",
         504 => "DEADLINE_EXCEEDED",
         _ => "INTERNAL",
-    };
+    });
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         code,
@@ -695,7 +700,11 @@ fn cancel_execution(shared: &Arc<Shared>, name: &str, ints: bool) -> Response {
         return error(404, &format!("Resource '{name}' was not found"));
     };
     if execution.outcome != Outcome::Running {
-        return error(400, "Execution has already completed.");
+        return error_with(
+            400,
+            Some("FAILED_PRECONDITION"),
+            "Execution has already completed.",
+        );
     }
     execution.cancel.notify_one();
     let rendered = execution.to_json(&shared.jobs, ints);

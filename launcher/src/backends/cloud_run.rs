@@ -580,7 +580,14 @@ impl Backend for CloudRunBackend {
         {
             Ok(_) => Ok(()),
             // Gone, or already ended (FAILED_PRECONDITION).
-            Err(e) if matches!(e.http_status_code(), Some(404 | 400 | 409)) => Ok(()),
+            Err(e)
+                if e.http_status_code() == Some(404)
+                    || e.status().is_some_and(|s| {
+                        s.code == google_cloud_gax::error::rpc::Code::FailedPrecondition
+                    }) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(anyhow::Error::new(e).context(format!("executions.cancel of {id}"))),
         }
     }
