@@ -125,20 +125,12 @@ pub async fn rotate_secret(
     store: &dyn RunStore,
     id: SubscriptionId,
 ) -> anyhow::Result<WebhookSubscription> {
-    let current = store
-        .list_subscriptions(None)
-        .await?
-        .into_iter()
-        .find(|s| s.id == id)
-        .with_context(|| format!("there is no webhook subscription {id}"))?;
-    let secrets = vec![
-        new_secret(),
-        current.secrets.first().cloned().unwrap_or_default(),
-    ];
-    store
-        .set_subscription_secrets(id, &secrets)
-        .await?
-        .with_context(|| format!("there is no webhook subscription {id}"))
+    replace_secrets(store, id, |current| {
+        let mut secrets = vec![new_secret()];
+        secrets.extend(current.first().cloned());
+        secrets
+    })
+    .await
 }
 
 /// Ends a rotation: only the newest secret signs from now on.
@@ -146,17 +138,29 @@ pub async fn finish_rotation(
     store: &dyn RunStore,
     id: SubscriptionId,
 ) -> anyhow::Result<WebhookSubscription> {
+    replace_secrets(store, id, |current| {
+        current.iter().take(1).cloned().collect()
+    })
+    .await
+}
+
+/// Sets a subscription's secrets to what `change` makes of its current ones.
+async fn replace_secrets(
+    store: &dyn RunStore,
+    id: SubscriptionId,
+    change: impl FnOnce(&[String]) -> Vec<String>,
+) -> anyhow::Result<WebhookSubscription> {
+    let missing = || format!("there is no webhook subscription {id}");
     let current = store
         .list_subscriptions(None)
         .await?
         .into_iter()
         .find(|s| s.id == id)
-        .with_context(|| format!("there is no webhook subscription {id}"))?;
-    let newest = current.secrets.into_iter().take(1).collect::<Vec<_>>();
+        .with_context(missing)?;
     store
-        .set_subscription_secrets(id, &newest)
+        .set_subscription_secrets(id, &change(&current.secrets))
         .await?
-        .with_context(|| format!("there is no webhook subscription {id}"))
+        .with_context(missing)
 }
 
 /// What one step did.
