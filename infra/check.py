@@ -10,6 +10,7 @@ deployment. Run by scripts/test.sh; exits non-zero with one line per violation.
   the callback service's ingress is internal only.
 - allUsers appears only behind `var.launcher_public`, on the launcher.
 - Every image is pinned by digest (validated variables) and jobs never retry (max_retries 0).
+- No validator runtime identity has any bucket access: jobs use attempt-scoped tokens.
 """
 
 import pathlib
@@ -86,6 +87,12 @@ def main():
             errors.append(f"service IAM member {name}: the callback's invokers must be validator identities")
         if "allUsers" in body and not (service.group(1) == "launcher" and "var.launcher_public" in body):
             errors.append(f"service IAM member {name}: allUsers outside the launcher_public switch")
+    for kind in ("google_storage_bucket_iam_member", "google_storage_bucket_iam_binding"):
+        for name, body in by_type.get(kind, []):
+            if "google_service_account.validator[" in body:
+                errors.append(
+                    f"bucket IAM {name}: validator identities get no bucket access (attempt tokens carry it)"
+                )
     if "allAuthenticatedUsers" in text:
         errors.append("allAuthenticatedUsers is granted somewhere")
 

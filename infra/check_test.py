@@ -22,6 +22,12 @@ MUTATIONS = [
         'role     = "roles/run.invoker"\n  member   = "serviceAccount:web@p.iam.gserviceaccount.com"',
         "validator identities",
     ),
+    (
+        "a validator with bucket access of its own",
+        'member = "serviceAccount:${google_service_account.callback.email}"\n}\n\nresource "google_storage_bucket_iam_member" "callback_create"',
+        'member = "serviceAccount:${google_service_account.validator["energyplus"].email}"\n}\n\nresource "google_storage_bucket_iam_member" "callback_create"',
+        "validator identities get no bucket access",
+    ),
     ("retrying jobs", "max_retries     = 0", "max_retries     = 3", "max_retries"),
     ("unpinned images", 'can(regex("@sha256:[0-9a-f]{64}$", var.runway_image))', "true", "pinned by digest"),
 ]

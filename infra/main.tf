@@ -29,7 +29,7 @@ locals {
 }
 
 resource "google_project_service" "apis" {
-  for_each           = toset(["run.googleapis.com", "secretmanager.googleapis.com", "storage.googleapis.com", "iamcredentials.googleapis.com"])
+  for_each           = toset(["run.googleapis.com", "secretmanager.googleapis.com", "storage.googleapis.com", "iamcredentials.googleapis.com", "sts.googleapis.com"])
   service            = each.value
   disable_on_destroy = false
 }
@@ -136,27 +136,24 @@ resource "google_storage_bucket_iam_member" "launcher" {
   member = "serviceAccount:${google_service_account.launcher.email}"
 }
 
-# The callback service only reads (envelopes and outputs).
+# The callback service reads envelopes and outputs, and renews validator jobs' attempt-scoped
+# tokens: a downscoped token can do no more than the token it is exchanged for, so the callback
+# service can create objects too (never delete or replace them).
 resource "google_storage_bucket_iam_member" "callback" {
   bucket = google_storage_bucket.runs.name
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.callback.email}"
 }
 
-# Validator jobs read their inputs and create their outputs; objects are create-only to them.
-resource "google_storage_bucket_iam_member" "validator_read" {
-  for_each = var.validators
-  bucket   = google_storage_bucket.runs.name
-  role     = "roles/storage.objectViewer"
-  member   = "serviceAccount:${google_service_account.validator[each.key].email}"
+resource "google_storage_bucket_iam_member" "callback_create" {
+  bucket = google_storage_bucket.runs.name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:${google_service_account.callback.email}"
 }
 
-resource "google_storage_bucket_iam_member" "validator_create" {
-  for_each = var.validators
-  bucket   = google_storage_bucket.runs.name
-  role     = "roles/storage.objectCreator"
-  member   = "serviceAccount:${google_service_account.validator[each.key].email}"
-}
+# Validator jobs get no bucket access of their own: each attempt carries a token downscoped to
+# read its run's files and its own folder and to create objects in its folder
+# (RUNWAY_GCS_ATTEMPT_TOKENS=required, the default).
 
 # --- Validator jobs --------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::Utc;
-use runway_contract::{CallbackPayload, ContractError, Sha256Hex};
+use runway_contract::{CallbackNonce, CallbackPayload, ContractError, Sha256Hex};
 use runway_identity::{TokenError, TokenVerifier};
 use runway_runs::verify::{Verdict, output_uri, verify_output};
 use runway_runs::{
@@ -74,6 +74,12 @@ pub enum CallbackError {
     /// The token is valid, but for another identity than the one the attempt's job runs as.
     #[error("{0}")]
     WrongCaller(String),
+    /// The attempt has ended: nothing more is done for its job.
+    #[error("{0}")]
+    AttemptOver(String),
+    /// This service does not do what was asked (token renewal while tokens are off).
+    #[error("{0}")]
+    NotOffered(String),
     /// Something on our side failed; the caller should retry.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -93,6 +99,8 @@ impl IntoResponse for CallbackError {
             Self::UnknownCallback => (StatusCode::NOT_FOUND, "unknown_callback"),
             Self::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             Self::WrongCaller(_) => (StatusCode::FORBIDDEN, "wrong_caller"),
+            Self::AttemptOver(_) => (StatusCode::CONFLICT, "attempt_over"),
+            Self::NotOffered(_) => (StatusCode::NOT_FOUND, "not_offered"),
             Self::Internal(cause) => {
                 tracing::error!(error = %format!("{cause:#}"), "callback failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -112,7 +120,7 @@ impl IntoResponse for CallbackError {
     }
 }
 
-fn internal(e: impl Into<anyhow::Error>) -> CallbackError {
+pub(crate) fn internal(e: impl Into<anyhow::Error>) -> CallbackError {
     CallbackError::Internal(e.into())
 }
 
@@ -121,18 +129,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, CallbackError> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let caller = state.verifier.verify(authorization).await.map_err(|e| {
-        if e.is_unavailable() {
-            CallbackError::VerifierUnavailable(e)
-        } else {
-            tracing::warn!(error = %e, "callback refused: bad token");
-            CallbackError::Unauthorized(e)
-        }
-    })?;
+    let caller = authenticate(&state.verifier, &headers).await?;
     require_json(&headers)?;
     let payload = CallbackPayload::from_json(&body).map_err(CallbackError::BadPayload)?;
     let Some(attempt) = state
@@ -185,24 +182,7 @@ async fn accept(
     caller: &str,
 ) -> Result<Response, CallbackError> {
     let reject = |why: String| Err(CallbackError::Rejected(why));
-    if let Some(expected) = attempt.caller_identity.as_deref()
-        && caller != expected
-    {
-        return Err(CallbackError::WrongCaller(format!(
-            "this attempt's job runs as {expected}; a token for {caller} may not call back for it"
-        )));
-    }
-    if payload.run_id != attempt.run_id.to_string() {
-        return reject("run_id does not match the attempt of this callback_id".into());
-    }
-    let Some(stored) = attempt.callback_nonce_sha256.as_deref() else {
-        return reject("the attempt has not been dispatched with a callback nonce".into());
-    };
-    let stored = Sha256Hex::parse(stored.to_owned())
-        .map_err(|e| internal(anyhow::anyhow!("stored nonce commitment is malformed: {e}")))?;
-    if !payload.callback_nonce.commitment().ct_eq(&stored) {
-        return reject("callback_nonce does not match the attempt".into());
-    }
+    bind(attempt, caller, &payload.run_id, &payload.callback_nonce)?;
     let expected_output_uri = output_uri(state.storage.as_ref(), attempt).map_err(internal)?;
     if payload.result_uri.as_str() != expected_output_uri {
         return reject(format!(
@@ -256,6 +236,55 @@ async fn accept(
     }
 }
 
+/// The checks that bind a request naming `run_id` and `nonce` to `attempt`, for a caller
+/// whose token names `caller`: the attempt's own runtime identity, its run, its nonce.
+pub(crate) fn bind(
+    attempt: &Attempt,
+    caller: &str,
+    run_id: &str,
+    nonce: &CallbackNonce,
+) -> Result<(), CallbackError> {
+    if let Some(expected) = attempt.caller_identity.as_deref()
+        && caller != expected
+    {
+        return Err(CallbackError::WrongCaller(format!(
+            "this attempt's job runs as {expected}; a token for {caller} may not call back for it"
+        )));
+    }
+    let reject = |why: &str| Err(CallbackError::Rejected(why.to_owned()));
+    if run_id != attempt.run_id.to_string() {
+        return reject("run_id does not match the attempt of this callback_id");
+    }
+    let Some(stored) = attempt.callback_nonce_sha256.as_deref() else {
+        return reject("the attempt has not been dispatched with a callback nonce");
+    };
+    let stored = Sha256Hex::parse(stored.to_owned())
+        .map_err(|e| internal(anyhow::anyhow!("stored nonce commitment is malformed: {e}")))?;
+    if !nonce.commitment().ct_eq(&stored) {
+        return reject("callback_nonce does not match the attempt");
+    }
+    Ok(())
+}
+
+/// Checks the caller's bearer token.
+pub(crate) async fn authenticate(
+    verifier: &TokenVerifier,
+    headers: &HeaderMap,
+) -> Result<runway_identity::VerifiedToken, CallbackError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    verifier.verify(authorization).await.map_err(|e| {
+        if e.is_unavailable() {
+            CallbackError::VerifierUnavailable(e)
+        } else {
+            tracing::warn!(error = %e, "callback refused: bad token");
+            CallbackError::Unauthorized(e)
+        }
+    })
+}
+
 /// Records a callback for an attempt that has already ended.
 async fn ended(
     state: &CallbackState,
@@ -303,7 +332,7 @@ async fn fail_unusable(
 }
 
 /// A callback must say it is JSON, as the launcher's API requires of its clients.
-fn require_json(headers: &HeaderMap) -> Result<(), CallbackError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), CallbackError> {
     let raw = headers
         .get(header::CONTENT_TYPE)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());

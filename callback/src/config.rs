@@ -21,6 +21,10 @@ pub struct Config {
     #[command(flatten)]
     pub retention: RetentionArgs,
 
+    /// Attempt-scoped GCS tokens (renewed here for Cloud Run jobs).
+    #[command(flatten)]
+    pub attempt_tokens: runway_service::config::AttemptTokenArgs,
+
     /// Run store, object storage and logging.
     #[command(flatten)]
     pub common: CommonConfig,

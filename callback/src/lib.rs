@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod receipts;
+pub mod renewal;
 
 use std::sync::Arc;
 
@@ -19,14 +20,22 @@ pub struct AppState {
     pub deps: Dependencies,
     /// Checks callers' ID tokens.
     pub verifier: Arc<TokenVerifier>,
+    /// Mints renewed attempt-scoped GCS tokens; `None` when they are off.
+    pub attempt_tokens: Option<Arc<runway_storage::capability::Minter>>,
 }
 
-/// The callback service's routes: `/v1/callbacks`, `/healthz`, `/readyz`.
+/// The callback service's routes: `/v1/callbacks`, `/v1/gcs-token`, `/healthz`, `/readyz`.
 pub fn router(state: AppState) -> Router {
     let callbacks = api::router(api::CallbackState {
         store: state.deps.store.clone(),
         storage: state.deps.storage.clone(),
-        verifier: state.verifier,
+        verifier: state.verifier.clone(),
     });
-    health::router(state.deps).merge(callbacks)
+    let renewal = renewal::router(renewal::RenewalState {
+        store: state.deps.store.clone(),
+        storage: state.deps.storage.clone(),
+        verifier: state.verifier,
+        minter: state.attempt_tokens,
+    });
+    health::router(state.deps).merge(callbacks).merge(renewal)
 }

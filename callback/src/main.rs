@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
         store: config.common.open_store().await?,
         storage: config.common.open_storage().await?,
     };
+    let attempt_tokens = config.attempt_tokens.minter(deps.storage.as_ref())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -31,7 +32,11 @@ async fn main() -> anyhow::Result<()> {
     ));
     server::serve(
         listener,
-        router(AppState { deps, verifier }),
+        router(AppState {
+            deps,
+            verifier,
+            attempt_tokens,
+        }),
         server::shutdown_signal(),
     )
     .await?;

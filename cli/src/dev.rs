@@ -160,6 +160,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
                 gcs: common.gcs_options(),
                 cloud_run: Default::default(),
                 webhooks: Default::default(),
+                attempt_tokens: None,
             },
             config.workers.reconcile(),
         )
@@ -181,6 +182,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
             runway_callback::router(runway_callback::AppState {
                 deps: deps.clone(),
                 verifier,
+                attempt_tokens: None,
             }),
         ),
         serve(launcher, runway_launcher::router(state)),

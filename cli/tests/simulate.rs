@@ -412,6 +412,7 @@ async fn runs_on_gcs_storage_fetch_and_publish_through_the_emulator() {
             gcs: runway_storage::GcsOptions {
                 endpoint: Some(endpoint),
                 anonymous: true,
+                token: None,
             },
         },
     )

@@ -50,6 +50,10 @@ pub struct Config {
     pub webhooks: WebhookArgs,
 
     /// Run store, object storage and logging.
+    /// Attempt-scoped GCS tokens for Cloud Run jobs.
+    #[command(flatten)]
+    pub attempt_tokens: runway_service::config::AttemptTokenArgs,
+
     #[command(flatten)]
     pub common: CommonConfig,
 }

@@ -60,6 +60,8 @@ pub struct DispatchSettings {
     /// The user and group local jobs (process, Docker) run as, who are handed the attempt's
     /// folder on `file://` storage; `None` when this process cannot hand it over (not root).
     pub job_owner: Option<(u32, u32)>,
+    /// Mints each Cloud Run job a GCS token scoped to its attempt; `None` when they are off.
+    pub attempt_tokens: Option<Arc<runway_storage::capability::Minter>>,
 }
 
 /// An attempt ready to launch: its envelope is written.
@@ -263,6 +265,45 @@ impl Dispatcher {
         }
     }
 
+    /// A GCS token for `attempt` alone (read its run's files and its own folder, create in its
+    /// own folder), with the limits its job checks, for a Cloud Run `validator`.
+    async fn attempt_capability(
+        &self,
+        minter: &runway_storage::capability::Minter,
+        validator: &ValidatorConfig,
+        attempt: &Attempt,
+    ) -> Result<runway_storage::capability::Capability, NotPrepared> {
+        let paths = attempt
+            .paths()
+            .map_err(|e| NotPrepared::Permanent(e.into()))?;
+        let scope = runway_storage::capability::AttemptScope::new(self.storage.base(), &paths)
+            .map_err(|e| NotPrepared::Permanent(e.into()))?;
+        let project_id = validator
+            .job_name
+            .as_deref()
+            .and_then(|name| name.strip_prefix("projects/"))
+            .and_then(|rest| rest.split('/').next())
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                NotPrepared::Permanent(anyhow::anyhow!(
+                    "validator {} has no project in its job_name (projects/P/locations/L/jobs/J)",
+                    validator.id
+                ))
+            })?
+            .to_owned();
+        let token = minter
+            .mint(&scope)
+            .await
+            .context("minting the attempt's GCS token")
+            .map_err(NotPrepared::Retryable)?;
+        Ok(runway_storage::capability::Capability {
+            token,
+            allowed_prefix: scope.allowed_prefix(),
+            project_id,
+            refresh_url: Some(renewal_url(&self.settings.callback_url)),
+        })
+    }
+
     /// Records the nonce commitment if the store made this attempt, builds and writes its input
     /// envelope, and builds its job.
     async fn prepare(&self, attempt: &Attempt, run: &Run) -> Result<Prepared, NotPrepared> {
@@ -365,11 +406,15 @@ impl Dispatcher {
         }
         let deadline = self.clock.now() + TimeDelta::seconds(i64::from(validator.timeout_seconds));
         // A Cloud Run job gets its metadata server and deployment target from Cloud Run and its
-        // job definition, never from this launcher's local identity.
-        let no_env = BTreeMap::new();
-        let extra_env = match validator.backend {
-            BackendKind::CloudRun => &no_env,
-            _ => &self.settings.job_env,
+        // job definition, never from this launcher's local identity; it gets a GCS token for
+        // its attempt alone, minted now so that it has its whole lifetime ahead of it.
+        let extra_env = match (validator.backend, &self.settings.attempt_tokens) {
+            (BackendKind::CloudRun, Some(minter)) => self
+                .attempt_capability(minter, &validator, attempt)
+                .await?
+                .to_env(),
+            (BackendKind::CloudRun, None) => BTreeMap::new(),
+            _ => self.settings.job_env.clone(),
         };
         let job = JobSpec::new(
             &validator,
@@ -378,7 +423,7 @@ impl Dispatcher {
             attempt.id,
             &input_uri,
             deadline,
-            extra_env,
+            &extra_env,
         );
         Ok(Prepared {
             validator,
@@ -405,4 +450,18 @@ impl Dispatcher {
             .context("end_attempt")?;
         Ok(())
     }
+}
+
+/// The callback service's token-renewal endpoint: [`RENEWAL_PATH`]'s last segment beside the
+/// callback endpoint (`…/v1/callbacks` → `…/v1/gcs-token`).
+///
+/// [`RENEWAL_PATH`]: runway_storage::capability::RENEWAL_PATH
+pub fn renewal_url(callback_url: &HttpUrl) -> String {
+    let leaf = runway_storage::capability::RENEWAL_PATH
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    url::Url::parse(callback_url.as_str())
+        .and_then(|u| u.join(leaf))
+        .map_or_else(|_| callback_url.to_string(), String::from)
 }

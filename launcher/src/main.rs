@@ -52,6 +52,20 @@ async fn main() -> anyhow::Result<()> {
         (_, true) => tracing::info!("the API requires an API key or an allow-listed ID token"),
         (_, false) => tracing::info!("the API requires an API key"),
     }
+    let attempt_tokens = config.attempt_tokens.minter(deps.storage.as_ref())?;
+    if registry
+        .iter()
+        .any(|v| v.backend == runway_runs::BackendKind::CloudRun)
+    {
+        match attempt_tokens {
+            Some(_) => tracing::info!(
+                "Cloud Run jobs get GCS tokens scoped to their attempt (RUNWAY_GCS_ATTEMPT_TOKENS=required)"
+            ),
+            None => tracing::warn!(
+                "Cloud Run jobs use their runtime service account's own access to the bucket (RUNWAY_GCS_ATTEMPT_TOKENS=off, or storage is not gs://)"
+            ),
+        }
+    }
     let state =
         AppState::new(deps, registry, nonce_key, config.callback_url.clone()).with_auth(auth);
     let workers = Workers::build(
@@ -64,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
             gcs: config.common.gcs_options(),
             cloud_run: config.cloud_run.clone(),
             webhooks: config.webhooks.settings(),
+            attempt_tokens,
         },
         config.workers.reconcile(),
     )

@@ -44,6 +44,8 @@ pub struct WorkerConfig {
     pub cloud_run: crate::config::CloudRunArgs,
     /// How webhooks are delivered.
     pub webhooks: crate::webhooks::DeliverySettings,
+    /// Mints attempt-scoped GCS tokens for Cloud Run jobs; `None` when they are off.
+    pub attempt_tokens: Option<Arc<runway_storage::capability::Minter>>,
 }
 
 /// How a job on this machine reaches GCS, as the runner reads it.
@@ -172,6 +174,7 @@ impl Workers {
                     (ENV_DEPLOYMENT_TARGET.to_owned(), "gcp".to_owned()),
                 ]),
                 job_owner: config.local.job_owner(),
+                attempt_tokens: config.attempt_tokens.clone(),
             },
         ));
         let reconciler = Arc::new(Reconciler::new(

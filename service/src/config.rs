@@ -82,6 +82,7 @@ impl CommonConfig {
         GcsOptions {
             endpoint: self.gcs_endpoint.clone(),
             anonymous: self.gcs_anonymous,
+            token: None,
         }
     }
 
@@ -94,6 +95,54 @@ impl CommonConfig {
         storage::open(&uri, &options)
             .await
             .with_context(|| format!("cannot open object storage at {uri}"))
+    }
+}
+
+/// Whether Cloud Run jobs get attempt-scoped GCS tokens (see `runway_storage::capability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttemptTokens {
+    /// Every Cloud Run job on `gs://` storage gets a token for its attempt alone; a job whose
+    /// token cannot be minted is not launched (retried later).
+    Required,
+    /// Jobs use their runtime service account's own access to the bucket.
+    Off,
+}
+
+/// How attempt-scoped GCS tokens are minted (the launcher at dispatch, the callback service on
+/// renewal). The service's own access token comes from Application Default Credentials (the
+/// metadata server on Cloud Run, which honours `GCE_METADATA_HOST`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AttemptTokenArgs {
+    /// `required` or `off`.
+    #[arg(
+        long,
+        env = "RUNWAY_GCS_ATTEMPT_TOKENS",
+        value_enum,
+        default_value = "required"
+    )]
+    pub gcs_attempt_tokens: AttemptTokens,
+
+    /// The Security Token Service's token endpoint.
+    #[arg(long, env = "RUNWAY_GCS_STS_ENDPOINT", default_value = storage::capability::GOOGLE_STS_ENDPOINT)]
+    pub gcs_sts_endpoint: String,
+}
+
+impl AttemptTokenArgs {
+    /// The minter, when tokens are on and storage is `gs://` (the only storage they scope).
+    pub fn minter(
+        &self,
+        storage: &dyn ObjectStore,
+    ) -> anyhow::Result<Option<Arc<storage::capability::Minter>>> {
+        if self.gcs_attempt_tokens == AttemptTokens::Off
+            || storage.base().scheme() != storage::Scheme::Gs
+        {
+            return Ok(None);
+        }
+        let settings = storage::capability::MinterSettings {
+            sts_endpoint: self.gcs_sts_endpoint.clone(),
+            ..Default::default()
+        };
+        Ok(Some(Arc::new(storage::capability::Minter::new(&settings)?)))
     }
 }
 

@@ -41,6 +41,32 @@ const MAX_ATTEMPTS: u32 = 5;
 const MAX_RETRY_TIME: Duration = Duration::from_secs(60);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Credentials that send one replaceable bearer token (an attempt-scoped token).
+#[derive(Debug)]
+struct BearerToken(crate::capability::AttemptToken);
+
+impl google_cloud_auth::credentials::CredentialsProvider for BearerToken {
+    async fn headers(
+        &self,
+        _extensions: http::Extensions,
+    ) -> Result<CacheableResource<http::HeaderMap>, google_cloud_auth::errors::CredentialsError>
+    {
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", self.0.secret()))
+            .map_err(|e| google_cloud_auth::errors::CredentialsError::from_source(false, e))?;
+        value.set_sensitive(true);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, value);
+        Ok(CacheableResource::New {
+            entity_tag: google_cloud_auth::credentials::EntityTag::new(),
+            data: headers,
+        })
+    }
+
+    async fn universe_domain(&self) -> Option<String> {
+        None
+    }
+}
+
 /// An object store in a GCS bucket, optionally under a prefix.
 #[derive(Debug)]
 pub struct GcsStore {
@@ -60,7 +86,9 @@ impl GcsStore {
             uri: uri.clone(),
             source: e,
         };
-        let credentials = if options.anonymous {
+        let credentials = if let Some(token) = &options.token {
+            Credentials::from(BearerToken(token.clone()))
+        } else if options.anonymous {
             google_cloud_auth::credentials::anonymous::Builder::new().build()
         } else {
             google_cloud_auth::credentials::Builder::default()

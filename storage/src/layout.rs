@@ -158,14 +158,34 @@ impl AttemptPaths {
 
     /// The folder of another attempt of the same run (a retry gets a fresh one).
     pub fn sibling(&self, attempt_id: Uuid) -> AttemptPaths {
+        let root = ObjectKey::parse(format!(
+            "{}/{ATTEMPTS}/{}",
+            self.run_root_str(),
+            attempt_id.hyphenated()
+        ))
+        .expect("a run folder followed by a UUID is a valid key");
+        AttemptPaths { root }
+    }
+
+    /// The folder of the run this attempt belongs to: `runs/<org>/<run>`.
+    pub fn run_root(&self) -> ObjectKey {
+        ObjectKey::parse(self.run_root_str()).expect("checked shape: a prefix of a valid key")
+    }
+
+    /// The folder every upload of the run's input files lives under: `runs/<org>/<run>/files`.
+    pub fn run_files(&self) -> ObjectKey {
+        self.run_root()
+            .join(FILES)
+            .expect("a run folder followed by a fixed name is a valid key")
+    }
+
+    fn run_root_str(&self) -> &str {
         let (run, _) = self
             .root
             .as_str()
             .rsplit_once(&format!("/{ATTEMPTS}/"))
             .expect("checked shape: the folder ends in attempts/<attempt>");
-        let root = ObjectKey::parse(format!("{run}/{ATTEMPTS}/{}", attempt_id.hyphenated()))
-            .expect("a run folder followed by a UUID is a valid key");
-        AttemptPaths { root }
+        run
     }
 
     fn leaf(&self, leaf: &str) -> ObjectKey {

@@ -15,6 +15,7 @@
 //! - **Bounded memory**: bodies and reads are streamed; sha256 and size are computed on the
 //!   way through, and read limits are enforced while streaming.
 
+pub mod capability;
 mod error;
 mod file;
 #[cfg(feature = "gcs")]
@@ -220,6 +221,9 @@ pub struct GcsOptions {
     pub endpoint: Option<String>,
     /// Sends no credentials (emulators); otherwise Application Default Credentials are used.
     pub anonymous: bool,
+    /// Sends this bearer token (an attempt-scoped one, see [`capability`]) instead of any
+    /// other credentials.
+    pub token: Option<capability::AttemptToken>,
 }
 
 /// Opens the store for `base_uri`: `gs://bucket[/prefix]`, `file:///absolute/dir` (created if

@@ -80,6 +80,7 @@ async fn gcs() -> Fixture {
         gcs: runway_storage::GcsOptions {
             endpoint: Some(endpoint),
             anonymous: true,
+            token: None,
         },
     };
     let store = runway_storage::open(&format!("gs://{bucket}/some/prefix"), &options)

@@ -6,6 +6,7 @@
 //! sentence saying so: a missing dependency is never a skip.
 
 pub mod fake_cloud_run;
+pub mod fake_google;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -30,7 +30,9 @@ use runway_runs::{
     Attempt, AttemptState, BackendKind, RunId, RunResult, RunState, RunStore, RunWithAttempts,
 };
 use runway_service::health::Dependencies;
+use runway_storage::capability::{Minter, MinterSettings};
 use runway_tests::fake_cloud_run::{FakeCloudRun, FakeJob};
+use runway_tests::fake_google::{FakeGoogle, GcsGate, Permission};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +45,8 @@ const OBSERVE_EVERY: Duration = Duration::from_secs(30);
 const TIMEOUT_SECONDS: u32 = 300;
 /// The validators' runtime service account, as Google's tokens name it.
 const RUNTIME_SA: &str = "validator-runtime@runway-test.iam.gserviceaccount.com";
+/// The launcher's (and callback service's) own identity, whose access tokens are exchanged.
+const LAUNCHER_SA: &str = "launcher@runway-test.iam.gserviceaccount.com";
 /// Another allow-listed identity (another validator's runtime), whose tokens are valid but may
 /// not call back for these validators' attempts.
 const OTHER_SA: &str = "other-validator@runway-test.iam.gserviceaccount.com";
@@ -74,10 +78,14 @@ struct Lab {
     storage: Arc<dyn runway_storage::ObjectStore>,
     /// Signs "Google" tokens for [`OTHER_SA`] with the key the JWKS publishes.
     other_identity: LocalIssuer,
+    /// Signs "Google" tokens for [`RUNTIME_SA`], as the jobs' metadata server does.
+    runtime_identity: Arc<LocalIssuer>,
     callback_url: String,
     clock: Arc<ManualClock>,
     workers: Workers,
     cloud_run: FakeCloudRun,
+    tokens: FakeGoogle,
+    gate: GcsGate,
     launcher_url: String,
     http: reqwest::Client,
     stop: CancellationToken,
@@ -95,6 +103,7 @@ impl Lab {
         let gcs = runway_storage::GcsOptions {
             endpoint: Some(gcs_endpoint.clone()),
             anonymous: true,
+            token: None,
         };
         let storage = runway_storage::open(
             &format!("gs://{bucket}/runway"),
@@ -127,6 +136,21 @@ impl Lab {
         };
         let google_issuer = Arc::new(google_as(RUNTIME_SA));
         let other_identity = google_as(OTHER_SA);
+        // The launcher's and the callback service's own access tokens, the token exchange, and
+        // GCS's authorization in front of fake-gcs-server: jobs reach storage only through the
+        // gate, with the token minted for their attempt.
+        let tokens = FakeGoogle::start(LAUNCHER_SA).await;
+        let gate = tokens.gate(&gcs_endpoint).await;
+        let minter = || {
+            Some(Arc::new(
+                Minter::new(&MinterSettings {
+                    sts_endpoint: tokens.sts_endpoint(),
+                    metadata_endpoint: Some(tokens.endpoint().to_owned()),
+                    timeout: Duration::from_secs(10),
+                })
+                .expect("minter"),
+            ))
+        };
 
         let runner = ProcessSettings::default_runner();
         assert!(
@@ -136,8 +160,7 @@ impl Lab {
         );
         let runner_env = BTreeMap::from([
             ("GCE_METADATA_HOST".to_owned(), google_addr.to_string()),
-            ("RUNWAY_GCS_ENDPOINT".to_owned(), gcs_endpoint.clone()),
-            ("RUNWAY_GCS_ANONYMOUS".to_owned(), "true".to_owned()),
+            ("RUNWAY_GCS_ENDPOINT".to_owned(), gate.endpoint().to_owned()),
             (
                 "RUNWAY_ENERGYPLUS".to_owned(),
                 runway_tests::energyplus().display().to_string(),
@@ -244,6 +267,7 @@ impl Lab {
                 cloud_run_container: None,
             },
             webhooks: Default::default(),
+            attempt_tokens: minter(),
         };
         let workers = Workers::build(&state, &worker_config, reconcile_settings())
             .await
@@ -257,12 +281,13 @@ impl Lab {
                 stop.clone().cancelled_owned(),
             ))
         };
-        serve(google, metadata_router(google_issuer));
+        serve(google, metadata_router(google_issuer.clone()));
         serve(
             callback,
             runway_callback::router(runway_callback::AppState {
                 deps: deps.clone(),
                 verifier,
+                attempt_tokens: minter(),
             }),
         );
         serve(launcher, runway_launcher::router(state.clone()));
@@ -272,10 +297,13 @@ impl Lab {
             store,
             storage,
             other_identity,
+            runtime_identity: google_issuer,
             callback_url,
             clock,
             workers,
             cloud_run,
+            tokens,
+            gate,
             launcher_url,
             http: reqwest::Client::new(),
             stop,
@@ -355,6 +383,27 @@ impl Lab {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The input envelope the launcher wrote for `attempt`.
+    async fn input_of(&self, attempt: &Attempt) -> runway_contract::InputEnvelope {
+        let uri = self
+            .storage
+            .uri_for(&attempt.paths().expect("paths").input());
+        runway_contract::InputEnvelope::from_json(
+            &self
+                .storage
+                .read_bytes(&uri, 1 << 20)
+                .await
+                .expect("input.json"),
+        )
+        .expect("envelope")
+    }
+
+    /// The environment `attempt`'s execution was started with.
+    fn env_of(&self, attempt: &Attempt) -> BTreeMap<String, String> {
+        let backend = attempt.backend.as_ref().expect("launched");
+        self.cloud_run.env_of(&backend.id).expect("the execution")
     }
 
     fn logs(&self) -> Vec<String> {
@@ -447,6 +496,21 @@ async fn an_energyplus_run_goes_through_cloud_run_end_to_end() {
         env["GCE_METADATA_HOST"], "127.0.0.1:9",
         "the launcher's local identity is never sent to Cloud Run"
     );
+    // A GCS token for this attempt alone, under the names Validibot's images read.
+    let run_folder = format!(
+        "{}/",
+        lab.storage
+            .uri_for(&attempt.paths().expect("paths").run_root())
+    );
+    assert_eq!(env["VALIDIBOT_GCS_ALLOWED_PREFIX"], run_folder);
+    assert_eq!(env["VALIDIBOT_GCS_CAPABILITY_REQUIRED"], "1");
+    assert_eq!(env["VALIDIBOT_GCS_PROJECT_ID"], "runway-test");
+    assert!(env["VALIDIBOT_GCS_ACCESS_TOKEN"].starts_with("ya29.downscoped-"));
+    assert!(env["VALIDIBOT_GCS_ACCESS_TOKEN_EXPIRY"].ends_with('Z'));
+    assert_eq!(
+        env["VALIDIBOT_GCS_CAPABILITY_REFRESH_URL"],
+        format!("{}/v1/gcs-token", lab.callback_url)
+    );
     // Every request asked for integer enums, as the official client does.
     let requests = lab.cloud_run.requests();
     assert!(
@@ -475,6 +539,32 @@ async fn an_energyplus_run_goes_through_cloud_run_end_to_end() {
         lab.cloud_run.started_attempts(),
         vec![attempt.id.to_string()]
     );
+    // The job reached GCS only with its downscoped token, and was never refused: it read the
+    // run's files and its input, and created its outputs and output.json in its own folder.
+    let decisions = lab.gate.decisions();
+    assert!(
+        decisions.iter().all(|d| d.downscoped && d.allowed),
+        "{decisions:?}"
+    );
+    let output_object = output_uri
+        .strip_prefix("gs://")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, object)| object.to_owned())
+        .expect("object name");
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.permission == Permission::Create && d.object == output_object),
+        "output.json was created through the gate: {decisions:?}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.permission == Permission::Get && d.object.contains("/files/")),
+        "{decisions:?}"
+    );
+    // One exchange at dispatch, one when the runner renewed its token after reading its input.
+    assert_eq!(lab.tokens.exchanges(), 2);
     lab.finish();
 }
 
@@ -806,5 +896,221 @@ async fn sweep_cancels_running_executions_of_no_active_attempt() {
         0,
         "ended: left alone"
     );
+    lab.finish();
+}
+
+/// Sends `method` to the gate for `object` with `token`; returns the status.
+async fn through_gate(lab: &Lab, token: &str, method: &str, object: &str) -> u16 {
+    let bucket_and_object = object.strip_prefix("gs://").expect("gs:// uri");
+    let (bucket, name) = bucket_and_object.split_once('/').expect("object name");
+    let escaped: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+    let endpoint = lab.gate.endpoint();
+    let request = match method {
+        "GET" => lab
+            .http
+            .get(format!("{endpoint}/storage/v1/b/{bucket}/o/{escaped}?alt=media")),
+        "DELETE" => lab
+            .http
+            .delete(format!("{endpoint}/storage/v1/b/{bucket}/o/{escaped}")),
+        "CREATE" => lab
+            .http
+            .post(format!(
+                "{endpoint}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={escaped}&ifGenerationMatch=0"
+            ))
+            .body("x"),
+        other => panic!("no such method {other}"),
+    };
+    request
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("gate")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_token_reads_its_run_and_creates_only_in_its_own_attempt_folder() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("hang")).await;
+    let other_run = lab.create(&tiny_run("hang")).await;
+    assert_eq!(lab.dispatch().await, 2);
+    let attempt = lab.current(run).await;
+    let other = lab.current(other_run).await;
+    let token = lab.env_of(&attempt)["VALIDIBOT_GCS_ACCESS_TOKEN"].clone();
+    let paths = attempt.paths().expect("paths");
+    let uri = |key: &runway_storage::ObjectKey| lab.storage.uri_for(key);
+    let input = lab.input_of(&attempt).await;
+
+    assert_eq!(
+        through_gate(&lab, &token, "GET", &uri(&paths.input())).await,
+        200
+    );
+    assert_eq!(
+        through_gate(&lab, &token, "GET", input.input_files[0].uri.as_str()).await,
+        200,
+        "the run's input file"
+    );
+    let own = paths.output_file("probe.txt").expect("key");
+    assert_eq!(through_gate(&lab, &token, "CREATE", &uri(&own)).await, 200);
+    // Not another attempt's folder of the same run, not another run, no delete, no overwrite.
+    let sibling = paths.sibling(uuid::Uuid::now_v7()).output();
+    assert_eq!(
+        through_gate(&lab, &token, "CREATE", &uri(&sibling)).await,
+        403
+    );
+    let other_input = other.paths().expect("paths").input();
+    assert_eq!(
+        through_gate(&lab, &token, "GET", &uri(&other_input)).await,
+        403
+    );
+    assert_eq!(
+        through_gate(&lab, &token, "DELETE", &uri(&paths.input())).await,
+        403
+    );
+    assert_eq!(
+        through_gate(&lab, &token, "CREATE", &uri(&own)).await,
+        403,
+        "create-only: replacing needs delete, which the token lacks"
+    );
+    // Once expired, it opens nothing.
+    lab.tokens.expire_all();
+    assert_eq!(
+        through_gate(&lab, &token, "GET", &uri(&paths.input())).await,
+        401
+    );
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_refuses_an_envelope_outside_its_token_prefix_and_writes_nothing() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("hang")).await;
+    let other_run = lab.create(&tiny_run("hang")).await;
+    assert_eq!(lab.dispatch().await, 2);
+    let attempt = lab.current(run).await;
+    let other = lab.current(other_run).await;
+    // This job's environment, pointed at the other run's envelope.
+    let mut env = lab.env_of(&attempt);
+    let other_input = lab.storage.uri_for(&other.paths().expect("paths").input());
+    env.insert("VALIDIBOT_INPUT_URI".to_owned(), other_input.clone());
+    env.remove("VALIDIBOT_OUTPUT_URI");
+    env.insert(
+        "RUNWAY_GCS_ENDPOINT".to_owned(),
+        lab.gate.endpoint().to_owned(),
+    );
+    let output = tokio::process::Command::new(ProcessSettings::default_runner())
+        .env_clear()
+        .envs(&env)
+        .output()
+        .await
+        .expect("runner");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("outside this attempt's allowed prefix"),
+        "{stderr}"
+    );
+    assert!(
+        lab.gate.decisions().is_empty(),
+        "refused before any request: {:?}",
+        lab.gate.decisions()
+    );
+    let other_output = other.paths().expect("paths").output();
+    assert!(
+        lab.storage
+            .head(&lab.storage.uri_for(&other_output))
+            .await
+            .expect("head")
+            .is_none()
+    );
+
+    // An incomplete capability is refused with a sentence too.
+    let mut incomplete = lab.env_of(&attempt);
+    incomplete.remove("VALIDIBOT_GCS_ALLOWED_PREFIX");
+    let output = tokio::process::Command::new(ProcessSettings::default_runner())
+        .env_clear()
+        .envs(&incomplete)
+        .output()
+        .await
+        .expect("runner");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("VALIDIBOT_GCS_ALLOWED_PREFIX not set"),
+        "{stderr}"
+    );
+    lab.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_renewal_answers_only_the_attempts_own_job_while_it_runs() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("hang")).await;
+    lab.dispatch().await;
+    let attempt = lab.current(run).await;
+    let input = lab.input_of(&attempt).await;
+    let prefix = lab.env_of(&attempt)["VALIDIBOT_GCS_ALLOWED_PREFIX"].clone();
+    let renew = |token: String, nonce: Value| {
+        lab.http
+            .post(format!("{}/v1/gcs-token", lab.callback_url))
+            .bearer_auth(token)
+            .json(&json!({
+                "run_id": input.run_id,
+                "callback_id": input.context.callback_id,
+                "callback_nonce": nonce,
+            }))
+            .send()
+    };
+    let nonce = json!(input.context.callback_nonce);
+    let own = || lab.runtime_identity.issue(&lab.callback_url);
+
+    let response = renew(own(), nonce.clone()).await.expect("renew");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-store",
+        "a token is never cached"
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["allowed_prefix"], prefix);
+    let token = body["access_token"].as_str().expect("token").to_owned();
+    assert!(token.starts_with("ya29.downscoped-"), "{body}");
+    assert!(body["expires_at"].as_str().expect("expiry").ends_with('Z'));
+    // The renewed token has the attempt's scope, no more.
+    let paths = attempt.paths().expect("paths");
+    assert_eq!(
+        through_gate(&lab, &token, "GET", &lab.storage.uri_for(&paths.input())).await,
+        200
+    );
+    let sibling = paths.sibling(uuid::Uuid::now_v7()).output();
+    assert_eq!(
+        through_gate(&lab, &token, "CREATE", &lab.storage.uri_for(&sibling)).await,
+        403
+    );
+
+    // Another validator's identity, a wrong nonce, no token: refused.
+    let response = renew(lab.other_identity.issue(&lab.callback_url), nonce.clone())
+        .await
+        .expect("renew");
+    assert_eq!(response.status(), 403);
+    let wrong = json!("A".repeat(43));
+    let response = renew(own(), wrong).await.expect("renew");
+    assert_eq!(response.status(), 422);
+    let response = renew(String::new(), nonce.clone()).await.expect("renew");
+    assert_eq!(response.status(), 401);
+
+    // Once the attempt is over, its job gets nothing.
+    lab.http
+        .post(format!("{}/v1/runs/{run}/cancel", lab.launcher_url))
+        .send()
+        .await
+        .expect("cancel");
+    lab.reconcile().await;
+    assert!(lab.current(run).await.state.is_terminal());
+    let response = renew(own(), nonce).await.expect("renew");
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "attempt_over", "{body}");
     lab.finish();
 }

@@ -148,6 +148,7 @@ impl Lab {
                 gcs: Default::default(),
                 cloud_run: Default::default(),
                 webhooks: Default::default(),
+                attempt_tokens: None,
             },
             ReconcileSettings {
                 interval: INTERVAL,
@@ -177,6 +178,7 @@ impl Lab {
             runway_callback::router(runway_callback::AppState {
                 deps: deps.clone(),
                 verifier,
+                attempt_tokens: None,
             }),
         );
         serve(launcher, runway_launcher::router(state));

@@ -21,6 +21,7 @@
 //! ([`Outcome::exit_code`]).
 
 pub mod callback;
+pub mod capability;
 pub mod child;
 pub mod energyplus;
 pub mod fetch;
@@ -58,6 +59,9 @@ pub struct RunnerConfig {
     pub work_root: Option<PathBuf>,
     /// Output caps.
     pub caps: publish::Caps,
+    /// The attempt-scoped GCS token and its limits, when the job was given one (`storage`
+    /// then sends that token).
+    pub capability: Option<runway_storage::capability::Capability>,
 }
 
 /// The working directory of one attempt and its deadline.
@@ -198,6 +202,11 @@ impl Outcome {
 pub async fn run(config: &RunnerConfig) -> anyhow::Result<Outcome> {
     let started = tokio::time::Instant::now();
     let started_at = chrono::Utc::now();
+    if let Some(capability) = &config.capability
+        && let Err(e) = capability.check(&config.input_uri)
+    {
+        return Ok(Outcome::Refused(e.to_string()));
+    }
     let envelope = match fetch::read_envelope(&config.input_uri, &config.storage).await {
         Ok(envelope) => envelope,
         Err(e) if is_unusable(&e) => return Ok(Outcome::Refused(format!("{e:#}"))),
@@ -210,6 +219,18 @@ pub async fn run(config: &RunnerConfig) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Refused(format!(
             "VALIDIBOT_OUTPUT_URI is {asked}, but the envelope expects its output at {expected}"
         )));
+    }
+    if let Some(capability) = &config.capability {
+        if let Err(why) = capability::check_envelope(capability, &envelope) {
+            return Ok(Outcome::Refused(why));
+        }
+        // A fresh authorization before any work: an attempt that ended while this job queued
+        // gets no token, and nothing is simulated for it.
+        if let capability::Renewal::Refused(why) =
+            capability::renew(capability, &config.callback, &envelope).await?
+        {
+            return Ok(Outcome::Refused(why));
+        }
     }
     let output_store = fetch::store_for(expected, &config.storage).await?;
     if let Some(existing) = publish::existing_output(output_store.as_ref(), &envelope).await? {
@@ -252,6 +273,12 @@ pub async fn run(config: &RunnerConfig) -> anyhow::Result<Outcome> {
             format!("An input file could not be fetched intact: {e:#}"),
         ),
     };
+    if let Some(capability) = &config.capability
+        && let capability::Renewal::Refused(why) =
+            capability::keep_fresh(capability, &config.callback, &envelope).await?
+    {
+        return Ok(Outcome::Refused(why));
+    }
     let status = simulated.status;
     let summary = simulated.summary.clone();
     let timing = ValidationTiming {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use runway_storage::capability::Capability;
 use runway_storage::{GcsOptions, OpenOptions};
 use runway_validator_runner::{RunnerConfig, callback::CallbackSettings, publish::Caps};
 
@@ -64,6 +65,7 @@ impl StorageArgs {
                 anonymous: self.gcs_anonymous
                     || (emulator.is_some() && self.gcs_endpoint.is_none()),
                 endpoint: self.gcs_endpoint.or(emulator),
+                token: None,
             },
         }
     }
@@ -126,10 +128,20 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let capability = match Capability::from_env(|name| std::env::var(name).ok()) {
+        Ok(capability) => capability,
+        Err(e) => {
+            eprintln!("runway-validator-runner: refused: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut storage = args.storage.options();
+    storage.gcs.token = capability.as_ref().map(|c| c.token.clone());
     let config = RunnerConfig {
         input_uri,
         output_uri: args.output_uri.filter(|u| !u.is_empty()),
-        storage: args.storage.options(),
+        storage,
+        capability,
         energyplus: args.energyplus,
         python: args.python,
         callback: CallbackSettings {

@@ -147,6 +147,7 @@ async fn verifies_an_envelope_on_gcs() {
         gcs: GcsOptions {
             endpoint: Some(endpoint.clone()),
             anonymous: true,
+            token: None,
         },
     };
     let store = runway_storage::open(&format!("gs://{bucket}/runway"), &options)
