@@ -1,7 +1,6 @@
 //! `runway submit`, `status`, `watch` and `cancel`: a small client of the launcher's HTTP API,
 //! so a person can take a run from a file to its result without writing a request by hand.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -241,46 +240,169 @@ pub async fn status(client: &ClientConfig, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Follows a run until it completes, with a progress line on a terminal, then prints its result.
-/// Fails (non-zero exit) when the run did not pass.
+/// Follows a run over its event stream (`GET /v1/runs/{id}/events`) until it completes,
+/// printing each event; reconnects with `Last-Event-ID` when the connection drops, so no event
+/// is missed or shown twice. Ends with the run's summary; an error unless it passed.
 pub async fn watch(client: &ClientConfig, id: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    let tty = std::io::stderr().is_terminal();
-    let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let run = get_run(&http, client, id).await?;
+    if run["state"] != "completed" {
+        eprintln!(
+            "{} (watching its events)",
+            run["state"].as_str().unwrap_or("?")
+        );
+        follow(&http, client, id).await?;
+    }
+    let run = get_run(&http, client, id).await?;
+    print_summary(&run);
+    match run["result"].as_str() {
+        Some("passed") => Ok(()),
+        other => bail!("run {id} ended {}", other.unwrap_or("without a result")),
+    }
+}
+
+/// How many times in a row `watch` reconnects before it gives up.
+const MAX_RECONNECTS: u32 = 20;
+
+/// Reads the run's event stream until `run.completed` (or the stream's end), reconnecting.
+async fn follow(http: &reqwest::Client, client: &ClientConfig, id: &str) -> anyhow::Result<()> {
+    let url = format!(
+        "{}/v1/runs/{id}/events",
+        client.launcher_url.trim_end_matches('/')
+    );
     let started = Instant::now();
-    let mut last_state = String::new();
-    let mut tick = 0usize;
+    let mut last_id: Option<String> = None;
+    let mut failures = 0u32;
     loop {
-        let run = get_run(&http, client, id).await?;
-        let state = run["state"].as_str().unwrap_or("unknown").to_owned();
-        if state == "completed" {
-            if tty {
-                eprint!("\r\x1b[2K");
+        let mut request = http.get(&url).header("accept", "text/event-stream");
+        if let Some(last) = &last_id {
+            request = request.header("last-event-id", last);
+        }
+        let outcome = async {
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the launcher at {}", client.launcher_url))?;
+            if !response.status().is_success() {
+                json_or_error(response).await?;
+                bail!("the event stream was refused");
             }
-            print_summary(&run);
-            return match run["result"].as_str() {
-                Some("passed") => Ok(()),
-                other => bail!("run {id} ended {}", other.unwrap_or("without a result")),
-            };
+            read_events(response, &mut last_id, |event| {
+                failures = 0;
+                eprintln!(
+                    "{:>6.1}s {}",
+                    started.elapsed().as_secs_f64(),
+                    describe_event(&event.kind, &event.data)
+                );
+                event.kind == "run.completed"
+            })
+            .await
         }
-        let attempt = run["attempts"]
-            .as_array()
-            .and_then(|a| a.last())
-            .and_then(|a| a["state"].as_str())
-            .unwrap_or("-");
-        if tty {
-            eprint!(
-                "\r\x1b[2K{} {state} (attempt {attempt}) {:.1}s",
-                spinner[tick % spinner.len()],
-                started.elapsed().as_secs_f64()
-            );
-            let _ = std::io::stderr().flush();
-        } else if state != last_state {
-            eprintln!("{state} (attempt {attempt})");
+        .await;
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) if failures < MAX_RECONNECTS => {
+                failures += 1;
+                eprintln!("event stream lost ({e:#}); reconnecting");
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(failures))).await;
+            }
+            Err(e) => return Err(e.context("following the run's events")),
         }
-        last_state = state;
-        tick += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Default, PartialEq)]
+struct SseEvent {
+    id: Option<String>,
+    kind: String,
+    data: String,
+}
+
+/// Reads events from an SSE response, noting each one's id in `last_id`, until `on_event`
+/// says to stop (`Ok`) or the stream ends (`Ok` too: a run's stream ends after its completion)
+/// or breaks (`Err`).
+async fn read_events(
+    mut response: reqwest::Response,
+    last_id: &mut Option<String>,
+    mut on_event: impl FnMut(&SseEvent) -> bool,
+) -> anyhow::Result<()> {
+    let mut buffer = String::new();
+    while let Some(chunk) = response.chunk().await? {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some((block, rest)) = split_block(&buffer) {
+            let event = parse_block(&block);
+            buffer = rest;
+            let Some(event) = event else { continue };
+            if let Some(id) = &event.id {
+                *last_id = Some(id.clone());
+            }
+            if on_event(&event) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first complete block (up to a blank line) and what follows it.
+fn split_block(buffer: &str) -> Option<(String, String)> {
+    let normalized = buffer.replace("\r\n", "\n");
+    let end = normalized.find("\n\n")?;
+    Some((
+        normalized[..end].to_owned(),
+        normalized[end + 2..].to_owned(),
+    ))
+}
+
+/// An event from one block; `None` for a comment-only block (keep-alive).
+fn parse_block(block: &str) -> Option<SseEvent> {
+    let mut event = SseEvent::default();
+    let mut data = Vec::new();
+    for line in block.lines() {
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => event.id = Some(value.to_owned()),
+            "event" => event.kind = value.to_owned(),
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    if data.is_empty() && event.id.is_none() {
+        return None;
+    }
+    event.data = data.join("\n");
+    Some(event)
+}
+
+/// One line about an event.
+fn describe_event(kind: &str, data: &str) -> String {
+    let body: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    let number = &body["attempt_number"];
+    match kind {
+        "run.started" => format!("started (attempt {number})"),
+        "attempt.failed" => {
+            let error = body["error"].as_str().unwrap_or("no reason given");
+            match body["retry_not_before"].as_str() {
+                Some(at) => format!(
+                    "attempt {number} {}: {error}; retrying at {at}",
+                    body["state"].as_str().unwrap_or("failed")
+                ),
+                None => format!(
+                    "attempt {number} {}: {error}",
+                    body["state"].as_str().unwrap_or("failed")
+                ),
+            }
+        }
+        "run.completed" => format!(
+            "completed: {}",
+            body["result"].as_str().unwrap_or("no result")
+        ),
+        other => format!("{other}: {data}"),
     }
 }
 
@@ -392,5 +514,46 @@ fn print_summary(run: &Value) {
         if let Some(n) = outputs[key].as_u64().filter(|n| *n > 0) {
             println!("  EnergyPlus {name}: {n}");
         }
+    }
+}
+
+#[cfg(test)]
+mod sse_tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_parsed_and_comments_skipped() {
+        let stream = ": keep-alive\n\nid: 7.abc\nevent: run.started\ndata: {\"a\":1}\n\nid: 8";
+        let (first, rest) = split_block(stream).expect("block");
+        assert_eq!(parse_block(&first), None);
+        let (second, rest) = split_block(&rest).expect("block");
+        assert_eq!(
+            parse_block(&second),
+            Some(SseEvent {
+                id: Some("7.abc".to_owned()),
+                kind: "run.started".to_owned(),
+                data: "{\"a\":1}".to_owned(),
+            })
+        );
+        assert_eq!(rest, "id: 8");
+        assert!(
+            split_block(&rest).is_none(),
+            "an unfinished block waits for more"
+        );
+    }
+
+    #[test]
+    fn events_read_as_sentences() {
+        assert_eq!(
+            describe_event(
+                "attempt.failed",
+                r#"{"attempt_number":1,"state":"failed","error":"crashed","retry_not_before":"T"}"#
+            ),
+            "attempt 1 failed: crashed; retrying at T"
+        );
+        assert_eq!(
+            describe_event("run.completed", r#"{"result":"passed"}"#),
+            "completed: passed"
+        );
     }
 }

@@ -250,6 +250,41 @@ async fn a_completed_run_is_delivered_to_its_orgs_webhook() {
         .outbox_for_run(id.parse().expect("run id"))
         .await
         .expect("outbox");
-    assert_eq!(webhook_id, outbox[0].id.to_string());
+    let completed = outbox
+        .iter()
+        .find(|e| e.event == "run.completed")
+        .expect("run.completed in the outbox");
+    assert_eq!(webhook_id, completed.id.to_string());
     sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runway_watch_prints_a_runs_events_as_they_happen() {
+    // Slow enough that `watch` is connected before the job calls back.
+    let sys = common::System::start("sqlite", 1500).await;
+    let (status, run) = sys
+        .create(&common::energyplus_run("Version,25.2;"), None)
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_runway"))
+        .args(["watch", &id, "--launcher-url", &sys.running.launcher_url])
+        .output()
+        .await
+        .expect("runway watch runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stderr}\n{stdout}");
+    let started = stderr.find("started (attempt 1)").expect(&stderr);
+    let completed = stderr.find("completed: passed").expect(&stderr);
+    assert!(started < completed, "in order: {stderr}");
+    assert!(stdout.contains(&id), "the summary names the run: {stdout}");
+    // Watching a completed run prints its summary and nothing to wait for.
+    let again = tokio::process::Command::new(env!("CARGO_BIN_EXE_runway"))
+        .args(["watch", &id, "--launcher-url", &sys.running.launcher_url])
+        .output()
+        .await
+        .expect("runway watch runs");
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("started"));
 }

@@ -93,7 +93,7 @@ pub async fn subscribe(
     );
     anyhow::ensure!(
         !events.is_empty(),
-        "name at least one event type (run.completed)"
+        "name at least one event type (run.started, attempt.failed, run.completed)"
     );
     for event in events {
         anyhow::ensure!(
@@ -117,7 +117,7 @@ pub async fn subscribe(
 }
 
 /// The event types deliveries are made for.
-pub const KNOWN_EVENTS: &[&str] = &[runway_runs::RUN_COMPLETED_EVENT];
+pub const KNOWN_EVENTS: &[&str] = &runway_runs::EVENT_TYPES;
 
 /// Rotates a subscription's secret: deliveries are signed with the new and the old one until
 /// `finish_rotation`, so the receiver can switch without missing a delivery. Returns it.

@@ -194,6 +194,17 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Outbox events about a run, oldest first.
     async fn outbox_for_run(&self, run_id: RunId) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// Up to `limit` events of `scope` after the cursor `after` (`None`: from the first), in
+    /// the order they became visible. An event is returned only once no event before it can
+    /// still appear, so a reader that resumes from the last cursor it got misses none and
+    /// sees none twice. A cursor this store did not make is [`StoreError::Invalid`].
+    async fn events_after(
+        &self,
+        scope: &EventScope,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StreamedEvent>, StoreError>;
+
     /// Stores a new API key.
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError>;
 

@@ -25,10 +25,10 @@ use runway_contract::ValidationStatus;
 use serde_json::{Value, json};
 
 use crate::{
-    Attempt, AttemptId, AttemptState, CallbackReceipt, CancelOutcome, Claimed, CreateOutcome,
-    EndAttempt, EndOutcome, Finalize, FinalizeOutcome, FinalizedBy, MarkRunning, NewReceipt,
-    NewRun, OutboxEvent, OutboxId, RUN_COMPLETED_EVENT, ReceiptId, ReceiptOutcome, Run, RunId,
-    RunResult, RunState, RunWithAttempts, StoreError,
+    ATTEMPT_FAILED_EVENT, Attempt, AttemptId, AttemptState, CallbackReceipt, CancelOutcome,
+    Claimed, CreateOutcome, EndAttempt, EndOutcome, Finalize, FinalizeOutcome, FinalizedBy,
+    MarkRunning, NewReceipt, NewRun, OutboxEvent, OutboxId, RUN_COMPLETED_EVENT, RUN_STARTED_EVENT,
+    ReceiptId, ReceiptOutcome, Run, RunId, RunResult, RunState, RunWithAttempts, StoreError,
 };
 use runway_storage::layout::RunPaths;
 
@@ -249,11 +249,31 @@ async fn complete_run(
         ..run.clone()
     };
     write_run(tx, &completed, run).await?;
+    emit(
+        tx,
+        run.id,
+        RUN_COMPLETED_EVENT,
+        completion_payload(&completed, attempt_id),
+        at,
+    )
+    .await?;
+    Ok(completed)
+}
+
+/// Writes one event of `run_id` to the outbox, in the transaction that made it true: the
+/// webhook deliverer and the event streams read it from there.
+async fn emit(
+    tx: &mut dyn WriteTx,
+    run_id: RunId,
+    event: &str,
+    payload: Value,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
     tx.insert_outbox(&OutboxEvent {
         id: OutboxId::new(),
-        run_id: run.id,
-        event: RUN_COMPLETED_EVENT.to_owned(),
-        payload: completion_payload(&completed, attempt_id),
+        run_id,
+        event: event.to_owned(),
+        payload,
         created_at: at,
         attempts: 0,
         next_attempt_at: at,
@@ -261,8 +281,71 @@ async fn complete_run(
         dead_at: None,
         last_error: None,
     })
-    .await?;
-    Ok(completed)
+    .await
+}
+
+/// Writes `run.started` unless an attempt of the run (this one included) already started: the
+/// first time a job of the run is known to run — when it is marked running, or when its output
+/// finalizes an attempt that was never marked running.
+async fn emit_started_once(
+    tx: &mut dyn WriteTx,
+    run: &Run,
+    attempt: &Attempt,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if attempt.started_at.is_some() {
+        return Ok(());
+    }
+    if attempt.number > 1
+        && tx
+            .attempts_of(attempt.run_id)
+            .await?
+            .iter()
+            .any(|a| a.id != attempt.id && a.started_at.is_some())
+    {
+        return Ok(());
+    }
+    let payload = json!({
+        "type": RUN_STARTED_EVENT,
+        "run_id": run.id,
+        "attempt_id": attempt.id,
+        "attempt_number": attempt.number,
+        "org_id": run.org_id,
+        "workflow_id": run.workflow_id,
+        "validator_id": run.validator_id,
+        "state": RunState::Running,
+        "started_at": at,
+    });
+    emit(tx, run.id, RUN_STARTED_EVENT, payload, at).await
+}
+
+/// Writes `attempt.failed` for an attempt that ended `failed` or `timed_out`.
+async fn emit_attempt_failed(
+    tx: &mut dyn WriteTx,
+    run: &Run,
+    ended: &Attempt,
+    retry: Option<&Attempt>,
+) -> Result<(), StoreError> {
+    if !matches!(ended.state, AttemptState::Failed | AttemptState::TimedOut) {
+        return Ok(());
+    }
+    let at = ended.finished_at.unwrap_or_else(Utc::now);
+    let payload = json!({
+        "type": ATTEMPT_FAILED_EVENT,
+        "run_id": run.id,
+        "attempt_id": ended.id,
+        "attempt_number": ended.number,
+        "org_id": run.org_id,
+        "workflow_id": run.workflow_id,
+        "validator_id": run.validator_id,
+        "state": ended.state,
+        "error": ended.error,
+        "exit_code": ended.exit_code,
+        "retry_attempt_id": retry.map(|r| r.id),
+        "retry_not_before": retry.map(|r| r.not_before),
+        "finished_at": at,
+    });
+    emit(tx, run.id, ATTEMPT_FAILED_EVENT, payload, at).await
 }
 
 fn completion_payload(run: &Run, attempt_id: AttemptId) -> Value {
@@ -442,13 +525,16 @@ pub(crate) async fn mark_running(
     mark: MarkRunning,
 ) -> Result<Attempt, StoreError> {
     let attempt = locked(tx.as_mut(), mark.attempt_id).await?;
+    let at = stored(mark.at);
     let running = Attempt {
         backend: Some(mark.backend),
         deadline_at: mark.deadline_at.map(stored).or(attempt.deadline_at),
-        started_at: Some(stored(mark.at)),
+        started_at: Some(at),
         ..moved(&attempt, AttemptState::Running)?
     };
     write_attempt(tx.as_mut(), &running, &attempt).await?;
+    let run = run_of(tx.as_mut(), running.run_id).await?;
+    emit_started_once(tx.as_mut(), &run, &attempt, at).await?;
     tx.commit().await?;
     Ok(running)
 }
@@ -518,10 +604,12 @@ pub(crate) async fn end_attempt(
             ..run.clone()
         };
         write_run(tx.as_mut(), &queued, &run).await?;
+        emit_attempt_failed(tx.as_mut(), &run, &ended, Some(&retry)).await?;
         tx.commit().await?;
         return Ok(EndOutcome::Retrying { ended, retry });
     }
     let result = result_without_output(&ended);
+    emit_attempt_failed(tx.as_mut(), &run, &ended, None).await?;
     let completed = complete_run(tx.as_mut(), &run, ended.id, result, at, None).await?;
     tx.commit().await?;
     Ok(EndOutcome::RunCompleted {
@@ -669,6 +757,8 @@ pub(crate) async fn finalize_attempt(
     };
     write_attempt(tx.as_mut(), &ended, &attempt).await?;
     let run = run_of(tx.as_mut(), ended.run_id).await?;
+    emit_started_once(tx.as_mut(), &run, &attempt, at).await?;
+    emit_attempt_failed(tx.as_mut(), &run, &ended, None).await?;
     let run = complete_run(tx.as_mut(), &run, ended.id, result, at, Some(&finalize)).await?;
     let (callback_id, outcome) = match &finalize.by {
         FinalizedBy::Callback { callback_id } => (callback_id.clone(), ReceiptOutcome::Finalized),

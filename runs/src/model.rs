@@ -729,6 +729,36 @@ pub struct OutboxEvent {
 
 /// The event written when a run completes.
 pub const RUN_COMPLETED_EVENT: &str = "run.completed";
+/// The event written the first time a job of a run is known to run.
+pub const RUN_STARTED_EVENT: &str = "run.started";
+/// The event written when an attempt ends `failed` or `timed_out` (retried or not).
+pub const ATTEMPT_FAILED_EVENT: &str = "attempt.failed";
+/// Every event type, in the order a run can produce them.
+pub const EVENT_TYPES: [&str; 3] = [RUN_STARTED_EVENT, ATTEMPT_FAILED_EVENT, RUN_COMPLETED_EVENT];
+
+/// Whose events a stream follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventScope {
+    /// One run's.
+    Run(RunId),
+    /// Every run of one organization.
+    Org(String),
+}
+
+/// An event as a stream returns it, with the cursor that resumes after it (the SSE `id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamedEvent {
+    /// `<position>.<event id>`; give it back as `after` to continue after this event.
+    pub cursor: String,
+    /// The event.
+    pub event: OutboxEvent,
+}
+
+/// The event a cursor points at (its part after the last `.`), if it is shaped like one.
+pub fn cursor_event(cursor: &str) -> Option<OutboxId> {
+    let (_, id) = cursor.rsplit_once('.')?;
+    uuid::Uuid::parse_str(id).ok().map(OutboxId::from_uuid)
+}
 
 /// Filters for [`RunStore::list_runs`](super::RunStore::list_runs); `None` matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

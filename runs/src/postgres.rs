@@ -652,6 +652,50 @@ impl RunStore for PostgresStore {
         .collect()
     }
 
+    async fn events_after(
+        &self,
+        scope: &EventScope,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StreamedEvent>, StoreError> {
+        let (tx, id) = match after {
+            None => ("0".to_owned(), Uuid::nil()),
+            Some(cursor) => parse_event_cursor(cursor)?,
+        };
+        let filter = match scope {
+            EventScope::Run(_) => "run_id = $1::uuid",
+            EventScope::Org(_) => "run_id IN (SELECT id FROM runs WHERE org_id = $1)",
+        };
+        let sql = format!(
+            "SELECT {}, tx::text AS tx_text FROM outbox WHERE {filter} \
+             AND (tx, id) > ($2::text::xid8, $3) \
+             AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tx, id LIMIT $4",
+            outbox_columns!()
+        );
+        let key = match scope {
+            EventScope::Run(run_id) => run_id.to_string(),
+            EventScope::Org(org) => org.clone(),
+        };
+        sqlx::query(&sql)
+            .bind(key)
+            .bind(tx)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let event = outbox_from_row(row)?;
+                let tx: String = row.try_get("tx_text")?;
+                Ok(StreamedEvent {
+                    cursor: format!("{tx}.{}", event.id),
+                    event,
+                })
+            })
+            .collect()
+    }
+
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
         api_key_create(&self.pool, key).await
     }
@@ -773,4 +817,16 @@ impl RunStore for PostgresStore {
         .bind(error.to_owned());
         self.close_outbox(id, query).await
     }
+}
+
+/// `<transaction id>.<event id>`, as [`PostgresStore::events_after`] makes them.
+fn parse_event_cursor(cursor: &str) -> Result<(String, Uuid), StoreError> {
+    let invalid = || StoreError::Invalid(format!("{cursor:?} is not an event id of this store"));
+    let (tx, id) = cursor.split_once('.').ok_or_else(invalid)?;
+    if tx.is_empty() || tx.len() > 20 || !tx.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    tx.parse::<u64>().map_err(|_| invalid())?;
+    let id = Uuid::parse_str(id).map_err(|_| invalid())?;
+    Ok((tx.to_owned(), id))
 }

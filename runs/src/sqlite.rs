@@ -33,6 +33,12 @@ use uuid::Uuid;
 use crate::lifecycle::{WriteTx, pair, run_state_for};
 use crate::model::from_micros;
 use crate::rows::*;
+
+/// [`INSERT_OUTBOX`] with the event's place in commit order (SQLite has one writer at a time,
+/// so the next number taken inside the writing transaction is that order).
+const INSERT_OUTBOX_IN_SEQUENCE: &str = "INSERT INTO outbox (id, run_id, event, payload, \
+     created_at, attempts, next_attempt_at, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+     (SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox))";
 use crate::*;
 
 /// The SQLite migrations, embedded.
@@ -341,7 +347,7 @@ impl WriteTx for SqliteTx {
     }
 
     async fn insert_outbox(&mut self, e: &OutboxEvent) -> Result<(), StoreError> {
-        bind_outbox!(sqlx::query(INSERT_OUTBOX), e)
+        bind_outbox!(sqlx::query(INSERT_OUTBOX_IN_SEQUENCE), e)
             .execute(&mut *self.0)
             .await?;
         Ok(())
@@ -643,6 +649,52 @@ impl RunStore for SqliteStore {
         .iter()
         .map(outbox_from_row)
         .collect()
+    }
+
+    async fn events_after(
+        &self,
+        scope: &EventScope,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StreamedEvent>, StoreError> {
+        let seq = match after {
+            None => 0,
+            Some(cursor) => cursor
+                .split_once('.')
+                .filter(|(_, id)| Uuid::parse_str(id).is_ok())
+                .and_then(|(seq, _)| seq.parse::<i64>().ok())
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!("{cursor:?} is not an event id of this store"))
+                })?,
+        };
+        let (filter, key) = match scope {
+            EventScope::Run(run_id) => ("run_id = $1", run_id.to_string()),
+            EventScope::Org(org) => (
+                "run_id IN (SELECT id FROM runs WHERE org_id = $1)",
+                org.clone(),
+            ),
+        };
+        let sql = format!(
+            "SELECT {}, seq FROM outbox WHERE {filter} AND seq > $2 ORDER BY seq LIMIT $3",
+            outbox_columns!()
+        );
+        sqlx::query(&sql)
+            .bind(key)
+            .bind(seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq")?;
+                let event = outbox_from_row(row)?;
+                Ok(StreamedEvent {
+                    cursor: format!("{seq}.{}", event.id),
+                    event,
+                })
+            })
+            .collect()
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {

@@ -121,6 +121,9 @@ store_cases!(
     receipts_of_callbacks_that_changed_nothing_are_capped_and_purged,
     concurrent_claimers_claim_each_attempt_once_within_caps,
     api_keys_are_found_by_secret_listed_by_org_and_revoked_once,
+    a_run_tells_its_start_each_failed_attempt_and_its_completion,
+    event_streams_resume_from_a_cursor_without_gaps_or_repeats,
+    a_tailing_reader_misses_no_event_written_concurrently,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -455,7 +458,7 @@ async fn happy_path_transitions(db: &Db) {
             _ => RunResult::Error,
         };
         assert_eq!(run.result, Some(expected));
-        assert_eq!(store.outbox_for_run(run.id).await.expect("outbox").len(), 1);
+        assert_eq!(completions(store, run.id).await, 1);
     }
 }
 
@@ -853,7 +856,13 @@ async fn finalize_happens_exactly_once(db: &Db) {
     );
     assert!(receipts.iter().all(|r| r.callback_id == a.callback_id));
 
-    let outbox = store.outbox_for_run(a.run_id).await.expect("outbox");
+    let outbox: Vec<_> = store
+        .outbox_for_run(a.run_id)
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|e| e.event == "run.completed")
+        .collect();
     assert_eq!(outbox.len(), 1, "one run.completed event, not two");
     assert_eq!(outbox[0].event, "run.completed");
     assert_eq!(outbox[0].payload["result"], "passed");
@@ -953,7 +962,7 @@ async fn cancel_of_a_queued_run_completes_it(db: &Db) {
             .expect("claim")
             .is_empty()
     );
-    assert_eq!(store.outbox_for_run(run.id).await.expect("outbox").len(), 1);
+    assert_eq!(completions(store, run.id).await, 1);
 
     let again = store
         .request_cancel(created.run.id, t0() + secs(4))
@@ -1105,7 +1114,7 @@ async fn retries_are_scheduled_up_to_max_attempts(db: &Db) {
     let numbers: Vec<u32> = all.iter().map(|a| a.number).collect();
     assert_eq!(numbers, vec![1, 2, 3]);
     assert!(all.iter().all(|a| a.state == AttemptState::Failed));
-    assert_eq!(store.outbox_for_run(run.id).await.expect("outbox").len(), 1);
+    assert_eq!(completions(store, run.id).await, 1);
 }
 
 /// Only a retryable failure is retried: not a permanent one, not a timeout, not a cancel.
@@ -1420,10 +1429,7 @@ async fn salvage_finalizes_like_a_callback_and_only_once(db: &Db) {
         outcomes,
         vec![ReceiptOutcome::Salvaged, ReceiptOutcome::Duplicate]
     );
-    assert_eq!(
-        store.outbox_for_run(a.run_id).await.expect("outbox").len(),
-        1
-    );
+    assert_eq!(completions(store, a.run_id).await, 1);
     assert_eq!(run_of(store, a.run_id).await.run, done.run);
 
     // A salvage after a callback finalized changes nothing either.
@@ -1900,5 +1906,234 @@ async fn api_keys_are_found_by_secret_listed_by_org_and_revoked_once(db: &Db) {
             .await
             .expect("revoke"),
         None
+    );
+}
+
+/// How many `run.completed` events the run has (exactly one once it is completed).
+async fn completions(store: &dyn RunStore, run: store::RunId) -> usize {
+    store
+        .outbox_for_run(run)
+        .await
+        .expect("outbox")
+        .iter()
+        .filter(|e| e.event == "run.completed")
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events and their streams
+
+/// The run's events once `expected` many are visible. On PostgreSQL an event is held back
+/// while any transaction older than its own still runs anywhere in the cluster (other tests'
+/// included), for as long as that transaction takes.
+async fn visible_events(
+    store: &dyn RunStore,
+    scope: &store::EventScope,
+    expected: usize,
+) -> Vec<store::StreamedEvent> {
+    let started = std::time::Instant::now();
+    loop {
+        let events = store.events_after(scope, None, 100).await.expect("events");
+        if events.len() >= expected || started.elapsed() > std::time::Duration::from_secs(20) {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn event_types(store: &dyn RunStore, run: RunId, expected: &[&str]) {
+    let got: Vec<String> = visible_events(store, &store::EventScope::Run(run), expected.len())
+        .await
+        .into_iter()
+        .map(|e| e.event.event)
+        .collect();
+    assert_eq!(got, expected);
+}
+
+/// `run.started` once (when its first job runs), `attempt.failed` for each failed attempt
+/// (retried or not), `run.completed` once.
+async fn a_run_tells_its_start_each_failed_attempt_and_its_completion(db: &Db) {
+    let store = db.store();
+    let first = running(store).await;
+    event_types(store, first.run_id, &["run.started"]).await;
+    let EndOutcome::Retrying { retry, .. } = store
+        .end_attempt(end(&first, AttemptState::Failed, true))
+        .await
+        .expect("end")
+    else {
+        panic!("retried");
+    };
+    let claimed = store
+        .claim_due(t0() + secs(3600), 10, &HashMap::new())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let second = store
+        .mark_running(MarkRunning {
+            attempt_id: retry.id,
+            backend: backend("exec-2"),
+            deadline_at: None,
+            at: t0() + secs(3601),
+        })
+        .await
+        .expect("running");
+    store
+        .finalize_attempt(Finalize {
+            at: t0() + secs(3700),
+            ..finalize_of(&second, ValidationStatus::Success)
+        })
+        .await
+        .expect("finalize");
+    // A retry's start is no second run.started.
+    event_types(
+        store,
+        first.run_id,
+        &["run.started", "attempt.failed", "run.completed"],
+    )
+    .await;
+    let events = visible_events(store, &store::EventScope::Run(first.run_id), 3).await;
+    let failed = &events[1].event.payload;
+    assert_eq!(failed["attempt_id"], first.id.to_string());
+    assert_eq!(failed["attempt_number"], 1);
+    assert_eq!(failed["retry_attempt_id"], retry.id.to_string());
+    assert_eq!(failed["state"], "failed");
+
+    // A job whose output finalizes it before it was marked running still started the run.
+    let early = claimed_other(store).await;
+    store
+        .finalize_attempt(finalize_of(&early, ValidationStatus::Success))
+        .await
+        .expect("finalize");
+    event_types(store, early.run_id, &["run.started", "run.completed"]).await;
+    // A run canceled while queued never started.
+    let queued = create(store, new_run("energyplus", "org-1", t0())).await;
+    store
+        .request_cancel(queued.run.id, t0() + secs(1))
+        .await
+        .expect("cancel");
+    event_types(store, queued.run.id, &["run.completed"]).await;
+}
+
+/// A run created and claimed now, while other runs may exist (unlike [`claimed`]).
+async fn claimed_other(store: &dyn RunStore) -> Attempt {
+    let created = create(store, new_run("other-validator", "org-2", t0())).await;
+    let claimed = store
+        .claim_due(t0() + secs(1), 100, &HashMap::new())
+        .await
+        .expect("claim");
+    claimed
+        .into_iter()
+        .map(|c| c.attempt)
+        .find(|a| a.run_id == created.run.id)
+        .expect("claimed")
+}
+
+/// Paging through a stream with the cursors it gives returns every event once, in order, per
+/// run and per org; a cursor the store did not make is refused.
+async fn event_streams_resume_from_a_cursor_without_gaps_or_repeats(db: &Db) {
+    let store = db.store();
+    let mut runs = Vec::new();
+    for org in ["org-a", "org-b", "org-a"] {
+        let created = create(store, new_run("energyplus", org, t0())).await;
+        store
+            .request_cancel(created.run.id, t0() + secs(1))
+            .await
+            .expect("cancel");
+        runs.push((org, created.run.id));
+    }
+    let scope = store::EventScope::Org("org-a".to_owned());
+    let all = visible_events(store, &scope, 2).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .events_after(&scope, cursor.as_deref(), 1)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.cursor.clone());
+        seen.extend(page.iter().map(|e| e.event.run_id));
+    }
+    assert_eq!(seen, vec![runs[0].1, runs[2].1], "org-a's, in order, once");
+    let after_first = store
+        .events_after(&scope, Some(&all[0].cursor), 100)
+        .await
+        .expect("rest");
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0].event.id, all[1].event.id);
+    for bad in ["", "abc", "12.not-a-uuid", "-1", "1.2.3"] {
+        assert!(
+            matches!(
+                store.events_after(&scope, Some(bad), 10).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad:?} is refused"
+        );
+    }
+}
+
+/// While writers commit events concurrently, a reader that keeps asking for what follows its
+/// last cursor ends up with every event exactly once.
+async fn a_tailing_reader_misses_no_event_written_concurrently(db: &Db) {
+    let store = db.store.clone();
+    const WRITERS: usize = 8;
+    const RUNS_EACH: usize = 15;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..RUNS_EACH {
+                    let created = match store
+                        .create_run(new_run("energyplus", "org-t", t0()))
+                        .await
+                        .expect("create")
+                    {
+                        CreateOutcome::Created(r) => r,
+                        CreateOutcome::Existing(_) => unreachable!(),
+                    };
+                    store
+                        .request_cancel(created.run.id, t0() + secs(1))
+                        .await
+                        .expect("cancel");
+                    ids.push(created.run.id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let scope = store::EventScope::Org("org-t".to_owned());
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let expected = WRITERS * RUNS_EACH;
+    let started = std::time::Instant::now();
+    while seen.len() < expected {
+        let page = store
+            .events_after(&scope, cursor.as_deref(), 7)
+            .await
+            .expect("page");
+        if let Some(last) = page.last() {
+            cursor = Some(last.cursor.clone());
+        }
+        seen.extend(page.into_iter().map(|e| e.event.id));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "only {} of {expected} events seen",
+            seen.len()
+        );
+        tokio::task::yield_now().await;
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no event twice");
+    assert_eq!(seen.len(), expected, "every event once");
+    assert!(
+        store
+            .events_after(&scope, cursor.as_deref(), 10)
+            .await
+            .expect("tail")
+            .is_empty()
     );
 }

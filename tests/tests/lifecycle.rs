@@ -330,8 +330,15 @@ impl Lab {
             .collect()
     }
 
+    /// How many `run.completed` events the run has.
     async fn outbox(&self, run: RunId) -> usize {
-        self.store.outbox_for_run(run).await.expect("outbox").len()
+        self.store
+            .outbox_for_run(run)
+            .await
+            .expect("outbox")
+            .iter()
+            .filter(|e| e.event == runway_runs::RUN_COMPLETED_EVENT)
+            .count()
     }
 
     fn finish(self) {

@@ -7,6 +7,7 @@
 
 mod create;
 mod error;
+mod events;
 mod runs;
 mod view;
 mod webhooks;
@@ -39,6 +40,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/runs"),
     ("GET", "/v1/runs/{id}"),
     ("POST", "/v1/runs/{id}/cancel"),
+    ("GET", "/v1/runs/{id}/events"),
+    ("GET", "/v1/events"),
     ("GET", "/v1/webhooks/dead"),
     ("POST", "/v1/webhooks/dead/{id}/replay"),
 ];
@@ -60,6 +63,8 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("GET", "/v1/runs") => get(runs::list_runs),
         ("GET", "/v1/runs/{id}") => get(runs::get_run),
         ("POST", "/v1/runs/{id}/cancel") => post(runs::cancel_run),
+        ("GET", "/v1/runs/{id}/events") => get(events::run_events),
+        ("GET", "/v1/events") => get(events::org_events),
         ("GET", "/v1/webhooks/dead") => get(webhooks::list_dead),
         ("POST", "/v1/webhooks/dead/{id}/replay") => post(webhooks::replay),
         _ => unreachable!("ROUTES lists {method} {path} but no handler serves it"),

@@ -228,7 +228,7 @@ pub(crate) fn caller_of(caller: Option<&Extension<Caller>>) -> Caller {
     caller.map_or(Caller::Open, |Extension(c)| c.clone())
 }
 
-fn run_id(path: Result<Path<String>, PathRejection>) -> Result<RunId, ApiError> {
+pub(crate) fn run_id(path: Result<Path<String>, PathRejection>) -> Result<RunId, ApiError> {
     let Path(text) = path.map_err(|e| {
         ApiError::bad_request(
             "invalid_run_id",
@@ -243,6 +243,6 @@ fn run_id(path: Result<Path<String>, PathRejection>) -> Result<RunId, ApiError> 
     })
 }
 
-fn run_not_found(id: RunId) -> ApiError {
+pub(crate) fn run_not_found(id: RunId) -> ApiError {
     ApiError::not_found("run_not_found", format!("there is no run {id}"))
 }
