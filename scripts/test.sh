@@ -66,6 +66,7 @@ curl -fsS "http://127.0.0.1:$gcs_port/storage/v1/b" >/dev/null || {
 export RUNWAY_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export RUNWAY_TEST_GCS_ENDPOINT="http://127.0.0.1:$gcs_port"
 export RUNWAY_TEST_PYTHON="$root/.venv/bin/python"
+export RUNWAY_TEST_PG_BIN="$pg_bin"
 echo "test: PostgreSQL on 127.0.0.1:$pg_port, fake-gcs-server on 127.0.0.1:$gcs_port"
 
 cargo fmt --all --check

@@ -49,6 +49,13 @@ impl Stack {
             .expect("build-images.sh runs");
         assert!(status.success(), "building the stack's images failed");
         let data = tempfile::tempdir().expect("tempdir");
+        // As a folder made with mkdir is: the callback service runs as uid 1000 and must reach
+        // the objects in it (tempfile makes it 0700).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the data folder");
+        }
         let suffix = runway_tests::unique_suffix().replace('-', "");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("port")

@@ -202,12 +202,15 @@ impl Workers {
     }
 
     /// Sweeps jobs of no active attempt (left by an earlier process), then starts the
-    /// dispatcher and the reconciler.
+    /// dispatcher and the reconciler. A sweep that fails (the database restarting) does not
+    /// stop the start: the reconciler sweeps again every `sweep_every` passes.
     pub async fn start(&self) -> anyhow::Result<RunningWorkers> {
-        self.reconciler
-            .sweep()
-            .await
-            .context("sweeping orphaned jobs at start-up")?;
+        if let Err(e) = self.reconciler.sweep().await {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "the start-up sweep of orphaned jobs failed; the reconciler sweeps again later"
+            );
+        }
         let stop_dispatch = CancellationToken::new();
         let stop_reconcile = CancellationToken::new();
         Ok(RunningWorkers {
