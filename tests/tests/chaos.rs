@@ -1,4 +1,5 @@
-//! The chaos test: 1,000 runs through the mock backend on PostgreSQL while three launchers and
+//! The chaos test: 1,000 runs through the mock backend, and 50 FMU simulations through the
+//! process backend (the real runner and fmpy), on PostgreSQL while three launchers and
 //! three callback services — real `runway-launcher` and `runway-callback` processes sharing one
 //! database and one object store — are killed with SIGKILL at random moments and started
 //! again, and PostgreSQL itself is restarted once mid-load. Runs are created over HTTP with an
@@ -23,6 +24,8 @@ use runway_runs::{EventScope, ReceiptOutcome, RunState};
 use serde_json::{Value, json};
 
 const RUNS: usize = 1000;
+/// Of which every `PROCESS_EVERY`-th is an FMU run on the process backend.
+const PROCESS_EVERY: usize = 20;
 const ORG: &str = "chaos";
 const LOCAL_CALLER: &str = "runway-local@runway.local";
 
@@ -238,8 +241,24 @@ async fn receiver() -> (String, Heard) {
     (url, heard)
 }
 
-fn run_body() -> Value {
+fn run_body(i: usize) -> Value {
     use base64::Engine;
+    if i % PROCESS_EVERY == PROCESS_EVERY - 1 {
+        let fmu = std::fs::read(runway_tests::test_fmu()).expect("test fmu");
+        return json!({
+            "validator": "fmu",
+            "org": {"id": ORG, "name": "Chaos"},
+            "workflow": {"id": "wf", "step_id": "s"},
+            "inputs": {
+                "input_values": {"u": 0.25, "stall": 0.0},
+                "simulation": {"start_time": 0.0, "stop_time": 1.0, "step_size": 0.1},
+                "output_variables": ["x"],
+            },
+            "files": [{"name": "decay.fmu", "mime_type": "application/vnd.fmi.fmu",
+                       "port_key": "fmu_model",
+                       "content_base64": base64::engine::general_purpose::STANDARD.encode(fmu)}],
+        });
+    }
     json!({
         "validator": "energyplus",
         "org": {"id": ORG, "name": "Chaos"},
@@ -254,7 +273,7 @@ fn run_body() -> Value {
 /// Creates run `i`, on launcher `i % 3` first and the next one whenever a launcher is down or
 /// answers 5xx; the idempotency key makes a retry of a request that did land return it.
 async fn create(http: &reqwest::Client, launchers: &[String], i: usize) -> (String, u32) {
-    let body = run_body();
+    let body = run_body(i);
     let mut tries = 0u32;
     loop {
         let url = &launchers[(i + tries as usize) % launchers.len()];
@@ -305,6 +324,18 @@ async fn a_thousand_runs_survive_killed_services_and_a_database_restart() {
     .await
     .expect("subscribe");
 
+    // The mock EnergyPlus, and the FMU validator on the process backend.
+    let validators = dir.path().join("validators.json");
+    std::fs::write(
+        &validators,
+        json!({"validators": [
+            {"id": "energyplus", "type": "ENERGYPLUS", "version": "25.2", "backend": "mock"},
+            {"id": "fmu", "type": "FMU", "version": "2.0", "backend": "process",
+             "timeout_seconds": 120},
+        ]})
+        .to_string(),
+    )
+    .expect("validators file");
     let ports: Vec<(u16, u16, u16)> = (0..3)
         .map(|_| (free_port(), free_port(), free_port()))
         .collect();
@@ -353,6 +384,12 @@ async fn a_thousand_runs_survive_killed_services_and_a_database_restart() {
                     format!("http://127.0.0.1:{callback}/v1/callbacks"),
                 ),
                 ("RUNWAY_MOCK_DELAY_MS", "100".to_owned()),
+                ("RUNWAY_VALIDATORS_FILE", validators.display().to_string()),
+                (
+                    "RUNWAY_PROCESS_RUNNER",
+                    binary("runway-validator-runner").display().to_string(),
+                ),
+                ("RUNWAY_FMU_PYTHON", runway_tests::python()),
                 ("RUNWAY_RECONCILE_INTERVAL_SECONDS", "1".to_owned()),
                 ("RUNWAY_RECONCILE_GRACE_SECONDS", "2".to_owned()),
                 ("RUNWAY_DISPATCH_STALE_SECONDS", "3".to_owned()),
@@ -564,6 +601,13 @@ async fn a_thousand_runs_survive_killed_services_and_a_database_restart() {
         }
     }
     let retried_creates = runs.iter().filter(|(_, tries)| *tries > 1).count();
+    let mut by_validator: HashMap<String, usize> = HashMap::new();
+    for id in &ids {
+        let run = store.get_run(*id).await.expect("get").expect("run");
+        *by_validator
+            .entry(run.run.validator_id.clone())
+            .or_default() += 1;
+    }
 
     eprintln!(
         "chaos: {RUNS} runs created in {load_seconds:.1} s ({retried_creates} needed another try), \
@@ -572,7 +616,7 @@ async fn a_thousand_runs_survive_killed_services_and_a_database_restart() {
         if pg_restarted { "once" } else { "never" },
     );
     eprintln!(
-        "chaos: {} distinct runs, {attempts} attempts, results {results:?}; lost {lost}, \
+        "chaos: {} distinct runs {by_validator:?}, {attempts} attempts, results {results:?}; lost {lost}, \
          finalized twice {finalized_twice}, run.completed twice {completions_twice}; {} events, \
          {} deliveries, not delivered {not_heard}, under two webhook-ids {under_two_ids}",
         unique_runs.len(),
@@ -580,6 +624,7 @@ async fn a_thousand_runs_survive_killed_services_and_a_database_restart() {
         heard.len()
     );
     assert_eq!(unique_runs.len(), RUNS, "one run per idempotency key");
+    assert_eq!(by_validator.get("fmu"), Some(&(RUNS / PROCESS_EVERY)));
     assert_eq!(lost, 0, "runs never completed: {open:?}");
     assert_eq!(finalized_twice, 0);
     assert_eq!(completions_twice, 0);
