@@ -106,6 +106,11 @@ pub struct WorkerArgs {
     /// Seconds an attempt may stay `dispatching` before its dispatcher is taken to be lost.
     #[arg(long, env = "RUNWAY_DISPATCH_STALE_SECONDS", default_value_t = 600)]
     pub dispatch_stale_seconds: u64,
+
+    /// How often, in milliseconds, the dispatcher looks for due work when nothing woke it (a
+    /// create on this launcher, or on PostgreSQL a notification from any replica).
+    #[arg(long, env = "RUNWAY_DISPATCH_POLL_MS", default_value_t = 1000)]
+    pub dispatch_poll_ms: u64,
 }
 
 impl WorkerArgs {

@@ -54,6 +54,9 @@ pub struct AppState {
     pub callback_url: HttpUrl,
     /// Notified whenever a new attempt becomes due; the dispatcher waits on it.
     pub wake: Arc<Notify>,
+    /// Notified (all waiters) when events may have been written, by this process or another:
+    /// idle event streams wait on it.
+    pub events: Arc<Notify>,
     /// What time it is.
     pub clock: Arc<dyn Clock>,
     /// How API callers are authenticated.
@@ -74,6 +77,7 @@ impl AppState {
             nonce_key,
             callback_url,
             wake: Arc::new(Notify::new()),
+            events: Arc::new(Notify::new()),
             clock: Arc::new(SystemClock),
             auth: Arc::default(),
         }

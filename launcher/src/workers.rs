@@ -73,6 +73,10 @@ pub struct Workers {
     pub deliverer: Arc<crate::webhooks::Deliverer>,
     /// The mock backend, when a validator uses it (tests read its counters).
     pub mock: Option<Arc<MockBackend>>,
+    /// Where wake-ups from other replicas come from, and whom they wake.
+    store: Arc<dyn runway_runs::RunStore>,
+    wake: Arc<tokio::sync::Notify>,
+    events: Arc<tokio::sync::Notify>,
 }
 
 impl Workers {
@@ -164,7 +168,7 @@ impl Workers {
             DispatchSettings {
                 callback_url: state.callback_url.clone(),
                 max_in_flight: config.workers.max_in_flight,
-                poll_interval: Duration::from_secs(1),
+                poll_interval: Duration::from_millis(config.workers.dispatch_poll_ms.max(1)),
                 drain_timeout: DRAIN_TIMEOUT,
                 // Images that call back the production way (Validibot's) do so against the
                 // local identity.
@@ -198,6 +202,9 @@ impl Workers {
             reconciler,
             deliverer,
             mock,
+            store: state.deps.store.clone(),
+            wake: state.wake.clone(),
+            events: state.events.clone(),
         })
     }
 
@@ -214,6 +221,11 @@ impl Workers {
         let stop_dispatch = CancellationToken::new();
         let stop_reconcile = CancellationToken::new();
         Ok(RunningWorkers {
+            listener: tokio::spawn(forward_wakeups(
+                self.store.clone(),
+                self.wake.clone(),
+                self.events.clone(),
+            )),
             deliverer: tokio::spawn(
                 self.deliverer
                     .clone()
@@ -239,6 +251,7 @@ impl Workers {
 /// The dispatcher and the reconciler, running.
 #[derive(Debug)]
 pub struct RunningWorkers {
+    listener: JoinHandle<()>,
     deliverer: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
     reconciler: JoinHandle<()>,
@@ -260,6 +273,35 @@ impl RunningWorkers {
         self.stop_reconcile.cancel();
         self.reconciler.await.context("reconciler task")?;
         self.deliverer.await.context("webhook deliverer task")?;
+        self.listener.abort();
         Ok(())
+    }
+}
+
+/// Turns the store's wake-ups (other replicas' new attempts and events, on PostgreSQL) into
+/// this process's: the dispatcher's and the event streams'. Listening is retried until it
+/// works; a store without wake-ups (SQLite) leaves everyone to their polling.
+async fn forward_wakeups(
+    store: Arc<dyn runway_runs::RunStore>,
+    wake: Arc<tokio::sync::Notify>,
+    events: Arc<tokio::sync::Notify>,
+) {
+    use futures::StreamExt;
+    loop {
+        match store.listen().await {
+            Ok(Some(mut wakes)) => {
+                while let Some(w) = wakes.next().await {
+                    match w {
+                        runway_runs::Wake::Due => wake.notify_one(),
+                        runway_runs::Wake::Events => events.notify_waiters(),
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for wake-ups yet; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }

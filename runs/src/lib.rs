@@ -194,6 +194,16 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Outbox events about a run, oldest first.
     async fn outbox_for_run(&self, run_id: RunId) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// Wake-ups from every process on this database: the stream yields [`Wake::Due`] when
+    /// attempts were added and [`Wake::Events`] when events were written (both after a lost
+    /// connection is back, as some may have been missed). `None` where the database has no
+    /// such channel (SQLite, which one process uses): callers poll, as they must anyway.
+    async fn listen(
+        &self,
+    ) -> Result<Option<futures::stream::BoxStream<'static, Wake>>, StoreError> {
+        Ok(None)
+    }
+
     /// Up to `limit` events of `scope` after the cursor `after` (`None`: from the first), in
     /// the order they became visible. An event is returned only once no event before it can
     /// still appear, so a reader that resumes from the last cursor it got misses none and

@@ -736,6 +736,15 @@ pub const ATTEMPT_FAILED_EVENT: &str = "attempt.failed";
 /// Every event type, in the order a run can produce them.
 pub const EVENT_TYPES: [&str; 3] = [RUN_STARTED_EVENT, ATTEMPT_FAILED_EVENT, RUN_COMPLETED_EVENT];
 
+/// What a wake-up from the database says may have changed, in any process using it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wake {
+    /// Attempts were added (a new run, a retry): the dispatchers may have work.
+    Due,
+    /// Events were written: the event streams may have more to send.
+    Events,
+}
+
 /// Whose events a stream follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventScope {

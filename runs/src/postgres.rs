@@ -29,6 +29,10 @@ use crate::*;
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 const MAX_CONNECTIONS: u32 = 16;
+/// The channel a statement adding attempts notifies (migration `…_notify.sql`).
+const DUE_CHANNEL: &str = "runway_due";
+/// The channel a statement adding events notifies.
+const EVENTS_CHANNEL: &str = "runway_events";
 
 /// [`RunStore`] on PostgreSQL.
 #[derive(Debug, Clone)]
@@ -650,6 +654,33 @@ impl RunStore for PostgresStore {
         .iter()
         .map(outbox_from_row)
         .collect()
+    }
+
+    async fn listen(
+        &self,
+    ) -> Result<Option<futures::stream::BoxStream<'static, Wake>>, StoreError> {
+        use futures::StreamExt;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([DUE_CHANNEL, EVENTS_CHANNEL]).await?;
+        let wakes = futures::stream::unfold(listener, |mut listener| async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) if n.channel() == DUE_CHANNEL => {
+                        return Some((vec![Wake::Due], listener));
+                    }
+                    Ok(Some(_)) => return Some((vec![Wake::Events], listener)),
+                    // The connection was lost; the next call reconnects. Anything may have
+                    // been missed meanwhile.
+                    Ok(None) => return Some((vec![Wake::Due, Wake::Events], listener)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for wake-ups; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+        .flat_map(futures::stream::iter);
+        Ok(Some(wakes.boxed()))
     }
 
     async fn events_after(

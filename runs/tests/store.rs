@@ -124,6 +124,7 @@ store_cases!(
     a_run_tells_its_start_each_failed_attempt_and_its_completion,
     event_streams_resume_from_a_cursor_without_gaps_or_repeats,
     a_tailing_reader_misses_no_event_written_concurrently,
+    another_connections_writes_wake_a_listener,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2136,4 +2137,33 @@ async fn a_tailing_reader_misses_no_event_written_concurrently(db: &Db) {
             .expect("tail")
             .is_empty()
     );
+}
+
+/// On PostgreSQL, a listener hears another connection's new attempts (`Due`) and events
+/// (`Events`) when they commit; SQLite has no such channel.
+async fn another_connections_writes_wake_a_listener(db: &Db) {
+    let listened = db.store().listen().await.expect("listen");
+    if db.url.starts_with("sqlite") {
+        assert!(listened.is_none());
+        return;
+    }
+    let mut wakes = listened.expect("PostgreSQL has wake-ups");
+    let other = store::connect(&db.url)
+        .await
+        .expect("a second connection pool");
+    let created = create(other.as_ref(), new_run("energyplus", "org-w", t0())).await;
+    assert_eq!(next_wake(&mut wakes).await, store::Wake::Due);
+    other
+        .request_cancel(created.run.id, t0() + secs(1))
+        .await
+        .expect("cancel");
+    assert_eq!(next_wake(&mut wakes).await, store::Wake::Events);
+}
+
+async fn next_wake(wakes: &mut futures::stream::BoxStream<'static, store::Wake>) -> store::Wake {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(10), wakes.next())
+        .await
+        .expect("woken within 10 s")
+        .expect("the stream goes on")
 }

@@ -241,6 +241,7 @@ impl Lab {
                 reconcile_read_budget: 100,
                 launch_settle_seconds: 30,
                 dispatch_stale_seconds: 60,
+                dispatch_poll_ms: 1000,
             },
             local: LocalArgs {
                 identity_listen: "127.0.0.1:9".parse().expect("addr"),

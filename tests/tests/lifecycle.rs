@@ -57,6 +57,20 @@ struct Lab {
     _dir: tempfile::TempDir,
 }
 
+fn registry() -> Registry {
+    Registry::from_json(
+        &json!({"validators": [
+            {"id": "ep", "type": "ENERGYPLUS", "version": "25.2", "backend": "mock",
+             "timeout_seconds": TIMEOUT_SECONDS, "max_attempts": 3,
+             "retry_backoff_seconds": BACKOFF_SECONDS, "retry_backoff_max_seconds": 60},
+            {"id": "once", "type": "ENERGYPLUS", "version": "25.2", "backend": "mock",
+             "timeout_seconds": TIMEOUT_SECONDS, "max_attempts": 1}
+        ]})
+        .to_string(),
+    )
+    .expect("registry")
+}
+
 impl Lab {
     async fn start(db: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -79,17 +93,7 @@ impl Lab {
             store: store.clone(),
             storage: storage.clone(),
         };
-        let registry = Registry::from_json(
-            &json!({"validators": [
-                {"id": "ep", "type": "ENERGYPLUS", "version": "25.2", "backend": "mock",
-                 "timeout_seconds": TIMEOUT_SECONDS, "max_attempts": 3,
-                 "retry_backoff_seconds": BACKOFF_SECONDS, "retry_backoff_max_seconds": 60},
-                {"id": "once", "type": "ENERGYPLUS", "version": "25.2", "backend": "mock",
-                 "timeout_seconds": TIMEOUT_SECONDS, "max_attempts": 1}
-            ]})
-            .to_string(),
-        )
-        .expect("registry");
+        let registry = registry();
         let clock = Arc::new(ManualClock::new(
             DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("whole seconds"),
         ));
@@ -130,6 +134,8 @@ impl Lab {
                     reconcile_read_budget: 100,
                     launch_settle_seconds: LAUNCH_SETTLE.as_secs(),
                     dispatch_stale_seconds: DISPATCH_STALE.as_secs(),
+                    // The loop, when a test runs it, finds work only when woken.
+                    dispatch_poll_ms: 60_000,
                 },
                 local: LocalArgs {
                     identity_listen: identity_addr,
@@ -768,5 +774,53 @@ async fn callback_and_salvage_race_to_one_state(db: &str) {
         );
         assert_eq!(lab.outbox(run).await, 1, "round {round}");
     }
+    lab.finish();
+}
+
+/// Two launchers on one PostgreSQL database: a run created through one (which runs no
+/// dispatcher) is dispatched by the other at once, woken by the database's notification —
+/// its own poll comes only once a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_replica_is_woken_by_another_replicas_create() {
+    let lab = Lab::start("postgres").await;
+    let running = lab.workers.start().await.expect("workers");
+    let replica = AppState::new(
+        Dependencies {
+            store: lab.store.clone(),
+            storage: lab.storage.clone(),
+        },
+        registry(),
+        NonceKey::generate(),
+        runway_contract::HttpUrl::parse(format!("{}/v1/callbacks", lab.callback_url)).expect("url"),
+    )
+    .with_clock(lab.clock.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let replica_url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(runway_service::server::serve(
+        listener,
+        runway_launcher::router(replica),
+        lab.stop.clone().cancelled_owned(),
+    ));
+    let lab = Lab {
+        launcher_url: replica_url,
+        ..lab
+    };
+    let started = std::time::Instant::now();
+    let run = lab.create("ep", "").await;
+    loop {
+        let attempt = lab.current(run).await;
+        if attempt.state != AttemptState::Pending {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the other replica never dispatched the run (its poll is a minute away)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let woken_in = started.elapsed();
+    eprintln!("dispatched by the other replica {woken_in:?} after the create");
+    assert!(woken_in < Duration::from_secs(30));
+    running.shutdown().await.expect("shutdown");
     lab.finish();
 }

@@ -6,8 +6,9 @@
 //! still appear before them ([`RunStore::events_after`]). A run's stream ends after its
 //! `run.completed`; an org's stream does not end.
 //!
-//! The streams read the store every [`POLL_INTERVAL`] while idle, and send an SSE comment every
-//! [`KEEP_ALIVE`] so proxies keep the connection open.
+//! An idle stream reads the store again when woken (on PostgreSQL a trigger notifies every
+//! replica that events were written) or after [`POLL_INTERVAL`] at the latest, and sends an SSE
+//! comment every [`KEEP_ALIVE`] so proxies keep the connection open.
 //!
 //! [`RunStore::events_after`]: runway_runs::RunStore::events_after
 
@@ -15,6 +16,8 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use anyhow::Context;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -71,7 +74,14 @@ pub(crate) async fn run_events(
         .filter(|run| caller_of(caller.as_ref()).may_see(&run.run.org_id))
         .ok_or_else(|| run_not_found(id))?;
     let after = resume_point(&headers, params.after)?;
-    Tail::open(store, EventScope::Run(id), after, true).await
+    Tail::open(
+        store,
+        state.events.clone(),
+        EventScope::Run(id),
+        after,
+        true,
+    )
+    .await
 }
 
 /// `GET /v1/events?org=…[&after=]`: an API key's own org when `org` is left out.
@@ -103,7 +113,14 @@ pub(crate) async fn org_events(
         }
     };
     let after = resume_point(&headers, params.after)?;
-    Tail::open(state.deps.store.clone(), EventScope::Org(org), after, false).await
+    Tail::open(
+        state.deps.store.clone(),
+        state.events.clone(),
+        EventScope::Org(org),
+        after,
+        false,
+    )
+    .await
 }
 
 fn bad_query(e: &QueryRejection, known: &str) -> ApiError {
@@ -139,6 +156,8 @@ fn resume_point(headers: &HeaderMap, after: Option<String>) -> Result<Option<Str
 /// One stream's position and what it has read but not yet sent.
 struct Tail {
     store: Arc<dyn RunStore>,
+    /// Notified when events may have been written (on PostgreSQL, by any replica).
+    written: Arc<Notify>,
     scope: EventScope,
     cursor: Option<String>,
     buffer: VecDeque<StreamedEvent>,
@@ -153,6 +172,7 @@ impl Tail {
     /// Reads the first page now, so that a bad cursor is a 400 rather than a broken stream.
     async fn open(
         store: Arc<dyn RunStore>,
+        written: Arc<Notify>,
         scope: EventScope,
         after: Option<String>,
         ends_with_run: bool,
@@ -172,6 +192,7 @@ impl Tail {
         };
         let mut tail = Tail {
             store,
+            written,
             scope,
             cursor: after,
             buffer: VecDeque::new(),
@@ -215,7 +236,12 @@ impl Tail {
                 .await
             {
                 Ok(page) if !page.is_empty() => self.take(page),
-                Ok(_) => tokio::time::sleep(POLL_INTERVAL).await,
+                Ok(_) => {
+                    tokio::select! {
+                        () = self.written.notified() => {}
+                        () = tokio::time::sleep(POLL_INTERVAL) => {}
+                    }
+                }
                 Err(e) => {
                     // The store is away (a restart): the stream waits for it.
                     tracing::warn!(error = %e, "event stream cannot read the store; retrying");
