@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod heartbeat;
 pub mod receipts;
 pub mod renewal;
 
@@ -24,11 +25,16 @@ pub struct AppState {
     pub attempt_tokens: Option<Arc<runway_storage::capability::Minter>>,
 }
 
-/// The callback service's routes: `/v1/callbacks`, `/v1/gcs-token`, `/healthz`, `/readyz`.
+/// The callback service's routes: `/v1/callbacks`, `/v1/heartbeats`, `/v1/gcs-token`,
+/// `/healthz`, `/readyz`.
 pub fn router(state: AppState) -> Router {
     let callbacks = api::router(api::CallbackState {
         store: state.deps.store.clone(),
         storage: state.deps.storage.clone(),
+        verifier: state.verifier.clone(),
+    });
+    let heartbeats = heartbeat::router(heartbeat::HeartbeatState {
+        store: state.deps.store.clone(),
         verifier: state.verifier.clone(),
     });
     let renewal = renewal::router(renewal::RenewalState {
@@ -37,5 +43,8 @@ pub fn router(state: AppState) -> Router {
         verifier: state.verifier,
         minter: state.attempt_tokens,
     });
-    health::router(state.deps).merge(callbacks).merge(renewal)
+    health::router(state.deps)
+        .merge(callbacks)
+        .merge(heartbeats)
+        .merge(renewal)
 }

@@ -398,6 +398,15 @@ fn describe_event(kind: &str, data: &str) -> String {
                 ),
             }
         }
+        "attempt.progress" => {
+            let p = &body["progress"];
+            match (p["fraction"].as_f64(), p["message"].as_str()) {
+                (Some(f), Some(m)) => format!("attempt {number}: {m} ({:.0} %)", f * 100.0),
+                (None, Some(m)) => format!("attempt {number}: {m}"),
+                (Some(f), None) => format!("attempt {number}: {:.0} %", f * 100.0),
+                (None, None) => format!("attempt {number} is alive"),
+            }
+        }
         "run.completed" => format!(
             "completed: {}",
             body["result"].as_str().unwrap_or("no result")

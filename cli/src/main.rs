@@ -99,7 +99,7 @@ enum WebhookAction {
         /// Where they are POSTed (http or https).
         #[arg(long)]
         url: String,
-        /// Event types (repeat): `run.started`, `attempt.failed`, `run.completed`; default
+        /// Event types (repeat): `run.started`, `attempt.progress`, `attempt.failed`, `run.completed`; default
         /// `run.completed`.
         #[arg(long = "event", default_value = "run.completed")]
         events: Vec<String>,

@@ -245,7 +245,8 @@ async fn the_runner_retries_a_callback_endpoint_that_is_down_for_a_while() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, OnceLock};
 
-    // A front for the callback service that is "down" (503) for its first three requests.
+    // A front for the callback service that is "down" (503) for its first three callbacks and
+    // has no heartbeat route (404, which stops the runner's heartbeats).
     let target: Arc<OnceLock<String>> = Arc::default();
     let seen = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -255,9 +256,15 @@ async fn the_runner_retries_a_callback_endpoint_that_is_down_for_a_while() {
     let app = {
         let (target, seen) = (target.clone(), seen.clone());
         axum::Router::new().fallback(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let (target, seen) = (target.clone(), seen.clone());
                 async move {
+                    if uri.path() != "/v1/callbacks" {
+                        return (
+                            axum::http::StatusCode::NOT_FOUND,
+                            "no such route".to_owned(),
+                        );
+                    }
                     if seen.fetch_add(1, Ordering::SeqCst) < 3 {
                         return (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,

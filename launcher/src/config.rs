@@ -111,6 +111,11 @@ pub struct WorkerArgs {
     /// create on this launcher, or on PostgreSQL a notification from any replica).
     #[arg(long, env = "RUNWAY_DISPATCH_POLL_MS", default_value_t = 1000)]
     pub dispatch_poll_ms: u64,
+
+    /// Seconds within which a job's last heartbeat makes the reconciler take it for alive
+    /// without reading its backend (deadlines still hold).
+    #[arg(long, env = "RUNWAY_HEARTBEAT_FRESH_SECONDS", default_value_t = 90)]
+    pub heartbeat_fresh_seconds: u64,
 }
 
 impl WorkerArgs {
@@ -123,6 +128,7 @@ impl WorkerArgs {
             read_budget: self.reconcile_read_budget.max(1),
             launch_settle: Duration::from_secs(self.launch_settle_seconds),
             dispatch_stale: Duration::from_secs(self.dispatch_stale_seconds.max(1)),
+            heartbeat_fresh: Duration::from_secs(self.heartbeat_fresh_seconds),
             ..crate::reconcile::ReconcileSettings::default()
         }
     }

@@ -63,6 +63,9 @@ pub struct ReconcileSettings {
     pub dispatch_stale: Duration,
     /// Steps between sweeps of orphaned jobs.
     pub sweep_every: u64,
+    /// How recent a job's last heartbeat must be for the job to be taken for alive without a
+    /// backend read (its deadline still holds).
+    pub heartbeat_fresh: Duration,
 }
 
 impl Default for ReconcileSettings {
@@ -75,6 +78,7 @@ impl Default for ReconcileSettings {
             launch_settle: Duration::from_secs(120),
             dispatch_stale: Duration::from_secs(600),
             sweep_every: 60,
+            heartbeat_fresh: Duration::from_secs(90),
         }
     }
 }
@@ -574,8 +578,17 @@ impl Reconciler {
         let Some(job) = &attempt.backend else {
             return Ok(());
         };
+        // Its job said it is alive a moment ago (its deadline still holds).
+        let beating = attempt
+            .heartbeat_at
+            .is_some_and(|beat| now < beat + delta(self.settings.heartbeat_fresh));
         let backend = self.backend_of(job)?;
         let every = delta(backend.observe_every());
+        if beating && every > TimeDelta::zero() {
+            // On a backend whose reads are counted, a beating job costs no read.
+            self.memory().first_seen_ended.remove(&attempt.id);
+            return Ok(());
+        }
         if every > TimeDelta::zero()
             && self
                 .memory()
@@ -607,6 +620,12 @@ impl Reconciler {
                 log_tail,
                 finished_at,
             } => (code, log_tail, finished_at),
+            // A backend that cannot see a job that is beating (another replica's in-process
+            // job, a backend that forgot it) is overruled: the job is alive.
+            JobState::Gone if beating => {
+                self.memory().first_seen_ended.remove(&attempt.id);
+                return Ok(());
+            }
             JobState::Gone => (None, None, None),
         };
         self.memory().seen_running.remove(&attempt.id);

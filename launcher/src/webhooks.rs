@@ -93,7 +93,7 @@ pub async fn subscribe(
     );
     anyhow::ensure!(
         !events.is_empty(),
-        "name at least one event type (run.started, attempt.failed, run.completed)"
+        "name at least one event type (run.started, attempt.progress, attempt.failed, run.completed)"
     );
     for event in events {
         anyhow::ensure!(

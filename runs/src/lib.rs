@@ -324,6 +324,17 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         lifecycle::commit_nonce(self.begin().await?, attempt_id, commitment).await
     }
 
+    /// The attempt's job says it is alive at `at` (and what it is doing, if `progress`):
+    /// `true` if recorded, `false` (nothing written) when the attempt is no longer active.
+    async fn record_heartbeat(
+        &self,
+        attempt_id: AttemptId,
+        at: DateTime<Utc>,
+        progress: Option<serde_json::Value>,
+    ) -> Result<bool, StoreError> {
+        lifecycle::record_heartbeat(self.begin().await?, attempt_id, at, progress).await
+    }
+
     /// The backend accepted the attempt: `dispatching | unknown → running`.
     async fn mark_running(&self, mark: MarkRunning) -> Result<Attempt, StoreError> {
         lifecycle::mark_running(self.begin().await?, mark).await

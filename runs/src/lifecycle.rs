@@ -25,10 +25,11 @@ use runway_contract::ValidationStatus;
 use serde_json::{Value, json};
 
 use crate::{
-    ATTEMPT_FAILED_EVENT, Attempt, AttemptId, AttemptState, CallbackReceipt, CancelOutcome,
-    Claimed, CreateOutcome, EndAttempt, EndOutcome, Finalize, FinalizeOutcome, FinalizedBy,
-    MarkRunning, NewReceipt, NewRun, OutboxEvent, OutboxId, RUN_COMPLETED_EVENT, RUN_STARTED_EVENT,
-    ReceiptId, ReceiptOutcome, Run, RunId, RunResult, RunState, RunWithAttempts, StoreError,
+    ATTEMPT_FAILED_EVENT, ATTEMPT_PROGRESS_EVENT, Attempt, AttemptId, AttemptState,
+    CallbackReceipt, CancelOutcome, Claimed, CreateOutcome, EndAttempt, EndOutcome, Finalize,
+    FinalizeOutcome, FinalizedBy, MarkRunning, NewReceipt, NewRun, OutboxEvent, OutboxId,
+    RUN_COMPLETED_EVENT, RUN_STARTED_EVENT, ReceiptId, ReceiptOutcome, Run, RunId, RunResult,
+    RunState, RunWithAttempts, StoreError,
 };
 use runway_storage::layout::RunPaths;
 
@@ -109,6 +110,14 @@ pub trait WriteTx: Send {
 
     /// Inserts an outbox event.
     async fn insert_outbox(&mut self, event: &OutboxEvent) -> Result<(), StoreError>;
+
+    /// Records the attempt's heartbeat (and progress, which `None` leaves as it was).
+    async fn set_heartbeat(
+        &mut self,
+        attempt_id: AttemptId,
+        at: DateTime<Utc>,
+        progress: Option<&Value>,
+    ) -> Result<(), StoreError>;
 
     /// Makes everything durable.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
@@ -406,6 +415,8 @@ fn new_attempt(
         started_at: None,
         finished_at: None,
         caller_identity,
+        heartbeat_at: None,
+        progress: None,
     }
 }
 
@@ -779,6 +790,43 @@ pub(crate) async fn finalize_attempt(
         run,
         attempts,
     }))
+}
+
+/// A job says it is alive (and, with `progress`, what it is doing). Recorded only while its
+/// attempt is active (`false`, nothing written, once it has ended); a changed `progress` is
+/// also an `attempt.progress` event.
+pub(crate) async fn record_heartbeat(
+    mut tx: Box<dyn WriteTx>,
+    attempt_id: AttemptId,
+    at: DateTime<Utc>,
+    progress: Option<Value>,
+) -> Result<bool, StoreError> {
+    let at = stored(at);
+    let attempt = locked(tx.as_mut(), attempt_id).await?;
+    if !matches!(
+        attempt.state,
+        AttemptState::Dispatching | AttemptState::Running | AttemptState::Unknown
+    ) {
+        return Ok(false);
+    }
+    tx.set_heartbeat(attempt_id, at, progress.as_ref()).await?;
+    if let Some(progress) = progress.filter(|p| attempt.progress.as_ref() != Some(p)) {
+        let run = run_of(tx.as_mut(), attempt.run_id).await?;
+        let payload = json!({
+            "type": ATTEMPT_PROGRESS_EVENT,
+            "run_id": run.id,
+            "attempt_id": attempt.id,
+            "attempt_number": attempt.number,
+            "org_id": run.org_id,
+            "workflow_id": run.workflow_id,
+            "validator_id": run.validator_id,
+            "progress": progress,
+            "at": at,
+        });
+        emit(tx.as_mut(), run.id, ATTEMPT_PROGRESS_EVENT, payload, at).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 pub(crate) async fn record_ended_callback(

@@ -462,6 +462,10 @@ pub struct Attempt {
     /// The identity (service-account email) its job runs as, which alone may call back for it;
     /// `None` where any allowed caller may (validators that name no `service_account`).
     pub caller_identity: Option<String>,
+    /// When its job last said it is alive (a heartbeat through the callback service).
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// What its job last said it is doing: `{"fraction": 0..1, "message": "…"}`.
+    pub progress: Option<Value>,
 }
 
 impl Attempt {
@@ -733,8 +737,15 @@ pub const RUN_COMPLETED_EVENT: &str = "run.completed";
 pub const RUN_STARTED_EVENT: &str = "run.started";
 /// The event written when an attempt ends `failed` or `timed_out` (retried or not).
 pub const ATTEMPT_FAILED_EVENT: &str = "attempt.failed";
+/// The event written when a running job reports new progress (a heartbeat with progress).
+pub const ATTEMPT_PROGRESS_EVENT: &str = "attempt.progress";
 /// Every event type, in the order a run can produce them.
-pub const EVENT_TYPES: [&str; 3] = [RUN_STARTED_EVENT, ATTEMPT_FAILED_EVENT, RUN_COMPLETED_EVENT];
+pub const EVENT_TYPES: [&str; 4] = [
+    RUN_STARTED_EVENT,
+    ATTEMPT_PROGRESS_EVENT,
+    ATTEMPT_FAILED_EVENT,
+    RUN_COMPLETED_EVENT,
+];
 
 /// What a wake-up from the database says may have changed, in any process using it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

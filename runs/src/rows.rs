@@ -9,11 +9,19 @@
 //! microseconds; PostgreSQL has `uuid` and `timestamptz`); the shapes do not.
 
 /// The attempt columns, in the order [`bind_attempt`] binds them.
-macro_rules! attempt_columns {
+macro_rules! attempt_insert_columns {
     () => {
         "id, run_id, number, state, validator_id, not_before, storage_prefix, callback_id, \
          callback_nonce_sha256, deadline_at, backend_kind, backend_ref, cancel_requested, error, \
          exit_code, log_tail, created_at, dispatched_at, started_at, finished_at, caller_identity"
+    };
+}
+
+/// The attempt columns read back: the inserted ones and the job's heartbeat, which only
+/// [`WriteTx::set_heartbeat`](crate::WriteTx::set_heartbeat) writes.
+macro_rules! attempt_columns {
+    () => {
+        concat!(attempt_insert_columns!(), ", heartbeat_at, progress")
     };
 }
 
@@ -38,12 +46,12 @@ macro_rules! run_columns {
     };
 }
 
-pub(crate) use {attempt_columns, outbox_columns, run_columns};
+pub(crate) use {attempt_columns, attempt_insert_columns, outbox_columns, run_columns};
 
 /// Inserts an attempt; bind with [`bind_attempt`].
 pub(crate) const INSERT_ATTEMPT: &str = concat!(
     "INSERT INTO attempts (",
-    attempt_columns!(),
+    attempt_insert_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
      $19, $20, $21)"
 );
@@ -141,6 +149,8 @@ macro_rules! decoders {
                 started_at: opt_ts_col(row, "started_at")?,
                 finished_at: opt_ts_col(row, "finished_at")?,
                 caller_identity: row.try_get("caller_identity")?,
+                heartbeat_at: opt_ts_col(row, "heartbeat_at")?,
+                progress: json_col(row, "progress")?,
             })
         }
 

@@ -346,6 +346,23 @@ impl WriteTx for SqliteTx {
         Ok(query.build().execute(&mut *self.0).await?.rows_affected())
     }
 
+    async fn set_heartbeat(
+        &mut self,
+        attempt_id: AttemptId,
+        at: DateTime<Utc>,
+        progress: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE attempts SET heartbeat_at = $2, progress = COALESCE($3, progress) WHERE id = $1",
+        )
+        .bind(enc_id(attempt_id.as_uuid()))
+        .bind(enc_ts(at))
+        .bind(progress.map(Json))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_outbox(&mut self, e: &OutboxEvent) -> Result<(), StoreError> {
         bind_outbox!(sqlx::query(INSERT_OUTBOX_IN_SEQUENCE), e)
             .execute(&mut *self.0)

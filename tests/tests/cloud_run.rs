@@ -40,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 const PROJECT: &str = "projects/runway-test/locations/us-central1";
 const INTERVAL: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(5);
+/// How recent a heartbeat keeps a job alive for the reconciler.
+const HEARTBEAT_FRESH: Duration = Duration::from_secs(90);
 /// How long the reconciler waits before reading a running execution again.
 const OBSERVE_EVERY: Duration = Duration::from_secs(30);
 const TIMEOUT_SECONDS: u32 = 300;
@@ -68,6 +70,7 @@ fn reconcile_settings() -> ReconcileSettings {
         launch_settle: Duration::from_secs(30),
         dispatch_stale: Duration::from_secs(60),
         sweep_every: 1000,
+        heartbeat_fresh: HEARTBEAT_FRESH,
     }
 }
 
@@ -242,6 +245,7 @@ impl Lab {
                 launch_settle_seconds: 30,
                 dispatch_stale_seconds: 60,
                 dispatch_poll_ms: 1000,
+                heartbeat_fresh_seconds: HEARTBEAT_FRESH.as_secs(),
             },
             local: LocalArgs {
                 identity_listen: "127.0.0.1:9".parse().expect("addr"),
@@ -566,6 +570,18 @@ async fn an_energyplus_run_goes_through_cloud_run_end_to_end() {
     );
     // One exchange at dispatch, one when the runner renewed its token after reading its input.
     assert_eq!(lab.tokens.exchanges(), 2);
+    // The runner sent heartbeats with its progress while it worked.
+    assert!(done.attempts[0].heartbeat_at.is_some(), "{done:?}");
+    let progress: Vec<Value> = lab
+        .store
+        .outbox_for_run(run)
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|e| e.event == "attempt.progress")
+        .map(|e| e.payload["progress"].clone())
+        .collect();
+    assert!(!progress.is_empty(), "no attempt.progress event");
     lab.finish();
 }
 
@@ -1113,5 +1129,51 @@ async fn token_renewal_answers_only_the_attempts_own_job_while_it_runs() {
     assert_eq!(response.status(), 409);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "attempt_over", "{body}");
+    lab.finish();
+}
+
+/// On Cloud Run, whose reads are counted, a job with a fresh heartbeat costs no
+/// `executions.get`; once its heartbeats are stale it is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beating_job_is_not_read_until_its_heartbeats_are_stale() {
+    let lab = Lab::start().await;
+    let run = lab.create(&tiny_run("hang")).await;
+    lab.dispatch().await;
+    let attempt = lab.current(run).await;
+    let input = lab.input_of(&attempt).await;
+    let response = lab
+        .http
+        .post(format!("{}/v1/heartbeats", lab.callback_url))
+        .bearer_auth(lab.runtime_identity.issue(&lab.callback_url))
+        .json(&json!({
+            "run_id": input.run_id,
+            "callback_id": input.context.callback_id,
+            "callback_nonce": input.context.callback_nonce,
+            "progress": {"fraction": 0.25, "message": "simulating"},
+        }))
+        .send()
+        .await
+        .expect("heartbeat");
+    assert_eq!(response.status(), 202);
+    // Another validator's identity may not beat for it.
+    let response = lab
+        .http
+        .post(format!("{}/v1/heartbeats", lab.callback_url))
+        .bearer_auth(lab.other_identity.issue(&lab.callback_url))
+        .json(&json!({
+            "run_id": input.run_id,
+            "callback_id": input.context.callback_id,
+            "callback_nonce": input.context.callback_nonce,
+        }))
+        .send()
+        .await
+        .expect("heartbeat");
+    assert_eq!(response.status(), 403);
+
+    lab.advance(OBSERVE_EVERY + Duration::from_secs(1));
+    assert_eq!(lab.reconcile().await.backend_reads, 0, "beating: no read");
+    lab.advance(HEARTBEAT_FRESH);
+    assert_eq!(lab.reconcile().await.backend_reads, 1, "stale: read again");
+    assert_eq!(lab.current(run).await.state, AttemptState::Running);
     lab.finish();
 }

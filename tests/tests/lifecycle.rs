@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 /// Reconciler timings the tests move the clock by.
 const INTERVAL: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(5);
+/// How recent a heartbeat keeps a job alive for the reconciler.
+const HEARTBEAT_FRESH: Duration = Duration::from_secs(90);
 const LAUNCH_SETTLE: Duration = Duration::from_secs(30);
 const DISPATCH_STALE: Duration = Duration::from_secs(60);
 /// The validator's deadline and backoff.
@@ -136,6 +138,7 @@ impl Lab {
                     dispatch_stale_seconds: DISPATCH_STALE.as_secs(),
                     // The loop, when a test runs it, finds work only when woken.
                     dispatch_poll_ms: 60_000,
+                    heartbeat_fresh_seconds: HEARTBEAT_FRESH.as_secs(),
                 },
                 local: LocalArgs {
                     identity_listen: identity_addr,
@@ -164,6 +167,7 @@ impl Lab {
                 launch_settle: LAUNCH_SETTLE,
                 dispatch_stale: DISPATCH_STALE,
                 sweep_every: 1000,
+                heartbeat_fresh: HEARTBEAT_FRESH,
             },
         )
         .await
@@ -823,4 +827,100 @@ async fn postgres_a_replica_is_woken_by_another_replicas_create() {
     assert!(woken_in < Duration::from_secs(30));
     running.shutdown().await.expect("shutdown");
     lab.finish();
+}
+
+impl Lab {
+    /// Posts a heartbeat for `attempt` as its job would, with a token from the identity.
+    async fn heartbeat(&self, attempt: &Attempt, progress: Value) -> (u16, Value) {
+        let input_uri = self
+            .storage
+            .uri_for(&attempt.paths().expect("paths").input());
+        let input = InputEnvelope::from_json(
+            &self
+                .storage
+                .read_bytes(&input_uri, 1 << 20)
+                .await
+                .expect("input.json"),
+        )
+        .expect("envelope");
+        let token = self.fetcher.fetch(&self.callback_url).await.expect("token");
+        let response = self
+            .http
+            .post(format!("{}/v1/heartbeats", self.callback_url))
+            .bearer_auth(token)
+            .json(&json!({
+                "run_id": input.run_id,
+                "callback_id": input.context.callback_id,
+                "callback_nonce": input.context.callback_nonce,
+                "progress": progress,
+            }))
+            .send()
+            .await
+            .expect("heartbeat");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// A job's heartbeats are recorded with its progress (shown in the run, and an
+/// `attempt.progress` event); on a backend whose reads are free the backend's word on an
+/// ended job still wins over a fresh heartbeat; an ended attempt's job is told to stop (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_recorded_and_an_ended_job_still_ends_its_attempt() {
+    for db in ["sqlite", "postgres"] {
+        let lab = Lab::start(db).await;
+        let run = lab.create("once", "RUNWAY_MOCK_OUTCOME=crash").await;
+        lab.dispatch().await;
+        let attempt = lab.current(run).await;
+        lab.wait_exited(attempt.id).await;
+        let (status, body) = lab
+            .heartbeat(&attempt, json!({"fraction": 0.5, "message": "halfway"}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let (status, body) = lab.heartbeat(&attempt, json!({"fraction": 2.0})).await;
+        assert_eq!(status, 422, "a fraction beyond 1 is refused: {body}");
+
+        let alive = lab.current(run).await;
+        assert_eq!(alive.state, AttemptState::Running);
+        assert_eq!(
+            alive.progress,
+            Some(json!({"fraction": 0.5, "message": "halfway"}))
+        );
+        assert!(alive.heartbeat_at.is_some());
+        let view: Value = lab
+            .http
+            .get(format!("{}/v1/runs/{run}", lab.launcher_url))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(view["attempts"][0]["progress"]["message"], "halfway");
+        let events: Vec<String> = lab
+            .store
+            .outbox_for_run(run)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert!(
+            events.contains(&"attempt.progress".to_owned()),
+            "{events:?}"
+        );
+
+        // The mock says the job exited: after the grace its attempt fails, beating or not;
+        // a heartbeat now is told to stop.
+        lab.advance(GRACE);
+        lab.reconcile().await;
+        let ended = lab.current(run).await;
+        assert_eq!(ended.state, AttemptState::Failed, "{ended:?}");
+        let (status, body) = lab
+            .heartbeat(&ended, json!({"message": "still here"}))
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "attempt_over");
+        lab.finish();
+    }
 }

@@ -26,6 +26,7 @@ pub mod child;
 pub mod energyplus;
 pub mod fetch;
 pub mod fmu;
+pub mod heartbeat;
 pub mod publish;
 
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ pub struct RunnerConfig {
     /// The attempt-scoped GCS token and its limits, when the job was given one (`storage`
     /// then sends that token).
     pub capability: Option<runway_storage::capability::Capability>,
+    /// How often to send a heartbeat while working ([`heartbeat`]); zero sends none.
+    pub heartbeat_every: Duration,
 }
 
 /// The working directory of one attempt and its deadline.
@@ -258,6 +261,13 @@ pub async fn run(config: &RunnerConfig) -> anyhow::Result<Outcome> {
     .context("cannot create the working directory")?;
     let inputs_dir = work_dir.path().join("inputs");
     tokio::fs::create_dir(&inputs_dir).await?;
+    let beat = heartbeat::Heartbeat::start(&config.callback, &envelope, config.heartbeat_every);
+    let say = |fraction: f64, message: &str| {
+        if let Some(beat) = &beat {
+            beat.progress(fraction, message);
+        }
+    };
+    say(0.05, "fetching the input files");
     let simulated = match fetch::download(&envelope, &inputs_dir, &config.storage).await {
         Ok(files) => {
             let work = Work {
@@ -265,6 +275,7 @@ pub async fn run(config: &RunnerConfig) -> anyhow::Result<Outcome> {
                 files,
                 deadline,
             };
+            say(0.1, "simulating");
             simulate(config, &envelope, &work).await?
         }
         Err(e) => Simulated::failed(
@@ -279,6 +290,7 @@ pub async fn run(config: &RunnerConfig) -> anyhow::Result<Outcome> {
     {
         return Ok(Outcome::Refused(why));
     }
+    say(0.9, "publishing the outputs");
     let status = simulated.status;
     let summary = simulated.summary.clone();
     let timing = ValidationTiming {
@@ -295,6 +307,9 @@ pub async fn run(config: &RunnerConfig) -> anyhow::Result<Outcome> {
     )
     .await?;
     publish::write_output(output_store.as_ref(), &envelope, &output).await?;
+    if let Some(beat) = beat {
+        beat.stop();
+    }
     drop(work_dir);
     Ok(
         match callback::deliver(&config.callback, &envelope, status).await {

@@ -93,6 +93,9 @@ struct RunArgs {
     /// How long to keep retrying the callback, in seconds.
     #[arg(long, env = "RUNWAY_CALLBACK_RETRY_SECONDS", default_value_t = 300)]
     callback_retry_seconds: u64,
+    /// Seconds between heartbeats while working; 0 sends none.
+    #[arg(long, env = "RUNWAY_HEARTBEAT_SECONDS", default_value_t = 30)]
+    heartbeat_seconds: u64,
     /// Where the working directory is made (default: the system's temporary folder).
     #[arg(long, env = "RUNWAY_WORK_DIR")]
     work_dir: Option<PathBuf>,
@@ -142,6 +145,7 @@ async fn run(args: RunArgs) -> ExitCode {
         output_uri: args.output_uri.filter(|u| !u.is_empty()),
         storage,
         capability,
+        heartbeat_every: Duration::from_secs(args.heartbeat_seconds),
         energyplus: args.energyplus,
         python: args.python,
         callback: CallbackSettings {

@@ -1,6 +1,6 @@
 //! Server-sent event streams: `GET /v1/runs/{id}/events` (one run's) and
 //! `GET /v1/events?org=…` (every run of an org). Each SSE message is one outbox event —
-//! `run.started`, `attempt.failed`, `run.completed` — with the event type as `event`, the
+//! `run.started`, `attempt.progress`, `attempt.failed`, `run.completed` — with the event type as `event`, the
 //! webhook body as `data` and a cursor as `id`. A client that reconnects with `Last-Event-ID`
 //! (or `?after=`) gets exactly what followed: the store returns events only once nothing can
 //! still appear before them ([`RunStore::events_after`]). A run's stream ends after its

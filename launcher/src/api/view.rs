@@ -76,6 +76,10 @@ struct AttemptView {
     exit_code: Option<i32>,
     /// The end of the job's log, when it ended without a result.
     log_tail: Option<String>,
+    /// When its job last sent a heartbeat.
+    heartbeat_at: Option<DateTime<Utc>>,
+    /// What its job last said it is doing: `{fraction, message}`.
+    progress: Option<Value>,
 }
 
 /// Durations known so far, in milliseconds; `null` until both ends are known.
@@ -182,6 +186,8 @@ impl From<&Attempt> for AttemptView {
             error: a.error.clone(),
             exit_code: a.exit_code,
             log_tail: a.log_tail.clone(),
+            heartbeat_at: a.heartbeat_at,
+            progress: a.progress.clone(),
         }
     }
 }
