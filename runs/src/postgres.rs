@@ -38,25 +38,40 @@ const EVENTS_CHANNEL: &str = "runway_events";
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This store's connections' `application_name`, unique to it: wake-ups it sent itself
+    /// carry it and are not delivered back to it.
+    instance: Option<String>,
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://…` or `postgresql://…`) and applies migrations.
+    /// Connects to `url` (`postgres://…` or `postgresql://…`) and applies migrations. The
+    /// connections' `application_name` (the URL's, else `runway`) gets a suffix unique to this
+    /// store, which names it as the sender of its wake-ups.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::BadUrl(format!("not a usable PostgreSQL URL: {e}")))?;
+        let instance = format!(
+            "{}/{}",
+            options.get_application_name().unwrap_or("runway"),
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
+            .connect_with(options.application_name(&instance))
             .await?;
-        Self::from_pool(pool).await
+        let mut store = Self::from_pool(pool).await?;
+        store.instance = Some(instance);
+        Ok(store)
     }
 
     /// Wraps an existing pool and applies migrations (they take an advisory lock, so
     /// replicas starting together do not race).
     pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            instance: None,
+        })
     }
 }
 
@@ -679,19 +694,27 @@ impl RunStore for PostgresStore {
         use futures::StreamExt;
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen_all([DUE_CHANNEL, EVENTS_CHANNEL]).await?;
-        let wakes = futures::stream::unfold(listener, |mut listener| async move {
-            loop {
-                match listener.try_recv().await {
-                    Ok(Some(n)) if n.channel() == DUE_CHANNEL => {
-                        return Some((vec![Wake::Due], listener));
-                    }
-                    Ok(Some(_)) => return Some((vec![Wake::Events], listener)),
-                    // The connection was lost; the next call reconnects. Anything may have
-                    // been missed meanwhile.
-                    Ok(None) => return Some((vec![Wake::Due, Wake::Events], listener)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for wake-ups; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let own = self.instance.clone();
+        let wakes = futures::stream::unfold(listener, move |mut listener| {
+            let own = own.clone();
+            async move {
+                loop {
+                    match listener.try_recv().await {
+                        // Its own new attempts: whoever made them has woken its dispatcher.
+                        Ok(Some(n))
+                            if n.channel() == DUE_CHANNEL
+                                && own.as_deref().is_some_and(|own| own == n.payload()) => {}
+                        Ok(Some(n)) if n.channel() == DUE_CHANNEL => {
+                            return Some((vec![Wake::Due], listener));
+                        }
+                        Ok(Some(_)) => return Some((vec![Wake::Events], listener)),
+                        // The connection was lost; the next call reconnects. Anything may have
+                        // been missed meanwhile.
+                        Ok(None) => return Some((vec![Wake::Due, Wake::Events], listener)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot listen for wake-ups; retrying");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
                     }
                 }
             }

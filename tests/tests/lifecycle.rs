@@ -46,6 +46,8 @@ const TIMEOUT_SECONDS: i64 = 60;
 const BACKOFF_SECONDS: i64 = 2;
 
 struct Lab {
+    /// The run store's URL (a second connection pool is a second replica).
+    db_url: String,
     store: Arc<dyn RunStore>,
     storage: Arc<dyn ObjectStore>,
     clock: Arc<ManualClock>,
@@ -193,6 +195,7 @@ impl Lab {
         );
         serve(launcher, runway_launcher::router(state));
         Self {
+            db_url: url,
             store,
             storage,
             clock,
@@ -788,9 +791,13 @@ async fn callback_and_salvage_race_to_one_state(db: &str) {
 async fn postgres_a_replica_is_woken_by_another_replicas_create() {
     let lab = Lab::start("postgres").await;
     let running = lab.workers.start().await.expect("workers");
+    // Its own connection pool, as another process has.
+    let replica_store = runway_runs::connect(&lab.db_url)
+        .await
+        .expect("second store");
     let replica = AppState::new(
         Dependencies {
-            store: lab.store.clone(),
+            store: replica_store,
             storage: lab.storage.clone(),
         },
         registry(),
