@@ -55,6 +55,9 @@ impl Stack {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod the data folder");
+            // The objects folder exists before either service starts, as the README's setup
+            // makes it: the callback service (uid 1000) only reads it and cannot create it.
+            std::fs::create_dir(data.path().join("objects")).expect("objects folder");
         }
         let suffix = runway_tests::unique_suffix().replace('-', "");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
