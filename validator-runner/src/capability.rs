@@ -26,12 +26,7 @@ pub fn check_envelope(capability: &Capability, envelope: &InputEnvelope) -> Resu
     let prefix = &capability.allowed_prefix;
     let output = envelope.context.expected_output_uri.as_str();
     capability.check(output).map_err(|e| e.to_string())?;
-    let in_attempt = output
-        .strip_prefix(prefix.as_str())
-        .and_then(|rest| rest.strip_suffix("/output.json"))
-        .and_then(|folder| folder.strip_prefix("attempts/"))
-        .is_some_and(|attempt| !attempt.is_empty() && !attempt.contains('/'));
-    if !in_attempt {
+    if !output_in_attempt(prefix, output) {
         return Err(format!(
             "the output {output} is not an attempt's output.json under {prefix}"
         ));
@@ -51,6 +46,20 @@ pub fn check_envelope(capability: &Capability, envelope: &InputEnvelope) -> Resu
         capability.check(uri).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Whether `output` is an attempt's `output.json` under `prefix`: directly in it (Validibot's
+/// launcher scopes a token to the attempt's own folder) or in one of its `attempts/<attempt>/`
+/// folders (Runway's scopes it to the run's folder, which holds the inputs too).
+fn output_in_attempt(prefix: &str, output: &str) -> bool {
+    let Some(rest) = output.strip_prefix(prefix) else {
+        return false;
+    };
+    rest == "output.json"
+        || rest
+            .strip_suffix("/output.json")
+            .and_then(|folder| folder.strip_prefix("attempts/"))
+            .is_some_and(|attempt| !attempt.is_empty() && !attempt.contains('/'))
 }
 
 /// The attempt's folder (`…/attempts/<attempt>/`), the only place the runner writes.
@@ -176,4 +185,32 @@ fn install(capability: &Capability, answer: &Value) -> anyhow::Result<()> {
         .with_timezone(&Utc);
     capability.token.replace(token.to_owned(), expires_at);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_in_attempt;
+
+    #[test]
+    fn an_output_is_accepted_in_the_prefix_or_in_one_of_its_attempt_folders() {
+        let run = "gs://b/runs/o/r/";
+        assert!(output_in_attempt(
+            run,
+            "gs://b/runs/o/r/attempts/a1/output.json"
+        ));
+        let attempt = "gs://b/runs/o/r/attempts/a1/";
+        assert!(output_in_attempt(
+            attempt,
+            "gs://b/runs/o/r/attempts/a1/output.json"
+        ));
+        for bad in [
+            "gs://b/runs/o/other/attempts/a1/output.json",
+            "gs://b/runs/o/r/files/output.json",
+            "gs://b/runs/o/r/attempts/a1/x/output.json",
+            "gs://b/runs/o/r/attempts//output.json",
+            "gs://b/runs/o/r/attempts/a1/output.json.bak",
+        ] {
+            assert!(!output_in_attempt(run, bad), "{bad}");
+        }
+    }
 }
