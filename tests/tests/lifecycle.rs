@@ -301,19 +301,24 @@ impl Lab {
         panic!("run {id} never completed");
     }
 
-    /// Posts the callback the attempt's job would have sent, with a token from the identity.
-    async fn callback(&self, attempt: &Attempt) -> (u16, Value) {
-        let input_uri = self
+    /// The input envelope the launcher wrote for `attempt`.
+    async fn input_of(&self, attempt: &Attempt) -> InputEnvelope {
+        let uri = self
             .storage
             .uri_for(&attempt.paths().expect("paths").input());
-        let input = InputEnvelope::from_json(
+        InputEnvelope::from_json(
             &self
                 .storage
-                .read_bytes(&input_uri, 1 << 20)
+                .read_bytes(&uri, 1 << 20)
                 .await
                 .expect("input.json"),
         )
-        .expect("envelope");
+        .expect("envelope")
+    }
+
+    /// Posts the callback the attempt's job would have sent, with a token from the identity.
+    async fn callback(&self, attempt: &Attempt) -> (u16, Value) {
+        let input = self.input_of(attempt).await;
         let token = self.fetcher.fetch(&self.callback_url).await.expect("token");
         let response = self
             .http
@@ -839,17 +844,7 @@ async fn postgres_a_replica_is_woken_by_another_replicas_create() {
 impl Lab {
     /// Posts a heartbeat for `attempt` as its job would, with a token from the identity.
     async fn heartbeat(&self, attempt: &Attempt, progress: Value) -> (u16, Value) {
-        let input_uri = self
-            .storage
-            .uri_for(&attempt.paths().expect("paths").input());
-        let input = InputEnvelope::from_json(
-            &self
-                .storage
-                .read_bytes(&input_uri, 1 << 20)
-                .await
-                .expect("input.json"),
-        )
-        .expect("envelope");
+        let input = self.input_of(attempt).await;
         let token = self.fetcher.fetch(&self.callback_url).await.expect("token");
         let response = self
             .http
