@@ -33,6 +33,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 
+mod fair;
 pub mod lifecycle;
 mod model;
 pub mod postgres;

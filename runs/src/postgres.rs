@@ -21,6 +21,7 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use crate::fair::{Candidate, FairClaim, VALIDATORS_WITH_DUE_WORK};
 use crate::lifecycle::{WriteTx, pair, run_state_for};
 use crate::rows::*;
 use crate::*;
@@ -493,6 +494,10 @@ impl RunStore for PostgresStore {
     /// this round rather than waited for: concurrent claimers split the validators between them
     /// and no claimer ever waits (no deadlock). Two validators whose lock keys hash alike
     /// merely share a lock.
+    ///
+    /// The slots are shared between the validators with due work ([`FairClaim`]): each round
+    /// takes up to a share of each open validator's oldest due rows in one statement (a lateral
+    /// join per validator, `FOR UPDATE SKIP LOCKED`); rows locked but not chosen stay untouched.
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -504,32 +509,24 @@ impl RunStore for PostgresStore {
         }
         let mut tx = self.pool.begin().await?;
 
-        let capped: Vec<&str> = caps.keys().map(String::as_str).collect();
-        let mut busy: Vec<String> = Vec::new();
-        let mut budget: HashMap<String, u32> = HashMap::new();
-        if !capped.is_empty() {
-            let with_work: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT validator_id FROM attempts \
-                 WHERE state = 'pending' AND not_before <= $1 AND validator_id = ANY($2)",
-            )
+        let with_work: Vec<String> = sqlx::query_scalar(VALIDATORS_WITH_DUE_WORK)
             .bind(now)
-            .bind(&capped)
             .fetch_all(&mut *tx)
             .await?;
-            let mut locked = Vec::new();
-            for validator in with_work {
-                let got: bool = sqlx::query_scalar(
-                    "SELECT pg_try_advisory_xact_lock(hashtextextended('runway.claim:' || $1, 0))",
-                )
-                .bind(&validator)
-                .fetch_one(&mut *tx)
-                .await?;
-                if got {
-                    locked.push(validator);
-                } else {
-                    busy.push(validator);
-                }
+        let mut locked = Vec::new();
+        for validator in with_work.iter().filter(|v| caps.contains_key(*v)) {
+            let got: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended('runway.claim:' || $1, 0))",
+            )
+            .bind(validator)
+            .fetch_one(&mut *tx)
+            .await?;
+            if got {
+                locked.push(validator.clone());
             }
+        }
+        let mut budget: HashMap<String, u32> = HashMap::new();
+        if !locked.is_empty() {
             let active: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT validator_id, COUNT(*) FROM attempts \
                  WHERE state IN ('dispatching', 'running', 'unknown') AND validator_id = ANY($1) \
@@ -547,53 +544,47 @@ impl RunStore for PostgresStore {
             }
         }
 
-        // Capped validators are excluded once their budget is spent (or their lock is busy),
-        // and the query repeats for what is left; rows locked but passed over stay untouched.
-        let mut excluded: Vec<String> = busy;
-        excluded.extend(
-            budget
+        type Due = (DateTime<Utc>, DateTime<Utc>, Uuid);
+        let mut plan: FairClaim<Uuid, Due> = FairClaim::new(limit, with_work, caps, &budget);
+        while let Some(asked) = plan.next_round() {
+            let (validators, shares): (Vec<String>, Vec<i64>) = asked
                 .iter()
-                .filter(|(_, left)| **left == 0)
-                .map(|(v, _)| v.clone()),
-        );
-        // A capped validator with no due work this instant was never locked; keep it out so
-        // that work becoming due mid-claim cannot slip past the count.
-        excluded.extend(caps.keys().filter(|v| !budget.contains_key(*v)).cloned());
-        let mut seen: Vec<Uuid> = Vec::new();
-        let mut chosen: Vec<Uuid> = Vec::new();
-        let mut chosen_runs: HashSet<Uuid> = HashSet::new();
-        while chosen.len() < limit as usize {
-            let want = limit as usize - chosen.len();
-            let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-                "SELECT id, run_id, validator_id FROM attempts \
-                 WHERE state = 'pending' AND not_before <= $1 \
-                 AND validator_id <> ALL($2) AND id <> ALL($3) \
-                 ORDER BY not_before, created_at, id LIMIT $4 FOR UPDATE SKIP LOCKED",
+                .map(|(v, n)| (v.clone(), i64::from(*n)))
+                .unzip();
+            let seen: Vec<Uuid> = plan.seen().copied().collect();
+            let rows: Vec<(Uuid, Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT a.id, a.run_id, a.validator_id, a.not_before, a.created_at \
+                 FROM unnest($2::text[], $3::int8[]) AS v(id, share) \
+                 CROSS JOIN LATERAL (SELECT id, run_id, validator_id, not_before, created_at \
+                   FROM attempts WHERE state = 'pending' AND not_before <= $1 \
+                   AND validator_id = v.id AND id <> ALL($4) \
+                   ORDER BY not_before, created_at, id LIMIT v.share \
+                   FOR UPDATE SKIP LOCKED) AS a",
             )
             .bind(now)
-            .bind(&excluded)
+            .bind(&validators)
+            .bind(&shares)
             .bind(&seen)
-            .bind(i64::try_from(want).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await?;
-            if rows.is_empty() {
+            let rows = rows
+                .into_iter()
+                .map(
+                    |(id, run_id, validator_id, not_before, created_at)| Candidate {
+                        id,
+                        run_id,
+                        validator_id,
+                        due: (not_before, created_at, id),
+                    },
+                )
+                .collect();
+            if !plan.take(&asked, rows) {
                 break;
             }
-            for (id, run_id, validator) in rows {
-                seen.push(id);
-                if let Some(left) = budget.get_mut(&validator) {
-                    if *left == 0 {
-                        continue;
-                    }
-                    *left -= 1;
-                    if *left == 0 {
-                        excluded.push(validator);
-                    }
-                }
-                chosen.push(id);
-                chosen_runs.insert(run_id);
-            }
         }
+        let chosen_rows = plan.into_chosen();
+        let chosen: Vec<Uuid> = chosen_rows.iter().map(|c| c.id).collect();
+        let chosen_runs: HashSet<Uuid> = chosen_rows.iter().map(|c| c.run_id).collect();
         if chosen.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
@@ -623,7 +614,10 @@ impl RunStore for PostgresStore {
             .iter()
             .map(attempt_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        claimed.sort_by_key(|a| (a.not_before, a.created_at, a.id));
+        // In the plan's order: fair across validators, due order within each.
+        let place: HashMap<Uuid, usize> =
+            chosen.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        claimed.sort_by_key(|a| place.get(&a.id.as_uuid()).copied());
         let runs = run_rows
             .iter()
             .map(run_from_row)

@@ -30,6 +30,7 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
+use crate::fair::{Candidate, FairClaim, VALIDATORS_WITH_DUE_WORK};
 use crate::lifecycle::{WriteTx, pair, run_state_for};
 use crate::model::from_micros;
 use crate::rows::*;
@@ -525,6 +526,10 @@ impl RunStore for SqliteStore {
         // The write lock is held from here to commit, so counting active attempts and then
         // claiming cannot race with another claimer.
         let mut tx = self.write().await?;
+        let with_work: Vec<String> = sqlx::query_scalar(VALIDATORS_WITH_DUE_WORK)
+            .bind(enc_ts(now))
+            .fetch_all(&mut *tx)
+            .await?;
         let mut budget: HashMap<String, u32> = caps.clone();
         {
             let mut active = sqlx::query(
@@ -540,31 +545,52 @@ impl RunStore for SqliteStore {
                 }
             }
         }
-        let mut chosen: Vec<String> = Vec::new();
-        {
-            // Scanned in due order; rows of validators at their cap are passed over, so one
-            // saturated validator does not hold back the others.
-            let mut due = sqlx::query(
-                "SELECT id, validator_id FROM attempts \
-                 WHERE state = 'pending' AND not_before <= $1 \
-                 ORDER BY not_before, created_at, id",
-            )
-            .bind(enc_ts(now))
-            .fetch(&mut *tx);
-            while let Some(row) = due.try_next().await? {
-                let validator: String = row.try_get("validator_id")?;
-                if let Some(left) = budget.get_mut(&validator) {
-                    if *left == 0 {
-                        continue;
-                    }
-                    *left -= 1;
+        // Slots are shared between the validators with due work ([`FairClaim`]); each round
+        // reads up to a share of each open validator's oldest due rows, after the last row it
+        // returned for that validator.
+        type Due = (i64, i64, String);
+        let mut plan: FairClaim<String, Due> = FairClaim::new(limit, with_work, caps, &budget);
+        let mut after: HashMap<String, Due> = HashMap::new();
+        while let Some(asked) = plan.next_round() {
+            let mut rows = Vec::new();
+            for (validator, share) in &asked {
+                let mut query = QueryBuilder::<Sqlite>::new(
+                    "SELECT id, run_id, validator_id, not_before, created_at FROM attempts \
+                     WHERE state = 'pending' AND not_before <= ",
+                );
+                query.push_bind(enc_ts(now));
+                query.push(" AND validator_id = ");
+                query.push_bind(validator);
+                if let Some((not_before, created_at, id)) = after.get(validator) {
+                    query.push(" AND (not_before, created_at, id) > (");
+                    query.push_bind(*not_before);
+                    query.push(", ");
+                    query.push_bind(*created_at);
+                    query.push(", ");
+                    query.push_bind(id.clone());
+                    query.push(")");
                 }
-                chosen.push(row.try_get("id")?);
-                if chosen.len() >= limit as usize {
-                    break;
+                query.push(" ORDER BY not_before, created_at, id LIMIT ");
+                query.push_bind(i64::from(*share));
+                let found: Vec<(String, String, String, i64, i64)> =
+                    query.build_query_as().fetch_all(&mut *tx).await?;
+                if let Some((id, _, _, not_before, created_at)) = found.last() {
+                    after.insert(validator.clone(), (*not_before, *created_at, id.clone()));
                 }
+                rows.extend(found.into_iter().map(
+                    |(id, run_id, validator_id, not_before, created_at)| Candidate {
+                        due: (not_before, created_at, id.clone()),
+                        id,
+                        run_id,
+                        validator_id,
+                    },
+                ));
+            }
+            if !plan.take(&asked, rows) {
+                break;
             }
         }
+        let chosen: Vec<String> = plan.into_chosen().into_iter().map(|c| c.id).collect();
         if chosen.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
@@ -607,7 +633,13 @@ impl RunStore for SqliteStore {
             .map(run_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
-        attempts.sort_by_key(|a| (a.not_before, a.created_at, a.id));
+        // In the plan's order: fair across validators, due order within each.
+        let place: HashMap<String, usize> = chosen
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i))
+            .collect();
+        attempts.sort_by_key(|a| place.get(&a.id.to_string()).copied());
         pair(attempts, runs)
     }
 

@@ -105,6 +105,7 @@ store_cases!(
     terminal_attempts_never_reopen,
     claim_respects_not_before_and_due_order,
     claim_respects_concurrency_caps,
+    claim_shares_slots_between_validators,
     finalize_happens_exactly_once,
     late_and_rejected_callbacks_are_recorded,
     cancel_of_a_queued_run_completes_it,
@@ -813,6 +814,52 @@ async fn claim_respects_concurrency_caps(db: &Db) {
     let more = attempts(store.claim_due(now, 100, &caps).await.expect("claim"));
     assert_eq!(per_validator(&more).get("capped"), Some(&1));
     assert_eq!(more.len(), 1);
+}
+
+/// A validator with a flood of older work does not hold back another's: one claim shares its
+/// slots between the validators with due work, oldest first within each.
+async fn claim_shares_slots_between_validators(db: &Db) {
+    let store = db.store();
+    let mut flood = Vec::new();
+    for i in 0..30 {
+        let run = create(
+            store,
+            new_run("flood", "org-1", t0() + TimeDelta::milliseconds(i)),
+        )
+        .await;
+        flood.push(run.attempts[0].id);
+    }
+    let mut quiet = Vec::new();
+    for i in 0..2 {
+        let run = create(store, new_run("quiet", "org-1", t0() + secs(1 + i))).await;
+        quiet.push(run.attempts[0].id);
+    }
+    // Work of a third validator that is not due yet takes no share.
+    create(store, new_run("later", "org-1", t0() + secs(3600))).await;
+    let no_caps = HashMap::new();
+    let now = t0() + secs(10);
+
+    let first = store.claim_due(now, 4, &no_caps).await.expect("claim");
+    assert_eq!(
+        claimed_ids(&first),
+        vec![flood[0], quiet[0], flood[1], quiet[1]],
+        "rank by rank across validators, due order within each"
+    );
+    let next = store.claim_due(now, 10, &no_caps).await.expect("claim");
+    assert_eq!(
+        claimed_ids(&next),
+        flood[2..12].to_vec(),
+        "the quiet validator's unused share goes to the flood"
+    );
+
+    // With a cap, the capped validator takes no more than its slots and the rest goes to others.
+    let caps: HashMap<String, u32> = [("flood".to_owned(), 13)].into_iter().collect();
+    let more = store.claim_due(now, 10, &caps).await.expect("claim");
+    assert_eq!(
+        claimed_ids(&more),
+        vec![flood[12]],
+        "12 of 13 slots were in use"
+    );
 }
 
 async fn finalize_happens_exactly_once(db: &Db) {
