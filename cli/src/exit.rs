@@ -55,6 +55,13 @@ pub fn code_of(error: &anyhow::Error) -> u8 {
     if let Some(failure) = error.chain().find_map(|e| e.downcast_ref::<Failure>()) {
         return failure.code();
     }
+    // A database URL that names no usable store is the caller's input, not a service down.
+    if error
+        .chain()
+        .any(|e| matches!(e.downcast_ref(), Some(runway_runs::StoreError::BadUrl(_))))
+    {
+        return BAD_INPUT;
+    }
     let service = error.chain().any(|e| {
         e.is::<runway_runs::StoreError>() || e.is::<sqlx::Error>() || e.is::<reqwest::Error>()
     });
@@ -99,5 +106,8 @@ mod tests {
         assert_eq!(code_of(&as_bad_input(anyhow::anyhow!("bad id"))), BAD_INPUT);
         let store = anyhow::Error::new(runway_runs::StoreError::Corrupt("x".into()));
         assert_eq!(code_of(&as_bad_input(store)), UNREACHABLE);
+        let url = anyhow::Error::new(runway_runs::StoreError::BadUrl("mysql".into()))
+            .context("cannot open the run store");
+        assert_eq!(code_of(&url), BAD_INPUT);
     }
 }

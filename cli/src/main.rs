@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use runway_cli::bench::{self, BenchArgs};
 use runway_cli::client::{self, ClientConfig, Output, RetryArgs, RunsArgs, SubmitArgs};
 use runway_cli::dev::DevConfig;
-use runway_cli::exit::{self, Failure};
+use runway_cli::exit;
 use runway_service::config::{CommonConfig, redact};
 use runway_service::{server, telemetry};
 
@@ -225,7 +225,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Validators { client, output } => client::validators(&client, &output).await,
         Command::Bench { args } => bench::run(args).await,
         // What these refuse (bad ids, names, URLs) is the caller's input; a store that cannot
-        // be opened or fails is the service's fault.
+        // be opened or fails is the service's fault (its error is in the chain: exit 3).
         Command::ApiKey { action, common } => {
             api_key(action, &common).await.map_err(exit::as_bad_input)
         }
@@ -235,19 +235,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Opens the run store of an admin command; a failure is the service's (exit 3).
-async fn open_store(
-    common: &CommonConfig,
-) -> anyhow::Result<std::sync::Arc<dyn runway_runs::RunStore>> {
-    common
-        .open_store()
-        .await
-        .map_err(|e| Failure::Unreachable(format!("{e:#}")).into())
-}
-
 async fn webhook(action: WebhookAction, common: &CommonConfig) -> anyhow::Result<()> {
     use runway_launcher::webhooks;
-    let store = open_store(common).await?;
+    let store = common.open_store().await?;
     let subscription_id = |id: &str| -> anyhow::Result<runway_runs::SubscriptionId> {
         id.parse().map_err(|_| {
             anyhow::anyhow!("{id:?} is not a subscription id (see runway webhook list)")
@@ -364,7 +354,7 @@ async fn webhook(action: WebhookAction, common: &CommonConfig) -> anyhow::Result
 }
 
 async fn api_key(action: ApiKeyAction, common: &CommonConfig) -> anyhow::Result<()> {
-    let store = open_store(common).await?;
+    let store = common.open_store().await?;
     match action {
         ApiKeyAction::Create { org, name } => {
             let (key, secret) =
