@@ -63,7 +63,7 @@ impl fmt::Debug for ClientConfig {
 /// How a command prints what it read: text, or the launcher's JSON.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Output {
-    /// Print JSON (the launcher's run view) on stdout instead of text.
+    /// Print the launcher's JSON on stdout instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -309,6 +309,51 @@ async fn retry_runs_an_ended_run_again_end_to_end(db: &str) {
     sys.shutdown().await;
 }
 
+/// On GCS (fake-gcs-server) and PostgreSQL: a retry's files are copied within the bucket into
+/// the new run's own folder, and the new run passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_copies_its_files_within_gcs() {
+    let gcs = runway_tests::gcs_endpoint();
+    let bucket = runway_tests::create_bucket(&gcs, "runway-retry");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::fresh("postgres").await;
+    let mut config = config(dir.path(), &db, 0, None);
+    config.common.storage_uri = Some(format!("gs://{bucket}/runway"));
+    config.common.gcs_endpoint = Some(gcs);
+    config.common.gcs_anonymous = true;
+    let sys = System {
+        running: runway_cli::dev::start(config).await.expect("runway starts"),
+        http: reqwest::Client::new(),
+        dir,
+    };
+    let (status, run) = sys.create(&energyplus_run(MODEL), None).await;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    assert_eq!(sys.wait_completed(&id).await["result"], "passed");
+
+    let out = runway(&sys, &["retry", &id, "--wait", "--json"]).await;
+    out.expect(0, "");
+    let retried = out.json();
+    assert_eq!(retried["retry_of"], id.as_str());
+    assert_eq!(retried["result"], "passed");
+    let new_id = retried["id"].as_str().expect("id");
+    let uri = retried["files"][0]["uri"].as_str().expect("uri");
+    assert!(
+        uri.starts_with(&format!("gs://{bucket}/runway/runs/acme/{new_id}/files/")),
+        "{uri}"
+    );
+    assert_eq!(retried["files"][0]["sha256"], run["files"][0]["sha256"]);
+    let copied = sys
+        .running
+        .deps
+        .storage
+        .read_bytes(uri, 1 << 20)
+        .await
+        .expect("the copy");
+    assert_eq!(&copied[..], MODEL.as_bytes());
+    sys.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_tell_a_failed_run_bad_input_and_an_unreachable_launcher_apart() {
     let sys = System::start("sqlite", 0).await;

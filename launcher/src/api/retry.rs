@@ -111,6 +111,9 @@ pub async fn retry(
         });
     }
 
+    // The create's envelope-size check is not repeated: inputs, tags and file names are the
+    // original's, which passed it, and every new URI is as long as the one it replaces (the
+    // same org, one UUID for another).
     let mut staged = Staged::new(state, &org_id, new_id)?;
     let outcome = async {
         let mut files = Vec::with_capacity(spec.files.len());
