@@ -26,6 +26,9 @@
 //! metadata and digest: whitespace, key order and the encoding (JSON or multipart) do not
 //! change it, so it tells a retry (200, same run) from a different request (422). The store's
 //! unique `(org, idempotency_key)` index settles races; the loser's uploads are removed.
+//!
+//! [`store_run`] is the one place a run is stored with its first attempt; a retry of an ended
+//! run (`retry.rs`) stages copies of its files with [`Staged::copy`] and stores through it too.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -430,7 +433,8 @@ async fn commit(
     respond(stored.status(), &stored.run)
 }
 
-/// A run that [`store_run`] stored, or found already stored under the same idempotency key.
+/// A run that was stored by a create or a retry, or found already stored under the same
+/// idempotency key.
 #[derive(Debug)]
 pub struct StoredRun {
     /// The run, with its attempts.
