@@ -1349,6 +1349,7 @@ api_cases!(
     retries_an_ended_run_as_a_new_run,
     idempotent_retry,
     a_retry_refused_mid_copy_leaves_nothing,
+    a_run_of_a_validator_no_longer_offered_is_not_retried,
 );
 
 /// An internal failure is an opaque 500: the client learns nothing of the cause (here object
@@ -1870,6 +1871,59 @@ async fn a_retry_refused_mid_copy_leaves_nothing(app: &App) {
     );
     assert_eq!(app.objects(), objects);
     assert_eq!(app.all_run_ids("").await, vec![id.to_owned()]);
+}
+
+/// A run whose validator this launcher no longer offers is not retried, and nothing is stored.
+async fn a_run_of_a_validator_no_longer_offered_is_not_retried(app: &App) {
+    let created = create_energyplus(app, "acme").await;
+    let stored = app
+        .store
+        .get_run(run_id(&created))
+        .await
+        .expect("read")
+        .expect("run");
+    // The same run, as an earlier registry with a validator `energyplus-24` would have stored it.
+    let mut spec: Value = serde_json::from_str(&stored.run.spec).expect("spec");
+    spec["validator"]["id"] = json!("energyplus-24");
+    let old = RunId::new();
+    let attempt = runway_runs::AttemptId::new();
+    app.store
+        .create_run(runway_runs::NewRun {
+            id: old,
+            created_at: Utc::now(),
+            validator_id: "energyplus-24".into(),
+            validator_type: stored.run.validator_type.clone(),
+            org_id: "acme".into(),
+            workflow_id: stored.run.workflow_id.clone(),
+            spec: spec.to_string(),
+            retry: stored.run.retry,
+            idempotency: None,
+            first_attempt: runway_runs::NewAttempt {
+                id: attempt,
+                callback_nonce_sha256: app
+                    .nonce_key
+                    .commitment_for(&attempt.to_string())
+                    .to_string(),
+                caller_identity: None,
+            },
+        })
+        .await
+        .expect("store the old run");
+    app.store
+        .request_cancel(old, Utc::now())
+        .await
+        .expect("cancel");
+    let objects = app.objects();
+    let (status, body) = retry(app, &old.to_string(), None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_validator",
+        "energyplus-24",
+    );
+    assert_eq!(app.objects(), objects);
+    assert_eq!(app.all_run_ids("").await.len(), 2);
 }
 
 /// With API auth, a key retries its own org's runs only: another org's run is not found, and
