@@ -1,19 +1,31 @@
-//! `runway submit`, `status`, `watch` and `cancel`: a small client of the launcher's HTTP API,
-//! so a person can take a run from a file to its result without writing a request by hand.
+//! The client commands — `submit`, `retry`, `status`, `watch`, `cancel`, `runs`, `validators` —
+//! a small client of the launcher's HTTP API, so a person (or a script) can take a run from a
+//! file to its result, and see and act on runs, without writing a request by hand.
+//!
+//! Every read command prints a plain table or summary, or with `--json` the launcher's JSON as
+//! it came. Failures carry their kind ([`Failure`]) for the exit code: the launcher's 4xx is
+//! bad input, a connection error or 5xx is an unreachable service.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use clap::builder::PossibleValuesParser;
+use reqwest::{Method, RequestBuilder};
+use runway_runs::RunState;
 use serde_json::{Value, json};
+
+use crate::exit::Failure;
+use crate::table;
 
 /// Files up to this size go inline (base64 in JSON); larger ones as multipart.
 const INLINE_LIMIT: u64 = 4 * 1024 * 1024;
 
-/// Where the launcher is.
-#[derive(Debug, Clone, clap::Args)]
+/// Where the launcher is, and the credentials to call it with.
+#[derive(Clone, clap::Args)]
 pub struct ClientConfig {
     /// The launcher's base URL.
     #[arg(
@@ -22,6 +34,38 @@ pub struct ClientConfig {
         default_value = "http://127.0.0.1:8080"
     )]
     pub launcher_url: String,
+    /// An API key (`rwk_…`) for a launcher that requires credentials (`RUNWAY_API_AUTH=required`),
+    /// sent as `Authorization: Bearer`.
+    #[arg(long, env = "RUNWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl ClientConfig {
+    /// A launcher at `launcher_url`, without credentials.
+    pub fn new(launcher_url: impl Into<String>) -> Self {
+        Self {
+            launcher_url: launcher_url.into(),
+            api_key: None,
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    /// The API key is never shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("launcher_url", &self.launcher_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// How a command prints what it read: text, or the launcher's JSON.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Output {
+    /// Print the launcher's JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What to submit.
@@ -29,7 +73,7 @@ pub struct ClientConfig {
 pub struct SubmitArgs {
     /// The model file: an EnergyPlus model (`.idf`, `.epJSON`) or an FMU (`.fmu`).
     pub file: PathBuf,
-    /// The validator id (see `GET /v1/validators`); default from the file's extension:
+    /// The validator id (see `runway validators`); default from the file's extension:
     /// `energyplus` for models, `fmu` for FMUs.
     #[arg(long)]
     pub validator: Option<String>,
@@ -45,8 +89,11 @@ pub struct SubmitArgs {
     /// An idempotency key: submitting again with it returns the same run.
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Print the run id and return at once instead of following it to its result.
-    #[arg(long)]
+    /// Follow the run to its result (the default): exit 0 if it passed, 1 if not.
+    #[arg(long, overrides_with = "no_wait")]
+    pub wait: bool,
+    /// Print the run id (with `--json`, the created run) and exit 0 once it is created.
+    #[arg(long, overrides_with = "wait")]
     pub no_wait: bool,
     /// The weather file of an EnergyPlus run: an `.epw` file, or a location whose weather
     /// EnergyPlus ships (`chicago`, `san francisco`, `golden`, `tampa`, `dulles`).
@@ -56,6 +103,135 @@ pub struct SubmitArgs {
     /// in (default: `energyplus` on PATH).
     #[arg(long, env = "RUNWAY_ENERGYPLUS")]
     pub energyplus: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// Which run to retry, and how.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetryArgs {
+    /// The id of an ended run (any result).
+    pub id: String,
+    /// Follow the new run to its result, as `submit` does (exit 0 if it passed, 1 if not);
+    /// without it, print the new run's id and exit once it is created.
+    #[arg(long)]
+    pub wait: bool,
+    /// An idempotency key: retrying again with it returns the run the first retry made.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// Which runs to list (the filters of `GET /v1/runs`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunsArgs {
+    /// Only runs in this state.
+    #[arg(long, value_parser = PossibleValuesParser::new(RunState::ALL.iter().map(RunState::as_str)))]
+    pub state: Option<String>,
+    /// Only runs of this validator.
+    #[arg(long)]
+    pub validator: Option<String>,
+    /// Only this organization's runs (an API key sees its own org's only).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Runs per page (the launcher's default when left out; at most its maximum).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// The page after a previous one: its `next_cursor` (printed below the table).
+    #[arg(long, conflicts_with = "all")]
+    pub cursor: Option<String>,
+    /// Every page, to the last.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// The launcher's HTTP API, with the caller's credentials; every failure typed for its exit
+/// code.
+#[derive(Debug)]
+struct Launcher {
+    config: ClientConfig,
+    http: reqwest::Client,
+}
+
+impl Launcher {
+    fn new(config: &ClientConfig) -> Self {
+        Self {
+            config: config.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn base(&self) -> &str {
+        self.config.launcher_url.trim_end_matches('/')
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base()));
+        match &self.config.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    /// Sends `request`; a connection failure is [`Failure::Unreachable`] with one sentence.
+    async fn send(&self, request: RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        request
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e).into())
+    }
+
+    /// Sends `request` and reads the JSON of its 2xx answer.
+    async fn call(&self, request: RequestBuilder) -> anyhow::Result<Value> {
+        json_or_error(self.send(request).await?).await
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.request(Method::GET, path)).await
+    }
+
+    async fn get_run(&self, id: &str) -> anyhow::Result<Value> {
+        self.get(&format!("/v1/runs/{}", path_segment(id)?)).await
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> Failure {
+        let url = &self.config.launcher_url;
+        if e.is_builder() {
+            return Failure::BadInput(format!(
+                "the launcher URL {url:?} is not usable ({}); set --launcher-url or \
+                 RUNWAY_LAUNCHER_URL to e.g. http://127.0.0.1:8080",
+                root_cause(e)
+            ));
+        }
+        Failure::Unreachable(format!(
+            "cannot reach the launcher at {url} ({}); is it running there? (set \
+             --launcher-url or RUNWAY_LAUNCHER_URL)",
+            root_cause(e)
+        ))
+    }
+}
+
+/// The innermost cause of an error: the part that says what happened ("Connection refused").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// A run id as one path segment: refused (bad input) if it could escape it.
+fn path_segment(id: &str) -> anyhow::Result<&str> {
+    if id.is_empty() || id.contains(['/', '?', '#', '%']) || id.chars().any(char::is_whitespace) {
+        return Err(Failure::BadInput(format!(
+            "{id:?} is not a run id (run ids are UUIDs; see runway runs)"
+        ))
+        .into());
+    }
+    Ok(id)
 }
 
 /// The `.epw` file `--weather` names: the path itself when it is a file, else the one weather
@@ -134,6 +310,28 @@ fn describe(path: &Path) -> anyhow::Result<(&'static str, &'static str, &'static
 
 /// Submits a run and, unless `--no-wait`, follows it to its result. Returns the run's id.
 pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<String> {
+    let launcher = Launcher::new(client);
+    // Everything checked here, before anything is sent, is the caller's input.
+    let request = prepare(&launcher, args)
+        .await
+        .map_err(|e| Failure::BadInput(format!("{e:#}")))?;
+    let mut request = request;
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let run = launcher.call(request).await?;
+    let id = run_id_of(&run)?;
+    if args.no_wait {
+        print_run_or_id(&run, &id, args.output.json);
+    } else {
+        eprintln!("submitted run {id}");
+        watch_with(&launcher, &id, args.output.json).await?;
+    }
+    Ok(id)
+}
+
+/// The create request for `args`: its files read, inline or as multipart.
+async fn prepare(launcher: &Launcher, args: &SubmitArgs) -> anyhow::Result<RequestBuilder> {
     let (mime_type, port_key, default_validator) = describe(&args.file)?;
     let inputs: Value = serde_json::from_str(&args.inputs)
         .with_context(|| format!("--inputs is not JSON: {}", args.inputs))?;
@@ -173,9 +371,8 @@ pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<
         "workflow": {"id": args.workflow, "step_id": "submit"},
         "inputs": inputs,
     });
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/runs", client.launcher_url.trim_end_matches('/'));
-    let mut builder = if total <= INLINE_LIMIT {
+    let builder = launcher.request(Method::POST, "/v1/runs");
+    if total <= INLINE_LIMIT {
         let mut items = Vec::new();
         for (path, name, mime_type, port_key) in &described {
             let bytes =
@@ -186,7 +383,7 @@ pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<
             }));
         }
         request["files"] = Value::Array(items);
-        http.post(&url).json(&request)
+        Ok(builder.json(&request))
     } else {
         let mut items = Vec::new();
         let mut parts = Vec::new();
@@ -210,79 +407,262 @@ pub async fn submit(client: &ClientConfig, args: &SubmitArgs) -> anyhow::Result<
         for (name, part) in parts {
             form = form.part(name, part);
         }
-        http.post(&url).multipart(form)
-    };
-    if let Some(key) = &args.idempotency_key {
-        builder = builder.header("Idempotency-Key", key);
+        Ok(builder.multipart(form))
     }
-    let response = builder
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the launcher at {}", client.launcher_url))?;
-    let run = json_or_error(response).await?;
-    let id = run["id"]
-        .as_str()
-        .context("the launcher returned no run id")?
-        .to_owned();
-    if args.no_wait {
-        println!("{id}");
+}
+
+/// Retries an ended run as a new run (`POST /v1/runs/{id}/retry`); prints the new run's id,
+/// or with `--wait` follows it to its result. Returns the new run's id.
+pub async fn retry(client: &ClientConfig, args: &RetryArgs) -> anyhow::Result<String> {
+    let launcher = Launcher::new(client);
+    let mut request = launcher.request(
+        Method::POST,
+        &format!("/v1/runs/{}/retry", path_segment(&args.id)?),
+    );
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let run = launcher.call(request).await?;
+    let id = run_id_of(&run)?;
+    if args.wait {
+        eprintln!("retrying run {} as run {id}", args.id);
+        watch_with(&launcher, &id, args.output.json).await?;
     } else {
-        eprintln!("submitted run {id}");
-        watch(client, &id).await?;
+        eprintln!("run {id} retries run {}", args.id);
+        print_run_or_id(&run, &id, args.output.json);
     }
     Ok(id)
 }
 
-/// Prints a run's state (and result, when it has one).
-pub async fn status(client: &ClientConfig, id: &str) -> anyhow::Result<()> {
-    let run = get_run(&reqwest::Client::new(), client, id).await?;
-    print_summary(&run);
+/// Prints a run's state (and result, when it has one), or with `--json` the run.
+pub async fn status(client: &ClientConfig, id: &str, output: &Output) -> anyhow::Result<()> {
+    let run = Launcher::new(client).get_run(id).await?;
+    if output.json {
+        print_json(&run);
+    } else {
+        print_summary(&run);
+    }
     Ok(())
 }
 
 /// Follows a run over its event stream (`GET /v1/runs/{id}/events`) until it completes,
-/// printing each event; reconnects with `Last-Event-ID` when the connection drops, so no event
-/// is missed or shown twice. Ends with the run's summary; an error unless it passed.
-pub async fn watch(client: &ClientConfig, id: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let run = get_run(&http, client, id).await?;
+/// printing each event on stderr; reconnects with `Last-Event-ID` when the connection drops,
+/// so no event is missed or shown twice. Ends with the run's summary (with `--json`, the run)
+/// on stdout; a [`Failure::NotPassed`] unless it passed.
+pub async fn watch(client: &ClientConfig, id: &str, output: &Output) -> anyhow::Result<()> {
+    watch_with(&Launcher::new(client), id, output.json).await
+}
+
+async fn watch_with(launcher: &Launcher, id: &str, json: bool) -> anyhow::Result<()> {
+    let run = launcher.get_run(id).await?;
     if run["state"] != "completed" {
         eprintln!(
             "{} (watching its events)",
             run["state"].as_str().unwrap_or("?")
         );
-        follow(&http, client, id).await?;
+        follow(launcher, id).await?;
     }
-    let run = get_run(&http, client, id).await?;
-    print_summary(&run);
+    let run = launcher.get_run(id).await?;
+    if json {
+        print_json(&run);
+    } else {
+        print_summary(&run);
+    }
     match run["result"].as_str() {
         Some("passed") => Ok(()),
-        other => bail!("run {id} ended {}", other.unwrap_or("without a result")),
+        other => Err(Failure::NotPassed {
+            id: id.to_owned(),
+            result: other.unwrap_or("without a result").to_owned(),
+        }
+        .into()),
     }
+}
+
+/// Asks the launcher to cancel a run; prints the run as it then stands.
+pub async fn cancel(client: &ClientConfig, id: &str, output: &Output) -> anyhow::Result<()> {
+    let launcher = Launcher::new(client);
+    let run = launcher
+        .call(launcher.request(
+            Method::POST,
+            &format!("/v1/runs/{}/cancel", path_segment(id)?),
+        ))
+        .await?;
+    if output.json {
+        print_json(&run);
+    } else {
+        print_summary(&run);
+    }
+    Ok(())
+}
+
+/// Lists runs, newest first, as a table (or with `--json`, the launcher's page — all pages
+/// joined with `--all`). Without `--all`, a further page's cursor is named on stderr.
+pub async fn runs(client: &ClientConfig, args: &RunsArgs) -> anyhow::Result<()> {
+    let launcher = Launcher::new(client);
+    let mut query: Vec<(&str, String)> = Vec::new();
+    for (name, value) in [
+        ("state", &args.state),
+        ("validator", &args.validator),
+        ("org", &args.org),
+    ] {
+        if let Some(value) = value {
+            query.push((name, value.clone()));
+        }
+    }
+    if let Some(limit) = args.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    let mut cursor = args.cursor.clone();
+    let mut runs = Vec::new();
+    let next = loop {
+        let mut request = launcher.request(Method::GET, "/v1/runs").query(&query);
+        if let Some(cursor) = &cursor {
+            request = request.query(&[("cursor", cursor)]);
+        }
+        let page = launcher.call(request).await?;
+        runs.extend(page["runs"].as_array().cloned().unwrap_or_default());
+        let next = page["next_cursor"].as_str().map(str::to_owned);
+        match next {
+            Some(next) if args.all => cursor = Some(next),
+            next => break next,
+        }
+    };
+    if args.output.json {
+        print_json(&json!({"runs": runs, "next_cursor": next}));
+    } else if runs.is_empty() {
+        eprintln!("no runs");
+    } else {
+        let rows: Vec<Vec<String>> = runs.iter().map(run_row).collect();
+        print!(
+            "{}",
+            table::render(
+                &[
+                    "ID",
+                    "VALIDATOR",
+                    "STATE",
+                    "RESULT",
+                    "CREATED (UTC)",
+                    "DURATION"
+                ],
+                &rows
+            )
+        );
+    }
+    if let Some(next) = next
+        && !args.output.json
+    {
+        eprintln!("more runs: add --cursor {next} (or --all)");
+    }
+    Ok(())
+}
+
+/// One row of `runway runs`: a run's summary.
+fn run_row(run: &Value) -> Vec<String> {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    vec![
+        text(&run["id"]),
+        text(&run["validator"]["id"]),
+        text(&run["state"]),
+        text(&run["result"]),
+        run["created_at"]
+            .as_str()
+            .map_or("-".into(), table::timestamp),
+        // Only an ended run has a duration.
+        run["timing"]["total_ms"]
+            .as_i64()
+            .map_or("-".into(), table::duration),
+    ]
+}
+
+/// Lists the launcher's validators as a table (or with `--json`, as the launcher gives them).
+pub async fn validators(client: &ClientConfig, output: &Output) -> anyhow::Result<()> {
+    let list = Launcher::new(client).get("/v1/validators").await?;
+    if output.json {
+        print_json(&list);
+        return Ok(());
+    }
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = list["validators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            vec![
+                text(&v["id"]),
+                text(&v["type"]),
+                text(&v["version"]),
+                text(&v["backend"]),
+                v["timeout_seconds"]
+                    .as_i64()
+                    .map_or("-".into(), |s| table::duration(s * 1000)),
+                text(&v["max_attempts"]),
+                text(&v["max_concurrency"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "ID",
+                "TYPE",
+                "VERSION",
+                "BACKEND",
+                "TIMEOUT",
+                "MAX ATTEMPTS",
+                "MAX CONCURRENCY"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// `value` as pretty JSON on stdout.
+pub fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}
+
+fn print_run_or_id(run: &Value, id: &str, json: bool) {
+    if json {
+        print_json(run);
+    } else {
+        println!("{id}");
+    }
+}
+
+fn run_id_of(run: &Value) -> anyhow::Result<String> {
+    run["id"].as_str().map(str::to_owned).ok_or_else(|| {
+        Failure::Unreachable(format!("the launcher answered without a run id: {run}")).into()
+    })
 }
 
 /// How many times in a row `watch` reconnects before it gives up.
 const MAX_RECONNECTS: u32 = 20;
 
-/// Reads the run's event stream until `run.completed` (or the stream's end), reconnecting.
-async fn follow(http: &reqwest::Client, client: &ClientConfig, id: &str) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/v1/runs/{id}/events",
-        client.launcher_url.trim_end_matches('/')
-    );
+/// Reads the run's event stream until `run.completed` (or the stream's end), reconnecting;
+/// a refusal (4xx) ends it at once.
+async fn follow(launcher: &Launcher, id: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/runs/{}/events", path_segment(id)?);
     let started = Instant::now();
     let mut last_id: Option<String> = None;
     let mut failures = 0u32;
     loop {
-        let mut request = http.get(&url).header("accept", "text/event-stream");
+        let mut request = launcher
+            .request(Method::GET, &path)
+            .header("accept", "text/event-stream");
         if let Some(last) = &last_id {
             request = request.header("last-event-id", last);
         }
         let outcome = async {
-            let response = request
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the launcher at {}", client.launcher_url))?;
+            let response = launcher.send(request).await?;
             if !response.status().is_success() {
                 json_or_error(response).await?;
                 bail!("the event stream was refused");
@@ -301,14 +681,25 @@ async fn follow(http: &reqwest::Client, client: &ClientConfig, id: &str) -> anyh
         .await;
         match outcome {
             Ok(()) => return Ok(()),
+            Err(e) if is_refusal(&e) => return Err(e),
             Err(e) if failures < MAX_RECONNECTS => {
                 failures += 1;
                 eprintln!("event stream lost ({e:#}); reconnecting");
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(failures))).await;
             }
-            Err(e) => return Err(e.context("following the run's events")),
+            Err(e) => {
+                return Err(Failure::Unreachable(format!(
+                    "the run's event stream broke off {MAX_RECONNECTS} times in a row: {e:#}"
+                ))
+                .into());
+            }
         }
     }
+}
+
+fn is_refusal(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|e| matches!(e.downcast_ref::<Failure>(), Some(Failure::BadInput(_))))
 }
 
 /// One server-sent event.
@@ -415,44 +806,40 @@ fn describe_event(kind: &str, data: &str) -> String {
     }
 }
 
-/// Asks the launcher to cancel a run.
-pub async fn cancel(client: &ClientConfig, id: &str) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/v1/runs/{id}/cancel",
-        client.launcher_url.trim_end_matches('/')
-    );
-    let response = reqwest::Client::new()
-        .post(url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the launcher at {}", client.launcher_url))?;
-    let run = json_or_error(response).await?;
-    print_summary(&run);
-    Ok(())
-}
-
-async fn get_run(http: &reqwest::Client, client: &ClientConfig, id: &str) -> anyhow::Result<Value> {
-    let url = format!("{}/v1/runs/{id}", client.launcher_url.trim_end_matches('/'));
-    let response = http
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the launcher at {}", client.launcher_url))?;
-    json_or_error(response).await
-}
-
-/// The JSON body of a 2xx answer; otherwise the launcher's error message as the error.
+/// The JSON body of a 2xx answer; otherwise the launcher's error message, as bad input for a
+/// 4xx and as a failing service for anything else.
 async fn json_or_error(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let text = response.text().await.unwrap_or_default();
+    let body: Option<Value> = serde_json::from_str(&text).ok();
     if status.is_success() {
-        return Ok(body);
+        return body.ok_or_else(|| {
+            Failure::Unreachable(format!(
+                "the launcher answered {status} with something that is not JSON; is \
+                 --launcher-url the launcher?"
+            ))
+            .into()
+        });
     }
-    let message = body["error"]["message"]
-        .as_str()
+    let message = body
+        .as_ref()
+        .and_then(|b| b["error"]["message"].as_str())
         .map(str::to_owned)
-        .unwrap_or_else(|| body.to_string());
-    bail!("the launcher answered {status}: {message}")
+        .unwrap_or_else(|| {
+            let text = text.trim();
+            if text.is_empty() {
+                "no message".to_owned()
+            } else {
+                text.chars().take(200).collect()
+            }
+        });
+    let sentence = format!("the launcher answered {status}: {message}");
+    Err(if status.is_client_error() {
+        Failure::BadInput(sentence)
+    } else {
+        Failure::Unreachable(sentence)
+    }
+    .into())
 }
 
 fn print_summary(run: &Value) {
@@ -462,6 +849,9 @@ fn print_summary(run: &Value) {
     match run["result"].as_str() {
         Some(result) => println!("run {id} ({validator}): {state}, result {result}"),
         None => println!("run {id} ({validator}): {state}"),
+    }
+    if let Some(original) = run["retry_of"].as_str() {
+        println!("  retry of run {original}");
     }
     // A run that ended without a result says why, through its last attempt.
     if run["state"] == "completed" && run["outputs"].is_null() && run["messages"].is_null() {

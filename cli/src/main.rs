@@ -5,15 +5,20 @@
 //!   `.runway/`), prints their URLs and runs until Ctrl-C.
 //! - `runway migrate` applies the run store's migrations and exits.
 //! - `runway submit FILE` creates a run from a model file and follows it to its result;
-//!   `runway status|watch|cancel ID` read, follow or cancel a run.
+//!   `runway status|watch|cancel|retry ID` read, follow, cancel or retry a run; `runway runs`
+//!   and `runway validators` list them.
+//!
+//! Exit codes are shared by every command ([`runway_cli::exit`]); every error is one line on
+//! stderr.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use runway_cli::bench::{self, BenchArgs};
-use runway_cli::client::{self, ClientConfig, SubmitArgs};
+use runway_cli::client::{self, ClientConfig, Output, RetryArgs, RunsArgs, SubmitArgs};
 use runway_cli::dev::DevConfig;
+use runway_cli::exit;
 use runway_service::config::{CommonConfig, redact};
 use runway_service::{server, telemetry};
 
@@ -40,7 +45,7 @@ enum Command {
         #[command(flatten)]
         common: CommonConfig,
     },
-    /// Submit a model file and follow the run to its result.
+    /// Submit a model file and follow the run to its result (`--no-wait`: print its id).
     Submit {
         #[command(flatten)]
         client: ClientConfig,
@@ -53,13 +58,38 @@ enum Command {
         id: String,
         #[command(flatten)]
         client: ClientConfig,
+        #[command(flatten)]
+        output: Output,
     },
-    /// Follow a run until it completes.
+    /// Follow a run until it completes; exit 0 if it passed, 1 if not.
     Watch {
         /// The run id.
         id: String,
         #[command(flatten)]
         client: ClientConfig,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List runs, newest first: id, validator, state, result, created, duration.
+    Runs {
+        #[command(flatten)]
+        client: ClientConfig,
+        #[command(flatten)]
+        args: RunsArgs,
+    },
+    /// Run an ended run again as a new run (same validator, inputs and files); print its id.
+    Retry {
+        #[command(flatten)]
+        client: ClientConfig,
+        #[command(flatten)]
+        args: RetryArgs,
+    },
+    /// List the launcher's validators.
+    Validators {
+        #[command(flatten)]
+        client: ClientConfig,
+        #[command(flatten)]
+        output: Output,
     },
     /// Measure throughput and latency of runs through the HTTP API in mock mode.
     Bench {
@@ -72,6 +102,8 @@ enum Command {
         id: String,
         #[command(flatten)]
         client: ClientConfig,
+        #[command(flatten)]
+        output: Output,
     },
     /// Webhook subscriptions and dead deliveries (in the run store the launcher uses).
     Webhook {
@@ -109,6 +141,8 @@ enum WebhookAction {
         /// Only this org's.
         #[arg(long)]
         org: Option<String>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Start a secret rotation: a new secret is printed, and deliveries are signed with the new
     /// and the old one until `finish-rotation`.
@@ -127,7 +161,10 @@ enum WebhookAction {
         id: String,
     },
     /// List events whose delivery was given up.
-    Dead,
+    Dead {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Deliver a dead event again (same webhook-id), its attempts counted from zero.
     Replay {
         /// The event's id (its webhook-id, from `dead`).
@@ -151,6 +188,8 @@ enum ApiKeyAction {
         /// Only this org's keys.
         #[arg(long)]
         org: Option<String>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Revoke a key by its id; requests with it are refused from then on.
     Revoke {
@@ -161,13 +200,10 @@ enum ApiKeyAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Usage errors exit here with clap's own code, 2 (`exit::BAD_INPUT`).
     match run(Cli::parse().command).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One sentence (with its causes), never a backtrace.
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => exit::report(&e),
     }
 }
 
@@ -181,12 +217,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Submit { client, args } => client::submit(&client, &args).await.map(drop),
-        Command::Status { id, client } => client::status(&client, &id).await,
-        Command::Watch { id, client } => client::watch(&client, &id).await,
-        Command::Cancel { id, client } => client::cancel(&client, &id).await,
+        Command::Status { id, client, output } => client::status(&client, &id, &output).await,
+        Command::Watch { id, client, output } => client::watch(&client, &id, &output).await,
+        Command::Cancel { id, client, output } => client::cancel(&client, &id, &output).await,
+        Command::Runs { client, args } => client::runs(&client, &args).await,
+        Command::Retry { client, args } => client::retry(&client, &args).await.map(drop),
+        Command::Validators { client, output } => client::validators(&client, &output).await,
         Command::Bench { args } => bench::run(args).await,
-        Command::ApiKey { action, common } => api_key(action, &common).await,
-        Command::Webhook { action, common } => webhook(action, &common).await,
+        // What these refuse (bad ids, names, URLs) is the caller's input; a store that cannot
+        // be opened or fails is the service's fault (its error is in the chain: exit 3).
+        Command::ApiKey { action, common } => {
+            api_key(action, &common).await.map_err(exit::as_bad_input)
+        }
+        Command::Webhook { action, common } => {
+            webhook(action, &common).await.map_err(exit::as_bad_input)
+        }
     }
 }
 
@@ -204,8 +249,29 @@ async fn webhook(action: WebhookAction, common: &CommonConfig) -> anyhow::Result
             eprintln!("created webhook subscription {sub}; its signing secret is shown once:");
             println!("{}", sub.secrets[0]);
         }
-        WebhookAction::List { org } => {
-            for sub in store.list_subscriptions(org.as_deref()).await? {
+        WebhookAction::List { org, output } => {
+            let subs = store.list_subscriptions(org.as_deref()).await?;
+            if output.json {
+                // Never the secrets: only how many sign (two while rotating).
+                let list: Vec<serde_json::Value> = subs
+                    .iter()
+                    .map(|sub| {
+                        serde_json::json!({
+                            "id": sub.id.to_string(),
+                            "org_id": sub.org_id,
+                            "url": sub.url,
+                            "events": sub.events,
+                            "created_at": sub.created_at,
+                            "disabled_at": sub.disabled_at,
+                            "disabled_reason": sub.disabled_reason,
+                            "signing_secrets": sub.secrets.len(),
+                        })
+                    })
+                    .collect();
+                client::print_json(&serde_json::Value::from(list));
+                return Ok(());
+            }
+            for sub in subs {
                 let state = match (&sub.disabled_at, &sub.disabled_reason) {
                     (Some(at), reason) => format!(
                         "disabled {} ({})",
@@ -240,8 +306,28 @@ async fn webhook(action: WebhookAction, common: &CommonConfig) -> anyhow::Result
                 .ok_or_else(|| anyhow::anyhow!("there is no webhook subscription {id}"))?;
             println!("disabled {sub}");
         }
-        WebhookAction::Dead => {
-            for event in store.dead_outbox(None, 1000).await? {
+        WebhookAction::Dead { output } => {
+            let dead = store.dead_outbox(None, 1000).await?;
+            if output.json {
+                let list: Vec<serde_json::Value> = dead
+                    .iter()
+                    .map(|event| {
+                        serde_json::json!({
+                            "id": event.id.to_string(),
+                            "event": event.event,
+                            "run_id": event.run_id.to_string(),
+                            "deliveries": event.attempts,
+                            "created_at": event.created_at,
+                            "dead_at": event.dead_at,
+                            "last_error": event.last_error,
+                            "payload": event.payload,
+                        })
+                    })
+                    .collect();
+                client::print_json(&serde_json::Value::from(list));
+                return Ok(());
+            }
+            for event in dead {
                 println!(
                     "{}  {}  run {}  {} deliveries  dead {}  {}",
                     event.id,
@@ -279,8 +365,27 @@ async fn api_key(action: ApiKeyAction, common: &CommonConfig) -> anyhow::Result<
             );
             println!("{secret}");
         }
-        ApiKeyAction::List { org } => {
-            for key in store.list_api_keys(org.as_deref()).await? {
+        ApiKeyAction::List { org, output } => {
+            let keys = store.list_api_keys(org.as_deref()).await?;
+            if output.json {
+                // Only what identifies a key; its secret is not stored at all.
+                let list: Vec<serde_json::Value> = keys
+                    .iter()
+                    .map(|key| {
+                        serde_json::json!({
+                            "id": key.id.to_string(),
+                            "prefix": key.prefix,
+                            "org_id": key.org_id,
+                            "name": key.name,
+                            "created_at": key.created_at,
+                            "revoked_at": key.revoked_at,
+                        })
+                    })
+                    .collect();
+                client::print_json(&serde_json::Value::from(list));
+                return Ok(());
+            }
+            for key in keys {
                 let state = key.revoked_at.map_or("active".to_owned(), |at| {
                     format!("revoked {}", at.to_rfc3339())
                 });

@@ -433,9 +433,7 @@ async fn runs_on_gcs_storage_fetch_and_publish_through_the_emulator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runway_submit_with_weather_by_location_shows_the_real_metrics() {
     let sys = start(300, |_| {}).await;
-    let client = runway_cli::client::ClientConfig {
-        launcher_url: sys.running.launcher_url.clone(),
-    };
+    let client = runway_cli::client::ClientConfig::new(sys.running.launcher_url.clone());
     let args = runway_cli::client::SubmitArgs {
         file: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/box.idf"),
         validator: None,
@@ -443,9 +441,11 @@ async fn runway_submit_with_weather_by_location_shows_the_real_metrics() {
         org: "local".into(),
         workflow: "local".into(),
         idempotency_key: None,
+        wait: true,
         no_wait: false,
         weather: Some("chicago".into()),
         energyplus: Some(runway_tests::energyplus()),
+        output: Default::default(),
     };
     let id = runway_cli::client::submit(&client, &args)
         .await

@@ -13,6 +13,7 @@ use runway_contract::{
     Sha256Hex, StorageUri, StorageVersion, ValidatorInfo, ValidatorInputs, ValidatorType,
     WorkflowInfo,
 };
+use runway_runs::RunId;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -34,6 +35,10 @@ pub struct RunSpec {
     /// Free-form tags, copied into the envelope.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The run this one retries (`POST /v1/runs/{id}/retry`): the same validator, inputs and
+    /// files, in a new run. Not part of the input envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<RunId>,
 }
 
 /// One input file as stored: its declared metadata and the storage receipt of its bytes.
@@ -121,6 +126,8 @@ struct StoredSpec<'a> {
     timeout_seconds: u32,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    retry_of: Option<RunId>,
 }
 
 /// Why a stored spec cannot be read back.
@@ -151,6 +158,7 @@ impl RunSpec {
             files: stored.files,
             timeout_seconds: stored.timeout_seconds,
             tags: stored.tags,
+            retry_of: stored.retry_of,
         })
     }
 
@@ -248,6 +256,7 @@ mod tests {
             }],
             timeout_seconds: 60,
             tags: vec!["t".into()],
+            retry_of: Some(RunId::new()),
         };
         let back = RunSpec::from_json(&spec.to_json()).expect("parses");
         assert_eq!(back, spec);

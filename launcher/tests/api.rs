@@ -1346,6 +1346,10 @@ api_cases!(
     lists_validators,
     openapi_document_matches_routes,
     echoes_or_generates_request_ids,
+    retries_an_ended_run_as_a_new_run,
+    idempotent_retry,
+    a_retry_refused_mid_copy_leaves_nothing,
+    a_run_of_a_validator_no_longer_offered_is_not_retried,
 );
 
 /// An internal failure is an opaque 500: the client learns nothing of the cause (here object
@@ -1631,4 +1635,346 @@ async fn api_keys_and_id_tokens_scope_what_callers_see_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_and_id_tokens_scope_what_callers_see_on_postgres() {
     api_keys_and_id_tokens_scope_what_callers_see(true).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retries (`POST /v1/runs/{id}/retry`).
+
+/// Ends a queued run `passed`, as a job's callback would.
+async fn finish_passed(app: &App, id: RunId) {
+    let attempt = app
+        .store
+        .claim_due(Utc::now(), 10, &Default::default())
+        .await
+        .expect("claim")
+        .into_iter()
+        .find(|claimed| claimed.attempt.run_id == id)
+        .expect("the run's attempt is due")
+        .attempt;
+    let outcome = app
+        .store
+        .finalize_attempt(Finalize {
+            attempt_id: attempt.id,
+            by: FinalizedBy::Callback {
+                callback_id: attempt.callback_id.clone(),
+            },
+            status: ValidationStatus::Success,
+            messages: json!([]),
+            metrics: json!({}),
+            outputs: None,
+            output_uri: "file:///out/output.json".into(),
+            output_sha256: sha(b"out"),
+            at: Utc::now(),
+        })
+        .await
+        .expect("finalize");
+    assert!(matches!(outcome, FinalizeOutcome::Finalized(_)));
+}
+
+async fn retry(app: &App, id: &str, key: Option<&str>) -> (StatusCode, Value) {
+    let mut request = app.client.post(app.url(&format!("/v1/runs/{id}/retry")));
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    read(request.send().await.expect("POST retry")).await
+}
+
+/// An ended run (any result) is retried as a new run: same validator, inputs, tags and bytes,
+/// its files copied into the new run's own folder, `retry_of` naming the original, which stays
+/// as it was. An active run is refused and nothing is stored.
+async fn retries_an_ended_run_as_a_new_run(app: &App) {
+    let weather = b"LOCATION,Somewhere\n".repeat(500);
+    let mut request = energyplus_request("acme", json!({"timestep_per_hour": 6}), idf_file());
+    request["files"].as_array_mut().expect("files").push(
+        json!({"name": "weather.epw", "mime_type": "application/vnd.energyplus.epw",
+                     "port_key": "weather", "content_base64": b64(&weather)}),
+    );
+    let (status, original) = app.post_json(&request, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{original}");
+    let id = original["id"].as_str().expect("id").to_owned();
+    assert_eq!(original["retry_of"], Value::Null);
+
+    // Queued: refused, with the run, and nothing stored.
+    let objects = app.objects();
+    let (status, body) = retry(app, &id, None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::CONFLICT,
+        "run_active",
+        "still queued",
+    );
+    assert_eq!(body["run"]["id"], id.as_str());
+    assert_eq!(app.objects(), objects);
+    assert_eq!(app.all_run_ids("").await.len(), 1);
+
+    finish_passed(app, run_id(&original)).await;
+    let (_, ended) = app.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(ended["result"], "passed", "{ended}");
+
+    let (status, retried) = retry(app, &id, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{retried}");
+    let new_id = retried["id"].as_str().expect("id").to_owned();
+    assert_ne!(new_id, id);
+    assert_eq!(retried["retry_of"], id.as_str());
+    assert_eq!(retried["state"], "queued");
+    assert_eq!(retried["result"], Value::Null);
+    assert_eq!(retried["attempts"].as_array().map(Vec::len), Some(1));
+    for field in ["validator", "org", "workflow", "inputs", "tags"] {
+        assert_eq!(retried[field], original[field], "{field}");
+    }
+    for index in 0..2 {
+        let (old, new) = (&original["files"][index], &retried["files"][index]);
+        for field in [
+            "name",
+            "mime_type",
+            "role",
+            "port_key",
+            "size_bytes",
+            "sha256",
+        ] {
+            assert_eq!(new[field], old[field], "files[{index}].{field}");
+        }
+        // In the new run's own folder (checked by `file_key`), with the same bytes.
+        assert_eq!(
+            app.object_bytes(&app.file_key(&retried, index)),
+            app.object_bytes(&app.file_key(&original, index))
+        );
+    }
+    assert_eq!(app.objects().len(), objects.len() + 2);
+
+    // The link shows when the run is read and listed; the original is untouched.
+    let (_, read_back) = app.get(&format!("/v1/runs/{new_id}")).await;
+    assert_eq!(read_back, retried);
+    let (_, listed) = app.get("/v1/runs").await;
+    assert_eq!(listed["runs"][0]["id"], new_id.as_str());
+    assert_eq!(listed["runs"][0]["retry_of"], id.as_str());
+    assert_eq!(listed["runs"][1]["retry_of"], Value::Null);
+    let (_, still) = app.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(still, ended);
+
+    // A canceled run is retried too; a retry of a retry names its own original.
+    let (status, canceled) = app.post(&format!("/v1/runs/{new_id}/cancel")).await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
+    let (status, again) = retry(app, &new_id, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["retry_of"], new_id.as_str());
+
+    // Unknown and malformed ids.
+    let missing = Uuid::now_v7();
+    let (status, body) = retry(app, &missing.to_string(), None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "run_not_found",
+        &missing.to_string(),
+    );
+    let (status, body) = retry(app, "not-a-uuid", None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_run_id",
+        "not-a-uuid",
+    );
+}
+
+/// A keyed retry made again returns the run it made and copies nothing; the key used for
+/// another retry or a create is refused without storing anything.
+async fn idempotent_retry(app: &App) {
+    let first = create_fmu(app, "acme").await;
+    let second = create_fmu(app, "acme").await;
+    for run in [&first, &second] {
+        let (status, body) = app
+            .post(&format!(
+                "/v1/runs/{}/cancel",
+                run["id"].as_str().expect("id")
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let id = first["id"].as_str().expect("id");
+    let (status, made) = retry(app, id, Some("retry-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let objects = app.objects();
+    let (status, again) = retry(app, id, Some("retry-1")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], made["id"]);
+    assert_eq!(app.objects(), objects, "a repeated retry copies nothing");
+
+    let (status, body) = retry(app, second["id"].as_str().expect("id"), Some("retry-1")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "retry-1",
+    );
+    let form = multipart(&fmu_request("acme", "fmu"), vec![("fmu", fmu_bytes(1000))]);
+    let (status, body) = app.post_multipart(form, Some("retry-1")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "retry-1",
+    );
+    assert_eq!(app.objects(), objects);
+    assert_eq!(app.all_run_ids("").await.len(), 3);
+}
+
+/// A retry whose files cannot be copied (one gone, one changed since the run recorded it) is
+/// refused with a sentence, and the copies it already made are removed.
+async fn a_retry_refused_mid_copy_leaves_nothing(app: &App) {
+    let weather = b"LOCATION,Somewhere\n".repeat(500);
+    let mut request = energyplus_request("acme", json!({}), idf_file());
+    request["files"].as_array_mut().expect("files").push(
+        json!({"name": "weather.epw", "mime_type": "application/vnd.energyplus.epw",
+                     "port_key": "weather", "content_base64": b64(&weather)}),
+    );
+    let (status, original) = app.post_json(&request, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{original}");
+    let id = original["id"].as_str().expect("id");
+    app.post(&format!("/v1/runs/{id}/cancel")).await;
+
+    // The second file changed (same size, other bytes): the first was copied, then removed.
+    let weather_key = app.file_key(&original, 1);
+    let mut altered = weather.clone();
+    altered[0] = b'X';
+    std::fs::write(app.objects.join(&weather_key), &altered).expect("alter");
+    let objects = app.objects();
+    let (status, body) = retry(app, id, None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "input_file_changed",
+        "weather.epw",
+    );
+    assert_eq!(
+        app.objects(),
+        objects,
+        "the copies of a refused retry are removed"
+    );
+
+    // Gone.
+    std::fs::remove_file(app.objects.join(&weather_key)).expect("remove");
+    let objects = app.objects();
+    let (status, body) = retry(app, id, Some("k")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "input_file_missing",
+        "weather.epw",
+    );
+    assert_eq!(app.objects(), objects);
+    assert_eq!(app.all_run_ids("").await, vec![id.to_owned()]);
+}
+
+/// A run whose validator this launcher no longer offers is not retried, and nothing is stored.
+async fn a_run_of_a_validator_no_longer_offered_is_not_retried(app: &App) {
+    let created = create_energyplus(app, "acme").await;
+    let stored = app
+        .store
+        .get_run(run_id(&created))
+        .await
+        .expect("read")
+        .expect("run");
+    // The same run, as an earlier registry with a validator `energyplus-24` would have stored it.
+    let mut spec: Value = serde_json::from_str(&stored.run.spec).expect("spec");
+    spec["validator"]["id"] = json!("energyplus-24");
+    let old = RunId::new();
+    let attempt = runway_runs::AttemptId::new();
+    app.store
+        .create_run(runway_runs::NewRun {
+            id: old,
+            created_at: Utc::now(),
+            validator_id: "energyplus-24".into(),
+            validator_type: stored.run.validator_type.clone(),
+            org_id: "acme".into(),
+            workflow_id: stored.run.workflow_id.clone(),
+            spec: spec.to_string(),
+            retry: stored.run.retry,
+            idempotency: None,
+            first_attempt: runway_runs::NewAttempt {
+                id: attempt,
+                callback_nonce_sha256: app
+                    .nonce_key
+                    .commitment_for(&attempt.to_string())
+                    .to_string(),
+                caller_identity: None,
+            },
+        })
+        .await
+        .expect("store the old run");
+    app.store
+        .request_cancel(old, Utc::now())
+        .await
+        .expect("cancel");
+    let objects = app.objects();
+    let (status, body) = retry(app, &old.to_string(), None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_validator",
+        "energyplus-24",
+    );
+    assert_eq!(app.objects(), objects);
+    assert_eq!(app.all_run_ids("").await.len(), 2);
+}
+
+/// With API auth, a key retries its own org's runs only: another org's run is not found, and
+/// nothing is stored.
+async fn retries_are_scoped_to_the_callers_org(postgres: bool) {
+    use reqwest::Method;
+    let (app, _issuer, _audience) = spawn_required(postgres).await;
+    let store = app.store.clone();
+    let (_, acme) = runway_launcher::auth::create_api_key(store.as_ref(), "acme", "web")
+        .await
+        .expect("key");
+    let (_, globex) = runway_launcher::auth::create_api_key(store.as_ref(), "globex", "ci")
+        .await
+        .expect("key");
+    let run = energyplus_request("acme", json!({}), idf_file());
+    let (status, created) = app
+        .send_as(Method::POST, "/v1/runs", Some(&acme), Some(&run))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let path = format!("/v1/runs/{}", created["id"].as_str().expect("id"));
+    let (status, _) = app
+        .send_as(Method::POST, &format!("{path}/cancel"), Some(&acme), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let objects = app.objects();
+    let (status, body) = app
+        .send_as(Method::POST, &format!("{path}/retry"), Some(&globex), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "run_not_found", "");
+    assert_eq!(app.objects(), objects);
+    let (status, body) = app
+        .send_as(Method::POST, &format!("{path}/retry"), None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    let (status, retried) = app
+        .send_as(Method::POST, &format!("{path}/retry"), Some(&acme), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{retried}");
+    assert_eq!(retried["org"]["id"], "acme");
+    assert_eq!(retried["retry_of"], created["id"]);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_scoped_to_the_callers_org_on_sqlite() {
+    retries_are_scoped_to_the_callers_org(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_scoped_to_the_callers_org_on_postgres() {
+    retries_are_scoped_to_the_callers_org(true).await;
 }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Input files live at the run level: they are immutable and bound by sha256 in every envelope,
-//! so a retry reuses them instead of copying. Each request that creates a run uploads into a
+//! so a retried attempt reuses them instead of copying. A retried run (a new run made from an
+//! ended one) gets copies in its own folder, as any new run has its own files. Each request that creates a run uploads into a
 //! folder of its own (`<upload>`), so a refused request can remove exactly what it staged and
 //! two requests racing under one idempotency key never share an object. Every attempt has a
 //! folder of its own, so a retry never meets its predecessor's `output.json` (objects are

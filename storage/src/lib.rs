@@ -206,6 +206,31 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     }
 }
 
+/// Copies the object at `from` (a key, or a full URI under the store's base) to the new key
+/// `to`, create-only and streaming (nothing is held whole in memory). The copy must have
+/// exactly `size_bytes` and `sha256` — what a reader of the copy will rely on — else nothing is
+/// stored at `to` ([`StorageError::Mismatch`], or [`StorageError::TooLarge`] for a larger
+/// source); an existing object at `to` stays intact ([`StorageError::AlreadyExists`]); a
+/// missing source is [`StorageError::NotFound`].
+///
+/// Built from [`ObjectStore::get`] and [`ObjectStore::put_new_expecting`], so every store has
+/// it with the same guarantees as its own writes.
+pub async fn copy_new(
+    store: &dyn ObjectStore,
+    from: &str,
+    to: &ObjectKey,
+    sha256: &str,
+    size_bytes: u64,
+) -> Result<PutReceipt, StorageError> {
+    let source = store.get(from, size_bytes).await?;
+    let body = Body::from_stream(source.map(|chunk| chunk.map_err(io::Error::other)));
+    let expected = Expected {
+        sha256: Some(sha256.to_owned()),
+        size_bytes: Some(size_bytes),
+    };
+    store.put_new_expecting(to, body, expected).await
+}
+
 /// Options for [`open`]; only the fields of the chosen scheme are used.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {

@@ -324,6 +324,82 @@ mod cases {
         }
     }
 
+    /// A copy streams the source to a new key create-only, and is refused (storing nothing)
+    /// when the source is missing, differs from what is expected, or the target exists.
+    pub async fn copies_create_only_with_the_sources_digest(fx: &Fixture) {
+        // Over a megabyte, so it is streamed in several chunks on every backend.
+        let data = pattern(1_500_000, 9);
+        let sha = sha256_hex(&data);
+        let source = key("runs/acme/r1/files/u1/0-model.idf");
+        let stored = fx
+            .store
+            .put_new(&source, Body::from(data.clone()))
+            .await
+            .expect("source");
+        let target = key("runs/acme/r2/files/u2/0-model.idf");
+        // By full URI, as a run's spec names its files.
+        let copied =
+            runway_storage::copy_new(fx.store.as_ref(), &stored.uri, &target, &sha, 1_500_000)
+                .await
+                .expect("copy");
+        assert_eq!(copied.uri, fx.store.uri_for(&target));
+        assert_eq!(
+            (copied.size_bytes, copied.sha256.as_str()),
+            (1_500_000, sha.as_str())
+        );
+        let read = fx
+            .store
+            .read_bytes(target.as_str(), 2_000_000)
+            .await
+            .expect("read the copy");
+        assert!(read == data, "the copy holds the source's bytes");
+
+        // The target exists: refused, and the copy stays intact.
+        let err =
+            runway_storage::copy_new(fx.store.as_ref(), source.as_str(), &target, &sha, 1_500_000)
+                .await
+                .expect_err("create-only");
+        assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
+
+        // A source that is not what the caller expects stores nothing.
+        let other = key("runs/acme/r3/files/u3/0-model.idf");
+        let err = runway_storage::copy_new(
+            fx.store.as_ref(),
+            source.as_str(),
+            &other,
+            &sha256_hex(b"another model"),
+            1_500_000,
+        )
+        .await
+        .expect_err("digest mismatch");
+        assert!(
+            matches!(err, StorageError::Mismatch { what: "sha256", .. }),
+            "{err:?}"
+        );
+        let err =
+            runway_storage::copy_new(fx.store.as_ref(), source.as_str(), &other, &sha, 1_499_999)
+                .await
+                .expect_err("a larger source");
+        assert!(
+            !matches!(
+                err,
+                StorageError::AlreadyExists { .. } | StorageError::NotFound { .. }
+            ),
+            "{err:?}"
+        );
+        let err = runway_storage::copy_new(
+            fx.store.as_ref(),
+            "runs/acme/r9/files/u9/0-missing.idf",
+            &other,
+            &sha,
+            1_500_000,
+        )
+        .await
+        .expect_err("no source");
+        assert!(matches!(err, StorageError::NotFound { .. }), "{err:?}");
+        assert_eq!(fx.store.head(other.as_str()).await.expect("head"), None);
+    }
+
     pub async fn missing_objects(fx: &Fixture) {
         let k = key("no/such/object");
         match fx.store.read_bytes(k.as_str(), 10).await {
@@ -552,6 +628,7 @@ macro_rules! suite {
                 failed_body_stores_nothing,
                 lists_by_prefix,
                 deletes_staged_objects,
+                copies_create_only_with_the_sources_digest,
             );
         }
     };

@@ -26,6 +26,9 @@
 //! metadata and digest: whitespace, key order and the encoding (JSON or multipart) do not
 //! change it, so it tells a retry (200, same run) from a different request (422). The store's
 //! unique `(org, idempotency_key)` index settles races; the loser's uploads are removed.
+//!
+//! [`store_run`] is the one place a run is stored with its first attempt; a retry of an ended
+//! run (`retry.rs`) stages copies of its files with [`Staged::copy`] and stores through it too.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -422,20 +425,57 @@ async fn commit(
         .map(|(file, got)| stored_file(file, got))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let spec = spec_of(&checked, files);
-    let validator = checked.validator;
-    let now = state.clock.now();
-    let attempt_id = AttemptId::new();
     let idempotency = key.map(|key| Idempotency {
         key,
         request_sha256: fingerprint,
     });
+    let stored = store_run(state, &checked.validator, spec, run_id, staged, idempotency).await?;
+    respond(stored.status(), &stored.run)
+}
+
+/// A run that was stored by a create or a retry, or found already stored under the same
+/// idempotency key.
+#[derive(Debug)]
+pub struct StoredRun {
+    /// The run, with its attempts.
+    pub run: RunWithAttempts,
+    /// Whether this request created it (else it is an earlier request's, found by its key).
+    pub created: bool,
+}
+
+impl StoredRun {
+    /// 201 for a run this request created, 200 for one it found.
+    pub fn status(&self) -> StatusCode {
+        if self.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        }
+    }
+}
+
+/// Stores a new run of `validator` asking for `spec` (whose files `staged` holds) with its
+/// first attempt, in one transaction, then wakes the dispatcher. The one place runs are
+/// created, for `POST /v1/runs` and for retries. The staged files are kept only if the run was
+/// created (or may have been: a store error leaves that unknown); with `idempotency`, a twin
+/// that committed first answers instead, and a different request under the key is a 422.
+pub(super) async fn store_run(
+    state: &AppState,
+    validator: &ValidatorConfig,
+    spec: RunSpec,
+    run_id: RunId,
+    staged: &mut Staged,
+    idempotency: Option<Idempotency>,
+) -> Result<StoredRun, ApiError> {
+    let now = state.clock.now();
+    let attempt_id = AttemptId::new();
     let new = NewRun {
         id: run_id,
         created_at: now,
         validator_id: validator.id.clone(),
         validator_type: validator.kind.as_str().to_owned(),
-        org_id: checked.org.id,
-        workflow_id: checked.workflow.id,
+        org_id: spec.org.id.clone(),
+        workflow_id: spec.workflow.id.clone(),
         spec: spec.to_json(),
         retry: validator.retry_policy(),
         idempotency: idempotency.clone(),
@@ -454,10 +494,13 @@ async fn commit(
             staged.keep();
             tracing::info!(run.id = %run_id, attempt.id = %attempt_id, validator = %validator.id, "run created");
             state.wake.notify_one();
-            respond(StatusCode::CREATED, &run)
+            Ok(StoredRun { run, created: true })
         }
         // A keyed twin committed first; this request's uploads are not needed.
-        Ok(CreateOutcome::Existing(run)) => respond(StatusCode::OK, &run),
+        Ok(CreateOutcome::Existing(run)) => Ok(StoredRun {
+            run,
+            created: false,
+        }),
         Err(StoreError::IdempotencyMismatch { key, .. }) => Err(key_reused(&key)),
         Err(e) => {
             // Whether the run was stored is unknown (the database may have committed and lost
@@ -469,7 +512,10 @@ async fn commit(
             if let Some(idem) = &idempotency
                 && let Ok(Some(existing)) = store.get_run(run_id).await
             {
-                return replay(existing, &idem.key, &idem.request_sha256);
+                return replayed(existing, &idem.key, &idem.request_sha256).map(|run| StoredRun {
+                    run,
+                    created: false,
+                });
             }
             Err(anyhow::Error::new(e)
                 .context(format!("storing run {run_id}"))
@@ -493,6 +539,7 @@ fn spec_of(checked: &Checked, files: Vec<StoredFile>) -> RunSpec {
         files,
         timeout_seconds: validator.timeout_seconds,
         tags: checked.tags.clone(),
+        retry_of: None,
     }
 }
 
@@ -599,14 +646,14 @@ fn fingerprint(checked: &Checked, digests: &[FileDigest]) -> Result<String, ApiE
     Ok(hex::encode(hasher.finalize()))
 }
 
-fn respond(status: StatusCode, run: &RunWithAttempts) -> Result<Response, ApiError> {
+pub(super) fn respond(status: StatusCode, run: &RunWithAttempts) -> Result<Response, ApiError> {
     let view = RunView::full(run)?.to_value();
     let location = HeaderValue::from_str(&format!("/v1/runs/{}", run.run.id))
         .context("a run id is a valid header value")?;
     Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
 }
 
-async fn find_existing(
+pub(super) async fn find_existing(
     state: &AppState,
     run_id: RunId,
 ) -> Result<Option<RunWithAttempts>, ApiError> {
@@ -621,10 +668,20 @@ async fn find_existing(
 /// The answer to a keyed request whose run already exists: the run (200) if the request is the
 /// same, else a refusal naming the key.
 fn replay(existing: RunWithAttempts, key: &str, fingerprint: &str) -> Result<Response, ApiError> {
+    respond(StatusCode::OK, &replayed(existing, key, fingerprint)?)
+}
+
+/// The run a keyed request finds already stored: it, if it was made by the same request (same
+/// key and fingerprint), else a refusal naming the key.
+pub(super) fn replayed(
+    existing: RunWithAttempts,
+    key: &str,
+    fingerprint: &str,
+) -> Result<RunWithAttempts, ApiError> {
     let same = existing.run.idempotency_key.as_deref() == Some(key)
         && existing.run.request_sha256.as_deref() == Some(fingerprint);
     if same {
-        respond(StatusCode::OK, &existing)
+        Ok(existing)
     } else {
         Err(key_reused(key))
     }
@@ -643,7 +700,7 @@ fn key_reused(key: &str) -> ApiError {
 // ---------------------------------------------------------------------------------------------
 // Headers and bodies.
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut values = headers.get_all("idempotency-key").iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -1072,7 +1129,7 @@ fn decode_base64(text: &str) -> Result<Bytes, String> {
 
 /// The run id: fresh, or derived from the organization and the idempotency key so that a retry
 /// finds its run before uploading anything.
-fn run_id_for(org_id: &str, key: Option<&str>) -> RunId {
+pub(super) fn run_id_for(org_id: &str, key: Option<&str>) -> RunId {
     let Some(key) = key else {
         return RunId::new();
     };
@@ -1107,7 +1164,7 @@ impl FileDigest {
 /// created ([`Staged::keep`]), they are removed when the request is answered
 /// ([`Staged::settle`]) — or, should the request be dropped half-way (the client went away),
 /// by a task spawned when this is dropped.
-struct Staged {
+pub(super) struct Staged {
     storage: Arc<dyn ObjectStore>,
     upload: UploadPaths,
     stored: Vec<ObjectKey>,
@@ -1115,7 +1172,7 @@ struct Staged {
 }
 
 impl Staged {
-    fn new(state: &AppState, org_id: &str, run_id: RunId) -> Result<Self, ApiError> {
+    pub(super) fn new(state: &AppState, org_id: &str, run_id: RunId) -> Result<Self, ApiError> {
         let upload = RunPaths::new(org_id, run_id.as_uuid())
             .context("the run's storage layout")?
             .upload(uuid::Uuid::new_v4());
@@ -1151,6 +1208,61 @@ impl Staged {
         Ok(Some(receipt))
     }
 
+    /// Copies `file`, stored for another run, to file `index` of this upload, create-only,
+    /// checking on the way that its bytes are still the ones the other run recorded. Returns
+    /// the file as stored here.
+    pub(super) async fn copy(
+        &mut self,
+        index: usize,
+        file: &StoredFile,
+    ) -> Result<StoredFile, ApiError> {
+        let key = self.key(index, &file.name)?;
+        let copied = runway_storage::copy_new(
+            self.storage.as_ref(),
+            file.uri.as_str(),
+            &key,
+            file.sha256.as_str(),
+            file.size_bytes,
+        )
+        .await;
+        let receipt = match copied {
+            Ok(receipt) => receipt,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(ApiError::unprocessable(
+                    "input_file_missing",
+                    format!(
+                        "input file {:?} of the run is no longer in object storage, so the \
+                         run cannot be run again; submit it anew",
+                        file.name.as_str()
+                    ),
+                ));
+            }
+            Err(StorageError::Mismatch { .. } | StorageError::TooLarge { .. }) => {
+                return Err(ApiError::unprocessable(
+                    "input_file_changed",
+                    format!(
+                        "input file {:?} of the run no longer has the size and sha256 the run \
+                         recorded, so the run cannot be run again; submit it anew",
+                        file.name.as_str()
+                    ),
+                ));
+            }
+            Err(e) => return Err(storage_failure(e, &key)),
+        };
+        self.stored.push(key);
+        Ok(StoredFile {
+            uri: StorageUri::parse(receipt.uri.clone()).map_err(|e| {
+                anyhow!(
+                    "object storage returned {}, which validator containers cannot read: {e}",
+                    receipt.uri
+                )
+            })?,
+            storage_version: StorageVersion::parse(receipt.storage_version)
+                .map_err(|e| anyhow!("storage version: {e}"))?,
+            ..file.clone()
+        })
+    }
+
     /// Streams form part `field` to file `index` while hashing it.
     async fn put_part(
         &mut self,
@@ -1183,7 +1295,7 @@ impl Staged {
     }
 
     /// Removes the uploads unless they were kept.
-    async fn settle(&mut self) {
+    pub(super) async fn settle(&mut self) {
         if self.kept {
             return;
         }

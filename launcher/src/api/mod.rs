@@ -8,6 +8,7 @@
 mod create;
 mod error;
 mod events;
+mod retry;
 mod runs;
 mod view;
 mod webhooks;
@@ -23,8 +24,10 @@ use axum::routing::{MethodRouter, get, post};
 use runway_service::health;
 use tracing::Instrument;
 
+pub use create::StoredRun;
 pub use create::{MAX_JSON_BODY_BYTES, MAX_MULTIPART_BODY_BYTES};
 pub use error::ApiError;
+pub use retry::retry;
 
 use crate::AppState;
 use error::InternalCause;
@@ -40,6 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/runs"),
     ("GET", "/v1/runs/{id}"),
     ("POST", "/v1/runs/{id}/cancel"),
+    ("POST", "/v1/runs/{id}/retry"),
     ("GET", "/v1/runs/{id}/events"),
     ("GET", "/v1/events"),
     ("GET", "/v1/webhooks/dead"),
@@ -63,6 +67,7 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("GET", "/v1/runs") => get(runs::list_runs),
         ("GET", "/v1/runs/{id}") => get(runs::get_run),
         ("POST", "/v1/runs/{id}/cancel") => post(runs::cancel_run),
+        ("POST", "/v1/runs/{id}/retry") => post(retry::retry_run),
         ("GET", "/v1/runs/{id}/events") => get(events::run_events),
         ("GET", "/v1/events") => get(events::org_events),
         ("GET", "/v1/webhooks/dead") => get(webhooks::list_dead),

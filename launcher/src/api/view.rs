@@ -33,6 +33,8 @@ pub(crate) struct RunView {
     output_uri: Option<String>,
     output_sha256: Option<String>,
     timing: Timing,
+    /// The run this one retries (`POST /v1/runs/{id}/retry`), if it is a retry.
+    retry_of: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +162,7 @@ impl RunView {
             output_uri: run.output_uri.clone(),
             output_sha256: run.output_sha256.clone(),
             timing,
+            retry_of: spec.retry_of.map(|id| id.to_string()),
         })
     }
 
