@@ -293,6 +293,7 @@ impl Lab {
                 deps: deps.clone(),
                 verifier,
                 attempt_tokens: minter(),
+                metrics: Default::default(),
             }),
         );
         serve(launcher, runway_launcher::router(state.clone()));
