@@ -164,7 +164,7 @@ async fn handle(
 ) -> Result<&'static str, CallbackError> {
     let caller = authenticate(&state.verifier, headers, &state.metrics, Route::Callbacks).await?;
     require_json(headers)?;
-    let payload = CallbackPayload::from_json(&body).map_err(CallbackError::BadPayload)?;
+    let payload = CallbackPayload::from_json(body).map_err(CallbackError::BadPayload)?;
     let Some(attempt) = state
         .store
         .attempt_by_callback_id(payload.callback_id.as_str())
