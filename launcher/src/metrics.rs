@@ -437,3 +437,112 @@ const ALL_RESULTS: [RunResult; 5] = [
     RunResult::Canceled,
     RunResult::TimedOut,
 ];
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use runway_runs::{AttemptId, NewAttempt, NewRun, RetryPolicy, RunId};
+
+    use super::*;
+
+    /// The sample line of `name{labels}` in `text`, or a panic naming what is there.
+    fn sample<'a>(text: &'a str, series: &str) -> &'a str {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    /// The queue's oldest age is measured from its attempt's due time to the scrape's `now`
+    /// (the injected clock's in the app), and dispatch latency from due to launched.
+    #[tokio::test]
+    async fn ages_and_latencies_are_measured_from_due_times() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = runway_runs::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("runway.db").display()
+        ))
+        .await
+        .expect("store");
+        let t0 = Utc
+            .with_ymd_and_hms(2030, 1, 1, 12, 0, 0)
+            .single()
+            .expect("time");
+        store
+            .create_run(NewRun {
+                id: RunId::new(),
+                created_at: t0,
+                validator_id: "energyplus".into(),
+                validator_type: "ENERGYPLUS".into(),
+                org_id: "acme".into(),
+                workflow_id: "wf".into(),
+                spec: "{}".into(),
+                retry: RetryPolicy {
+                    max_attempts: 1,
+                    initial_backoff_ms: 0,
+                    max_backoff_ms: 0,
+                },
+                idempotency: None,
+                first_attempt: NewAttempt {
+                    id: AttemptId::new(),
+                    callback_nonce_sha256: "ab".repeat(32),
+                    caller_identity: None,
+                },
+            })
+            .await
+            .expect("create");
+        let metrics = LauncherMetrics::new(&Registry::local_defaults());
+        metrics.dispatched("fmu", t0, t0 + TimeDelta::milliseconds(2500));
+
+        let text = metrics
+            .render(store.as_ref(), t0 + TimeDelta::seconds(90))
+            .await
+            .expect("render");
+        let energyplus = "{validator=\"energyplus\"}";
+        let fmu = "{validator=\"fmu\"}";
+        assert_eq!(
+            sample(
+                &text,
+                &format!("runway_queue_oldest_due_age_seconds{energyplus}")
+            ),
+            "90"
+        );
+        assert_eq!(
+            sample(&text, &format!("runway_queue_depth{energyplus}")),
+            "1"
+        );
+        assert_eq!(
+            sample(&text, &format!("runway_queue_oldest_due_age_seconds{fmu}")),
+            "0"
+        );
+        assert_eq!(
+            sample(&text, &format!("runway_dispatch_latency_seconds_sum{fmu}")),
+            "2.5"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "runway_dispatch_latency_seconds_bucket{validator=\"fmu\",le=\"2.5\"}"
+            ),
+            "1"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "runway_dispatch_latency_seconds_bucket{validator=\"fmu\",le=\"1\"}"
+            ),
+            "0"
+        );
+        // Before its due time an attempt is not in the queue.
+        let early = metrics
+            .render(store.as_ref(), t0 - TimeDelta::seconds(1))
+            .await
+            .expect("render");
+        assert_eq!(
+            sample(&early, &format!("runway_queue_depth{energyplus}")),
+            "0"
+        );
+    }
+}
