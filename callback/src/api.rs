@@ -12,6 +12,7 @@
 //! called back.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -31,6 +32,11 @@ use runway_storage::ObjectStore;
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::metrics::{
+    CallbackMetrics, NONCE_MISMATCH, NOT_DISPATCHED, RUN_MISMATCH, Route, UNKNOWN_CALLBACK,
+    WRONG_CALLER,
+};
+
 /// What the callback route needs.
 #[derive(Debug, Clone)]
 pub struct CallbackState {
@@ -40,6 +46,8 @@ pub struct CallbackState {
     pub storage: Arc<dyn ObjectStore>,
     /// Checks the caller's ID token.
     pub verifier: Arc<TokenVerifier>,
+    /// Counts callbacks and refusals.
+    pub metrics: Arc<CallbackMetrics>,
 }
 
 /// The callback route.
@@ -85,9 +93,11 @@ pub enum CallbackError {
     Internal(#[source] anyhow::Error),
 }
 
-impl IntoResponse for CallbackError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
+impl CallbackError {
+    /// Its status and the code its body carries (also the `outcome` label of a refused
+    /// callback in `runway_callback_duration_seconds`).
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::VerifierUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "verifier_unavailable")
@@ -101,11 +111,17 @@ impl IntoResponse for CallbackError {
             Self::WrongCaller(_) => (StatusCode::FORBIDDEN, "wrong_caller"),
             Self::AttemptOver(_) => (StatusCode::CONFLICT, "attempt_over"),
             Self::NotOffered(_) => (StatusCode::NOT_FOUND, "not_offered"),
-            Self::Internal(cause) => {
-                tracing::error!(error = %format!("{cause:#}"), "callback failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-        };
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for CallbackError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = %format!("{cause:#}"), "callback failed");
+        }
         let mut response = (
             status,
             Json(json!({"error": {"code": code, "message": self.to_string()}})),
@@ -124,20 +140,38 @@ pub(crate) fn internal(e: impl Into<anyhow::Error>) -> CallbackError {
     CallbackError::Internal(e.into())
 }
 
+/// Handles a callback, and counts how long it took and how it ended.
 async fn receive(
     State(state): State<CallbackState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, CallbackError> {
-    let caller = authenticate(&state.verifier, &headers).await?;
-    require_json(&headers)?;
-    let payload = CallbackPayload::from_json(&body).map_err(CallbackError::BadPayload)?;
+    let started = Instant::now();
+    let handled = handle(&state, &headers, &body).await;
+    let outcome = match &handled {
+        Ok(recorded) => recorded,
+        Err(e) => e.status_and_code().1,
+    };
+    state.metrics.callback_handled(outcome, started.elapsed());
+    handled.map(self::outcome)
+}
+
+/// What the callback was recorded as (`finalized`, `duplicate`, `late`), or why it was refused.
+async fn handle(
+    state: &CallbackState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<&'static str, CallbackError> {
+    let caller = authenticate(&state.verifier, headers, &state.metrics, Route::Callbacks).await?;
+    require_json(headers)?;
+    let payload = CallbackPayload::from_json(body).map_err(CallbackError::BadPayload)?;
     let Some(attempt) = state
         .store
         .attempt_by_callback_id(payload.callback_id.as_str())
         .await
         .map_err(internal)?
     else {
+        state.metrics.refused(Route::Callbacks, UNKNOWN_CALLBACK);
         return Err(CallbackError::UnknownCallback);
     };
     let span = tracing::info_span!(
@@ -146,7 +180,7 @@ async fn receive(
         attempt.id = %attempt.id,
         caller = %caller.email,
     );
-    match accept(&state, &payload, &attempt, &caller.email)
+    match accept(state, &payload, &attempt, &caller.email)
         .instrument(span)
         .await
     {
@@ -180,9 +214,15 @@ async fn accept(
     payload: &CallbackPayload,
     attempt: &Attempt,
     caller: &str,
-) -> Result<Response, CallbackError> {
+) -> Result<&'static str, CallbackError> {
     let reject = |why: String| Err(CallbackError::Rejected(why));
-    bind(attempt, caller, &payload.run_id, &payload.callback_nonce)?;
+    bind(
+        attempt,
+        caller,
+        &payload.run_id,
+        &payload.callback_nonce,
+        (&state.metrics, Route::Callbacks),
+    )?;
     let expected_output_uri = output_uri(state.storage.as_ref(), attempt).map_err(internal)?;
     if payload.result_uri.as_str() != expected_output_uri {
         return reject(format!(
@@ -222,7 +262,7 @@ async fn accept(
     match state.store.finalize_attempt(finalize).await {
         Ok(FinalizeOutcome::Finalized(run)) => {
             tracing::info!(result = ?run.run.result, "run finalized");
-            Ok(outcome("finalized"))
+            Ok("finalized")
         }
         Ok(FinalizeOutcome::AlreadyTerminal { recorded_as, .. }) => {
             let recorded_as = recorded_as.unwrap_or(ReceiptOutcome::Duplicate);
@@ -230,46 +270,60 @@ async fn accept(
                 recorded_as = recorded_as.as_str(),
                 "callback for a finished attempt"
             );
-            Ok(outcome(recorded_as.as_str()))
+            Ok(recorded_as.as_str())
         }
         Err(e) => Err(store_refusal(e)),
     }
 }
 
 /// The checks that bind a request naming `run_id` and `nonce` to `attempt`, for a caller
-/// whose token names `caller`: the attempt's own runtime identity, its run, its nonce.
+/// whose token names `caller`: the attempt's own runtime identity, its run, its nonce. A
+/// refusal is counted for the route.
 pub(crate) fn bind(
     attempt: &Attempt,
     caller: &str,
     run_id: &str,
     nonce: &CallbackNonce,
+    (metrics, route): (&CallbackMetrics, Route),
 ) -> Result<(), CallbackError> {
     if let Some(expected) = attempt.caller_identity.as_deref()
         && caller != expected
     {
+        metrics.refused(route, WRONG_CALLER);
         return Err(CallbackError::WrongCaller(format!(
             "this attempt's job runs as {expected}; a token for {caller} may not call back for it"
         )));
     }
-    let reject = |why: &str| Err(CallbackError::Rejected(why.to_owned()));
+    let reject = |reason: &'static str, why: &str| {
+        metrics.refused(route, reason);
+        Err(CallbackError::Rejected(why.to_owned()))
+    };
     if run_id != attempt.run_id.to_string() {
-        return reject("run_id does not match the attempt of this callback_id");
+        return reject(
+            RUN_MISMATCH,
+            "run_id does not match the attempt of this callback_id",
+        );
     }
     let Some(stored) = attempt.callback_nonce_sha256.as_deref() else {
-        return reject("the attempt has not been dispatched with a callback nonce");
+        return reject(
+            NOT_DISPATCHED,
+            "the attempt has not been dispatched with a callback nonce",
+        );
     };
     let stored = Sha256Hex::parse(stored.to_owned())
         .map_err(|e| internal(anyhow::anyhow!("stored nonce commitment is malformed: {e}")))?;
     if !nonce.commitment().ct_eq(&stored) {
-        return reject("callback_nonce does not match the attempt");
+        return reject(NONCE_MISMATCH, "callback_nonce does not match the attempt");
     }
     Ok(())
 }
 
-/// Checks the caller's bearer token.
+/// Checks the caller's bearer token; a refused one is counted for the route.
 pub(crate) async fn authenticate(
     verifier: &TokenVerifier,
     headers: &HeaderMap,
+    metrics: &CallbackMetrics,
+    route: Route,
 ) -> Result<runway_identity::VerifiedToken, CallbackError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -280,6 +334,7 @@ pub(crate) async fn authenticate(
             CallbackError::VerifierUnavailable(e)
         } else {
             tracing::warn!(error = %e, "callback refused: bad token");
+            metrics.token_refused(route, &e);
             CallbackError::Unauthorized(e)
         }
     })
@@ -290,7 +345,7 @@ async fn ended(
     state: &CallbackState,
     attempt: &Attempt,
     payload: &CallbackPayload,
-) -> Result<Response, CallbackError> {
+) -> Result<&'static str, CallbackError> {
     let recorded_as = state
         .store
         .record_ended_callback(attempt.id, payload.callback_id.as_str(), Utc::now())
@@ -300,7 +355,7 @@ async fn ended(
         recorded_as = recorded_as.as_str(),
         "callback for a finished attempt"
     );
-    Ok(outcome(recorded_as.as_str()))
+    Ok(recorded_as.as_str())
 }
 
 /// The attempt's `output.json` can never finalize it: the attempt ends `failed` with the
@@ -309,7 +364,7 @@ async fn fail_unusable(
     state: &CallbackState,
     attempt: &Attempt,
     reason: String,
-) -> Result<Response, CallbackError> {
+) -> Result<&'static str, CallbackError> {
     let ended = state
         .store
         .end_attempt(EndAttempt {

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::{CallbackError, authenticate, bind, internal, require_json};
+use crate::metrics::{CallbackMetrics, Route, UNKNOWN_CALLBACK};
 
 /// The route.
 pub const HEARTBEAT_PATH: &str = "/v1/heartbeats";
@@ -36,6 +37,8 @@ pub struct HeartbeatState {
     pub store: Arc<dyn RunStore>,
     /// Checks the caller's ID token.
     pub verifier: Arc<TokenVerifier>,
+    /// Counts refusals.
+    pub metrics: Arc<CallbackMetrics>,
 }
 
 /// The heartbeat route.
@@ -89,7 +92,7 @@ async fn beat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, CallbackError> {
-    let caller = authenticate(&state.verifier, &headers).await?;
+    let caller = authenticate(&state.verifier, &headers, &state.metrics, Route::Heartbeats).await?;
     require_json(&headers)?;
     if body.len() > MAX_HEARTBEAT_BYTES {
         return Err(CallbackError::Rejected(format!(
@@ -112,9 +115,16 @@ async fn beat(
         .await
         .map_err(internal)?
     else {
+        state.metrics.refused(Route::Heartbeats, UNKNOWN_CALLBACK);
         return Err(CallbackError::UnknownCallback);
     };
-    bind(&attempt, &caller.email, &beat.run_id, &beat.callback_nonce)?;
+    bind(
+        &attempt,
+        &caller.email,
+        &beat.run_id,
+        &beat.callback_nonce,
+        (&state.metrics, Route::Heartbeats),
+    )?;
     let recorded = state
         .store
         .record_heartbeat(attempt.id, Utc::now(), progress)

@@ -5,12 +5,17 @@
 pub mod api;
 pub mod config;
 pub mod heartbeat;
+pub mod metrics;
 pub mod receipts;
 pub mod renewal;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use runway_identity::TokenVerifier;
 use runway_service::health::{self, Dependencies};
 
@@ -23,28 +28,45 @@ pub struct AppState {
     pub verifier: Arc<TokenVerifier>,
     /// Mints renewed attempt-scoped GCS tokens; `None` when they are off.
     pub attempt_tokens: Option<Arc<runway_storage::capability::Minter>>,
+    /// This service's metrics (a registry of its own), served at `/metrics`.
+    pub metrics: Arc<metrics::CallbackMetrics>,
 }
 
 /// The callback service's routes: `/v1/callbacks`, `/v1/heartbeats`, `/v1/gcs-token`,
-/// `/healthz`, `/readyz`.
+/// `/metrics`, `/healthz`, `/readyz`.
 pub fn router(state: AppState) -> Router {
     let callbacks = api::router(api::CallbackState {
         store: state.deps.store.clone(),
         storage: state.deps.storage.clone(),
         verifier: state.verifier.clone(),
+        metrics: state.metrics.clone(),
     });
     let heartbeats = heartbeat::router(heartbeat::HeartbeatState {
         store: state.deps.store.clone(),
         verifier: state.verifier.clone(),
+        metrics: state.metrics.clone(),
     });
     let renewal = renewal::router(renewal::RenewalState {
         store: state.deps.store.clone(),
         storage: state.deps.storage.clone(),
         verifier: state.verifier,
         minter: state.attempt_tokens,
+        metrics: state.metrics.clone(),
     });
+    let metrics = Router::new()
+        .route("/metrics", get(serve_metrics))
+        .with_state(state.metrics);
     health::router(state.deps)
         .merge(callbacks)
         .merge(heartbeats)
         .merge(renewal)
+        .merge(metrics)
+}
+
+/// `GET /metrics`: open, as the whole service is internal (only jobs and Prometheus reach it).
+async fn serve_metrics(State(metrics): State<Arc<metrics::CallbackMetrics>>) -> Response {
+    match metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => api::CallbackError::Internal(e).into_response(),
+    }
 }

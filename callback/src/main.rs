@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
             deps,
             verifier,
             attempt_tokens,
+            metrics: Default::default(),
         }),
         server::shutdown_signal(),
     )

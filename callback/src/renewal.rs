@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::{CallbackError, authenticate, bind, internal, require_json};
+use crate::metrics::{CallbackMetrics, Route, UNKNOWN_CALLBACK};
 
 /// What the renewal route needs.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct RenewalState {
     pub storage: Arc<dyn ObjectStore>,
     /// Checks the caller's ID token.
     pub verifier: Arc<TokenVerifier>,
+    /// Counts refusals.
+    pub metrics: Arc<CallbackMetrics>,
     /// Mints the tokens; `None` when attempt tokens are off.
     pub minter: Option<Arc<Minter>>,
 }
@@ -60,7 +63,7 @@ async fn renew(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, CallbackError> {
-    let caller = authenticate(&state.verifier, &headers).await?;
+    let caller = authenticate(&state.verifier, &headers, &state.metrics, Route::GcsToken).await?;
     let Some(minter) = &state.minter else {
         return Err(CallbackError::NotOffered(
             "this callback service does not renew GCS tokens (RUNWAY_GCS_ATTEMPT_TOKENS=off, or storage is not gs://)"
@@ -79,6 +82,7 @@ async fn renew(
         .await
         .map_err(internal)?
     else {
+        state.metrics.refused(Route::GcsToken, UNKNOWN_CALLBACK);
         return Err(CallbackError::UnknownCallback);
     };
     if let Err(e) = bind(
@@ -86,6 +90,7 @@ async fn renew(
         &caller.email,
         &request.run_id,
         &request.callback_nonce,
+        (&state.metrics, Route::GcsToken),
     ) {
         tracing::warn!(attempt.id = %attempt.id, reason = %e, "token renewal refused");
         return Err(e);

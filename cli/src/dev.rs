@@ -183,6 +183,7 @@ pub async fn start(config: DevConfig) -> anyhow::Result<Running> {
                 deps: deps.clone(),
                 verifier,
                 attempt_tokens: None,
+                metrics: Default::default(),
             }),
         ),
         serve(launcher, runway_launcher::router(state)),

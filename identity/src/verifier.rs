@@ -172,6 +172,45 @@ impl TokenError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::JwksUnavailable { .. })
     }
+
+    /// A short, fixed name for why the token was refused (a metric label; never the token's
+    /// content).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingBearer => "missing_bearer",
+            Self::Malformed(_) => "malformed",
+            Self::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            Self::UnknownIssuer(_) => "unknown_issuer",
+            Self::UnknownKid { .. } => "unknown_kid",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::LifetimeTooLong { .. } => "lifetime_too_long",
+            Self::WrongAudience { .. } => "wrong_audience",
+            Self::MissingEmail => "missing_email",
+            Self::EmailNotAllowed(_) => "email_not_allowed",
+            Self::EmailNotVerified(_) => "email_not_verified",
+            Self::JwksUnavailable { .. } => "jwks_unavailable",
+        }
+    }
+
+    /// Every [`reason`](Self::reason) of a refused token (the caller's fault, so not
+    /// `jwks_unavailable`).
+    pub const REFUSAL_REASONS: [&'static str; 13] = [
+        "missing_bearer",
+        "malformed",
+        "unsupported_algorithm",
+        "unknown_issuer",
+        "unknown_kid",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "lifetime_too_long",
+        "wrong_audience",
+        "missing_email",
+        "email_not_allowed",
+        "email_not_verified",
+    ];
 }
 
 /// Verifies ID tokens from trusted issuers. Cheap to clone (clones share the key cache) and safe

@@ -91,6 +91,7 @@ pub struct Dispatcher {
     nonce_key: NonceKey,
     wake: Arc<Notify>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<crate::metrics::LauncherMetrics>,
     settings: DispatchSettings,
     permits: Arc<Semaphore>,
 }
@@ -112,6 +113,8 @@ pub struct DispatcherParts {
     pub wake: Arc<Notify>,
     /// What time it is.
     pub clock: Arc<dyn Clock>,
+    /// Counts dispatch latency and launch errors.
+    pub metrics: Arc<crate::metrics::LauncherMetrics>,
 }
 
 impl Dispatcher {
@@ -126,6 +129,7 @@ impl Dispatcher {
             nonce_key: parts.nonce_key,
             wake: parts.wake,
             clock: parts.clock,
+            metrics: parts.metrics,
             settings,
         }
     }
@@ -231,8 +235,13 @@ impl Dispatcher {
             job,
         } = prepared;
         let launched = backend.launch(&job).await;
+        if let Err(e) = &launched {
+            self.metrics.launch_error(backend.kind(), e.kind());
+        }
         let accepted = match launched {
             Ok(id) => {
+                self.metrics
+                    .dispatched(&validator.id, attempt.not_before, self.clock.now());
                 self.store
                     .mark_running(MarkRunning {
                         attempt_id: attempt.id,

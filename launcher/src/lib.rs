@@ -12,6 +12,7 @@
 //! - [`local`]: local modes: the launcher's identity issuer and the mock backend's settings.
 //! - [`registry`]: which validators exist and how they run.
 //! - [`spec`]: the run spec stored with each run, read back by the dispatcher.
+//! - [`metrics`]: the Prometheus metrics served at `/metrics`.
 //! - [`clock`]: what time it is (a manual clock in tests).
 //! - [`config`]: flags and environment variables.
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod dispatch;
 pub mod envelope;
 pub mod local;
+pub mod metrics;
 pub mod reconcile;
 pub mod registry;
 pub mod spec;
@@ -61,6 +63,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// How API callers are authenticated.
     pub auth: Arc<auth::ApiAuth>,
+    /// This launcher's metrics (a registry of its own), served at `/metrics`.
+    pub metrics: Arc<metrics::LauncherMetrics>,
 }
 
 impl AppState {
@@ -72,6 +76,7 @@ impl AppState {
         callback_url: HttpUrl,
     ) -> Self {
         Self {
+            metrics: Arc::new(metrics::LauncherMetrics::new(&registry)),
             deps,
             registry: Arc::new(registry),
             nonce_key,

@@ -103,6 +103,32 @@ pub enum ActionKind {
     MarkedUnknown,
 }
 
+impl ActionKind {
+    /// Every kind.
+    pub const ALL: [Self; 7] = [
+        Self::Salvaged,
+        Self::Retried,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Canceled,
+        Self::Resolved,
+        Self::MarkedUnknown,
+    ];
+
+    /// Its name, as serialized and as the `kind` label of `runway_reconciler_actions_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Salvaged => "salvaged",
+            Self::Retried => "retried",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Canceled => "canceled",
+            Self::Resolved => "resolved",
+            Self::MarkedUnknown => "marked_unknown",
+        }
+    }
+}
+
 /// One action, kept for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Action {
@@ -153,6 +179,8 @@ pub struct ReconcilerParts {
     pub backends: Backends,
     /// What time it is.
     pub clock: Arc<dyn Clock>,
+    /// Counts its actions (`runway_reconciler_actions_total`).
+    pub metrics: Arc<crate::metrics::LauncherMetrics>,
 }
 
 /// Closes attempts whose jobs will not call back.
@@ -245,6 +273,7 @@ impl Reconciler {
                 .with_context(|| format!("sweeping the {} backend", backend.kind()))?;
         }
         if swept > 0 {
+            self.parts.metrics.swept(swept);
             tracing::info!(swept, "swept jobs of no active attempt");
         }
         Ok(swept)
@@ -347,6 +376,9 @@ impl Reconciler {
                 .steps
                 .is_multiple_of(self.settings.sweep_every.max(1))
         };
+        for action in &report.actions {
+            self.parts.metrics.reconciled(action.kind);
+        }
         if sweep_due {
             match self.sweep().await {
                 Ok(swept) => report.swept = swept,

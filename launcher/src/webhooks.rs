@@ -24,6 +24,7 @@ use runway_runs::{OutboxEvent, RunStore, SubscriptionId, WebhookSubscription};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::metrics::WebhookPost;
 
 /// Every Standard Webhooks secret begins so.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -187,6 +188,7 @@ pub struct Deliverer {
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
     settings: DeliverySettings,
+    metrics: Arc<crate::metrics::LauncherMetrics>,
 }
 
 impl Deliverer {
@@ -206,7 +208,14 @@ impl Deliverer {
             clock,
             http,
             settings,
+            metrics: Arc::default(),
         })
+    }
+
+    /// The same deliverer, counting its deliveries in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::LauncherMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Claims the due rows and delivers each.
@@ -243,6 +252,9 @@ impl Deliverer {
             .await
             .context("marking events delivered")?;
         report.delivered = delivered.len();
+        self.metrics.webhook_events("delivered", report.delivered);
+        self.metrics.webhook_events("retried", report.retried);
+        self.metrics.webhook_events("dead", report.dead);
         Ok(report)
     }
 
@@ -260,7 +272,13 @@ impl Deliverer {
             s.disabled_at.is_none() && s.org_id == org && s.events.contains(&event.event)
         }) {
             report.posts += 1;
-            match self.post(sub, &id, &body).await {
+            let posted = self.post(sub, &id, &body).await;
+            self.metrics.webhook_posted(match &posted {
+                Ok(()) => WebhookPost::Delivered,
+                Err(Refusal::Gone) => WebhookPost::Gone,
+                Err(Refusal::Failed(_)) => WebhookPost::Failed,
+            });
+            match posted {
                 Ok(()) => {}
                 Err(Refusal::Gone) => {
                     let now = self.clock.now();

@@ -141,7 +141,9 @@ impl Workers {
                 }
                 BackendKind::CloudRun => {
                     built.push(Arc::new(
-                        CloudRunBackend::new(config.cloud_run.settings(&state.registry)).await?,
+                        CloudRunBackend::new(config.cloud_run.settings(&state.registry))
+                            .await?
+                            .with_metrics(state.metrics.clone()),
                     ));
                 }
             }
@@ -164,6 +166,7 @@ impl Workers {
                 nonce_key: state.nonce_key.clone(),
                 wake: state.wake.clone(),
                 clock: state.clock.clone(),
+                metrics: state.metrics.clone(),
             },
             DispatchSettings {
                 callback_url: state.callback_url.clone(),
@@ -188,14 +191,18 @@ impl Workers {
                 registry: state.registry.clone(),
                 backends: backends.clone(),
                 clock: state.clock.clone(),
+                metrics: state.metrics.clone(),
             },
             reconcile,
         ));
-        let deliverer = Arc::new(crate::webhooks::Deliverer::new(
-            state.deps.store.clone(),
-            state.clock.clone(),
-            config.webhooks.clone(),
-        )?);
+        let deliverer = Arc::new(
+            crate::webhooks::Deliverer::new(
+                state.deps.store.clone(),
+                state.clock.clone(),
+                config.webhooks.clone(),
+            )?
+            .with_metrics(state.metrics.clone()),
+        );
         Ok(Self {
             backends,
             dispatcher,

@@ -1978,3 +1978,63 @@ async fn retries_are_scoped_to_the_callers_org_on_sqlite() {
 async fn retries_are_scoped_to_the_callers_org_on_postgres() {
     retries_are_scoped_to_the_callers_org(true).await;
 }
+/// `/metrics` asks for the API's credentials when they are required (any valid API key: the
+/// figures name no org) and then answers in the Prometheus text format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_take_the_apis_credentials_when_they_are_required() {
+    let (app, _issuer, _audience) = spawn_required(false).await;
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET");
+    let (status, body) = read(response).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "Authorization: Bearer",
+    );
+    let (status, body) = app
+        .send_as(
+            reqwest::Method::GET,
+            "/metrics",
+            Some("rwk_not-a-key"),
+            None,
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "unknown_api_key",
+        "not known",
+    );
+    let (_, key) =
+        runway_launcher::auth::create_api_key(app.store.as_ref(), "globex", "prometheus")
+            .await
+            .expect("key");
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.expect("body");
+    assert!(text.contains("# TYPE runway_queue_depth gauge"), "{text}");
+    assert!(
+        text.contains("runway_runs_unfinished{state=\"queued\",validator=\"energyplus\"} 0"),
+        "{text}"
+    );
+    app.finish().await;
+}

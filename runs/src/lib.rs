@@ -33,6 +33,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 
+pub mod counts;
 mod fair;
 pub mod lifecycle;
 mod model;
@@ -41,6 +42,7 @@ mod rows;
 pub mod sqlite;
 pub mod verify;
 
+pub use counts::StoreCounts;
 pub use lifecycle::WriteTx;
 pub use model::*;
 pub use postgres::PostgresStore;
@@ -215,6 +217,15 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StreamedEvent>, StoreError>;
+
+    /// Grouped counts for gauges: unfinished runs by validator and state, runs completed at or
+    /// after `completed_since` by validator and result, and attempts due at `now` by
+    /// validator with the oldest due time (see [`counts`] for the indexes that keep it cheap).
+    async fn counts(
+        &self,
+        now: DateTime<Utc>,
+        completed_since: DateTime<Utc>,
+    ) -> Result<StoreCounts, StoreError>;
 
     /// Stores a new API key.
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError>;

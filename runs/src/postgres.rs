@@ -143,6 +143,7 @@ fn json_col(row: &PgRow, col: &str) -> Result<Option<Value>, StoreError> {
 
 decoders!(PgRow);
 api_key_queries!(PgPool);
+crate::counts::count_queries!(PgPool, PgRow);
 webhook_queries!(PgPool, sqlx::Postgres);
 
 // --- Queries shared by transactions and plain reads -------------------------------------------
@@ -759,6 +760,14 @@ impl RunStore for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn counts(
+        &self,
+        now: DateTime<Utc>,
+        completed_since: DateTime<Utc>,
+    ) -> Result<StoreCounts, StoreError> {
+        store_counts(&self.pool, now, completed_since).await
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {

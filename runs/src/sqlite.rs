@@ -161,6 +161,7 @@ fn json_col(row: &SqliteRow, col: &str) -> Result<Option<Value>, StoreError> {
 
 decoders!(SqliteRow);
 api_key_queries!(SqlitePool);
+crate::counts::count_queries!(SqlitePool, SqliteRow);
 webhook_queries!(SqlitePool, sqlx::Sqlite);
 
 // --- Queries shared by transactions and plain reads -------------------------------------------
@@ -744,6 +745,14 @@ impl RunStore for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn counts(
+        &self,
+        now: DateTime<Utc>,
+        completed_since: DateTime<Utc>,
+    ) -> Result<StoreCounts, StoreError> {
+        store_counts(&self.pool, now, completed_since).await
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {

@@ -126,6 +126,7 @@ store_cases!(
     event_streams_resume_from_a_cursor_without_gaps_or_repeats,
     a_tailing_reader_misses_no_event_written_concurrently,
     another_connections_writes_wake_a_listener,
+    counts_group_unfinished_recent_and_due_work,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2213,4 +2214,124 @@ async fn next_wake(wakes: &mut futures::stream::BoxStream<'static, store::Wake>)
         .await
         .expect("woken within 10 s")
         .expect("the stream goes on")
+}
+
+/// The gauges' grouped counts: unfinished runs by validator and state, completed runs within
+/// the window by validator and result, and due attempts (not those waiting for their
+/// `not_before`) by validator with the oldest due time.
+async fn counts_group_unfinished_recent_and_due_work(db: &Db) {
+    use store::counts::{ActiveRuns, CompletedRuns, Queue};
+    let store = db.store();
+    assert_eq!(
+        store
+            .counts(t0(), t0() - secs(86_400))
+            .await
+            .expect("counts"),
+        store::StoreCounts::default(),
+        "an empty store counts nothing"
+    );
+    let first = create(store, new_run("v-1", "org-1", t0())).await;
+    let later = create(store, new_run("v-1", "org-1", t0() + secs(10))).await;
+    let other = create(store, new_run("v-2", "org-2", t0())).await;
+
+    let counts = store.counts(t0() + secs(5), t0()).await.expect("counts");
+    assert_eq!(
+        counts.active_runs,
+        vec![
+            ActiveRuns {
+                validator_id: "v-1".into(),
+                state: RunState::Queued,
+                count: 2
+            },
+            ActiveRuns {
+                validator_id: "v-2".into(),
+                state: RunState::Queued,
+                count: 1
+            },
+        ]
+    );
+    assert!(counts.completed_runs.is_empty());
+    assert_eq!(
+        counts.queues,
+        vec![
+            Queue {
+                validator_id: "v-1".into(),
+                depth: 1,
+                oldest_due: t0()
+            },
+            Queue {
+                validator_id: "v-2".into(),
+                depth: 1,
+                oldest_due: t0()
+            },
+        ],
+        "the run due at t0 + 10 s is not in the queue at t0 + 5 s"
+    );
+
+    // The two due attempts are claimed; one runs and passes, the later run is canceled.
+    let claimed = store
+        .claim_due(t0() + secs(5), 10, &HashMap::new())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let first_attempt = first.attempts[0].clone();
+    store
+        .mark_running(MarkRunning {
+            attempt_id: first_attempt.id,
+            backend: backend("exec-1"),
+            deadline_at: Some(t0() + secs(600)),
+            at: t0() + secs(6),
+        })
+        .await
+        .expect("running");
+    store
+        .finalize_attempt(finalize_of(&first_attempt, ValidationStatus::Success))
+        .await
+        .expect("finalize");
+    store
+        .request_cancel(later.run.id, t0() + secs(40))
+        .await
+        .expect("cancel");
+
+    let counts = store.counts(t0() + secs(60), t0()).await.expect("counts");
+    assert_eq!(
+        counts.active_runs,
+        vec![ActiveRuns {
+            validator_id: "v-2".into(),
+            state: RunState::Running,
+            count: 1
+        }],
+        "run {} is running",
+        other.run.id
+    );
+    assert_eq!(
+        counts.completed_runs,
+        vec![
+            CompletedRuns {
+                validator_id: "v-1".into(),
+                result: RunResult::Canceled,
+                count: 1
+            },
+            CompletedRuns {
+                validator_id: "v-1".into(),
+                result: RunResult::Passed,
+                count: 1
+            },
+        ]
+    );
+    assert!(counts.queues.is_empty(), "{:?}", counts.queues);
+
+    // The window leaves out what finished before it (the pass, at t0 + 30 s).
+    let counts = store
+        .counts(t0() + secs(60), t0() + secs(35))
+        .await
+        .expect("counts");
+    assert_eq!(
+        counts.completed_runs,
+        vec![CompletedRuns {
+            validator_id: "v-1".into(),
+            result: RunResult::Canceled,
+            count: 1
+        }]
+    );
 }

@@ -293,6 +293,7 @@ impl Lab {
                 deps: deps.clone(),
                 verifier,
                 attempt_tokens: minter(),
+                metrics: Default::default(),
             }),
         );
         serve(launcher, runway_launcher::router(state.clone()));
@@ -600,6 +601,22 @@ async fn a_429_storm_is_ridden_out_and_every_run_launches_exactly_once() {
         assert!(attempt.backend.is_some());
     }
     assert_eq!(lab.cloud_run.run_requests(), 10, "7 refused, 3 accepted");
+    // Each refusal was a back-off wait, counted for /metrics; the limiter (600 a minute) never
+    // made a launch wait.
+    let metrics = lab
+        .state
+        .metrics
+        .render(lab.state.deps.store.as_ref(), chrono::Utc::now())
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("runway_launch_waits_total{backend=\"cloud_run\",cause=\"backoff\"} 7\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runway_launch_waits_total{backend=\"cloud_run\",cause=\"limiter\"} 0\n"),
+        "{metrics}"
+    );
     for &run in &runs {
         let done = lab.wait_completed(run, Duration::from_secs(120)).await;
         assert_eq!(done.run.result, Some(RunResult::Passed), "{done:?}");

@@ -191,6 +191,7 @@ impl Lab {
                 deps: deps.clone(),
                 verifier,
                 attempt_tokens: None,
+                metrics: Default::default(),
             }),
         );
         serve(launcher, runway_launcher::router(state));

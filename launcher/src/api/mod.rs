@@ -1,5 +1,5 @@
 //! The launcher's HTTP API: the run API (`/v1/runs`), the validator list, the OpenAPI document,
-//! and the shared health routes.
+//! the Prometheus metrics and the shared health routes.
 //!
 //! [`ROUTES`] is the single list of what is served: [`router`] is built from it, and a test
 //! checks it against `openapi.json` both ways. Every request runs in a `request` span carrying
@@ -8,6 +8,7 @@
 mod create;
 mod error;
 mod events;
+mod metrics;
 mod retry;
 mod runs;
 mod view;
@@ -38,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
     ("GET", "/v1/validators"),
     ("POST", "/v1/runs"),
     ("GET", "/v1/runs"),
@@ -50,6 +52,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/webhooks/dead/{id}/replay"),
 ];
 
+/// The one route outside `/v1` that asks for the same credentials as the API when they are
+/// required: the metrics, which an open network must not read.
+const AUTHENTICATED_OUTSIDE_V1: &str = "/metrics";
+
 /// The OpenAPI 3.1 document describing [`ROUTES`].
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
@@ -61,6 +67,7 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
     Some(match (method, path) {
         ("GET", "/healthz" | "/readyz") => return None,
         ("GET", "/openapi.json") => get(openapi),
+        ("GET", "/metrics") => get(metrics::metrics),
         ("GET", "/v1/validators") => get(runs::list_validators),
         // The create handler enforces its own limits (JSON and multipart differ).
         ("POST", "/v1/runs") => post(create::create_run).layer(DefaultBodyLimit::disable()),
@@ -84,7 +91,7 @@ pub fn router(state: AppState) -> Router {
     let mut api = Router::new();
     for &(method, path) in ROUTES {
         if let Some(handler) = handler(method, path) {
-            if path.starts_with("/v1/") {
+            if path.starts_with("/v1/") || path == AUTHENTICATED_OUTSIDE_V1 {
                 v1 = v1.route(path, handler);
             } else {
                 api = api.route(path, handler);

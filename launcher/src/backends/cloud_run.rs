@@ -22,7 +22,7 @@
 //! - **Sweep** cancels running executions of the registry's jobs whose attempt is not active.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -41,6 +41,7 @@ use runway_runs::{AttemptId, BackendKind};
 use tokio::time::Instant;
 
 use super::{Backend, JobSpec, JobState, LaunchError};
+use crate::metrics::WaitCause;
 use crate::registry::{ImagePolicy, ValidatorConfig};
 
 /// The variable naming the attempt in every execution's environment: how `find` and `sweep`
@@ -137,6 +138,7 @@ pub struct CloudRunBackend {
     executions: Executions,
     limiter: RateLimiter,
     settings: CloudRunSettings,
+    metrics: Arc<crate::metrics::LauncherMetrics>,
 }
 
 /// How one failed Admin API call is taken.
@@ -203,7 +205,14 @@ impl CloudRunBackend {
                 .context("cannot build the Cloud Run Executions client")?,
             limiter: RateLimiter::per_minute(settings.runs_per_minute),
             settings,
+            metrics: Arc::default(),
         })
+    }
+
+    /// The same backend, counting its launches' waits in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::LauncherMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn request(&self, job: &JobSpec, job_name: &str) -> anyhow::Result<RunJobRequest> {
@@ -490,6 +499,8 @@ impl Backend for CloudRunBackend {
         let mut step = self.settings.backoff_first;
         loop {
             let waited = self.limiter.acquire().await;
+            self.metrics
+                .launch_waited(BackendKind::CloudRun, WaitCause::Limiter, waited);
             if !waited.is_zero() {
                 tracing::debug!(
                     waited_ms = waited.as_millis(),
@@ -503,7 +514,10 @@ impl Backend for CloudRunBackend {
                     if started.elapsed() + step <= self.settings.launch_patience =>
                 {
                     tracing::info!(error = %e, job = job_name, "jobs.run refused for now; backing off");
-                    tokio::time::sleep(jitter(step)).await;
+                    let wait = jitter(step);
+                    tokio::time::sleep(wait).await;
+                    self.metrics
+                        .launch_waited(BackendKind::CloudRun, WaitCause::Backoff, wait);
                     step = (step * 2).min(BACKOFF_MAX);
                 }
                 Err((Failure::Busy, e)) => {

@@ -152,6 +152,18 @@ pub enum LaunchError {
     Ambiguous(anyhow::Error),
 }
 
+impl LaunchError {
+    /// `retryable`, `permanent` or `ambiguous` (the `kind` label of
+    /// `runway_launch_errors_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Retryable(_) => "retryable",
+            Self::Permanent(_) => "permanent",
+            Self::Ambiguous(_) => "ambiguous",
+        }
+    }
+}
+
 /// What a backend knows of a job it started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
