@@ -7,8 +7,8 @@
 
 mod create;
 mod error;
-mod events;
-mod runs;
+pub(crate) mod events;
+pub(crate) mod runs;
 mod view;
 mod webhooks;
 
@@ -27,7 +27,7 @@ pub use create::{MAX_JSON_BODY_BYTES, MAX_MULTIPART_BODY_BYTES};
 pub use error::ApiError;
 
 use crate::AppState;
-use error::InternalCause;
+pub(crate) use error::InternalCause;
 
 /// Every `(method, path)` the launcher serves, in the router's path syntax (which is also
 /// OpenAPI's). The router is built from this list and `openapi.json` must describe exactly it.
@@ -44,6 +44,20 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/events"),
     ("GET", "/v1/webhooks/dead"),
     ("POST", "/v1/webhooks/dead/{id}/replay"),
+    // The operators' dashboard (HTML; `crate::dashboard`), behind its own session check.
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/runs"),
+    ("GET", "/dashboard/runs/counts"),
+    ("GET", "/dashboard/runs/{id}"),
+    ("GET", "/dashboard/runs/{id}/events"),
+    ("POST", "/dashboard/runs/{id}/cancel"),
+    ("GET", "/dashboard/runs/{id}/attempts/{attempt}/{file}"),
+    ("GET", "/dashboard/validators"),
+    ("GET", "/dashboard/reconciler"),
+    ("GET", "/dashboard/login"),
+    ("POST", "/dashboard/login"),
+    ("POST", "/dashboard/logout"),
+    ("GET", "/dashboard/assets/{file}"),
 ];
 
 /// The OpenAPI 3.1 document describing [`ROUTES`].
@@ -67,6 +81,7 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("GET", "/v1/events") => get(events::org_events),
         ("GET", "/v1/webhooks/dead") => get(webhooks::list_dead),
         ("POST", "/v1/webhooks/dead/{id}/replay") => post(webhooks::replay),
+        (_, path) if path.starts_with("/dashboard") => crate::dashboard::handler(method, path),
         _ => unreachable!("ROUTES lists {method} {path} but no handler serves it"),
     })
 }
@@ -76,11 +91,14 @@ pub fn router(state: AppState) -> Router {
     let deps = state.deps.clone();
     // The `/v1` routes know their caller (and refuse unknown ones when auth is required).
     let mut v1 = Router::new();
+    let mut dashboard = Router::new();
     let mut api = Router::new();
     for &(method, path) in ROUTES {
         if let Some(handler) = handler(method, path) {
             if path.starts_with("/v1/") {
                 v1 = v1.route(path, handler);
+            } else if path.starts_with("/dashboard") {
+                dashboard = dashboard.route(path, handler);
             } else {
                 api = api.route(path, handler);
             }
@@ -90,7 +108,10 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         crate::auth::authenticate,
     ));
+    // The dashboard knows its caller from the same header or its session cookie.
+    let dashboard = crate::dashboard::guard(dashboard, state.clone());
     api.merge(v1)
+        .merge(dashboard)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
