@@ -68,16 +68,18 @@ pub(crate) fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
 }
 
 /// Puts the dashboard's checks in front of its routes: the CSRF check of every POST, the
-/// caller (except for the login page and the assets), and the security headers of every answer.
+/// caller (except for signing in and out, and the assets), and the security headers of every answer.
 pub(crate) fn guard(routes: Router<AppState>, state: AppState) -> Router<AppState> {
     routes.route_layer(middleware::from_fn_with_state(state, check))
 }
 
 async fn check(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let public = request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| matches!(p.as_str(), "/dashboard/login" | "/dashboard/assets/{file}"));
+    let public = request.extensions().get::<MatchedPath>().is_some_and(|p| {
+        matches!(
+            p.as_str(),
+            "/dashboard/login" | "/dashboard/logout" | "/dashboard/assets/{file}"
+        )
+    });
     if !matches!(*request.method(), Method::GET | Method::HEAD)
         && let Err(why) = same_origin(request.headers())
     {
