@@ -227,7 +227,8 @@ pub(super) async fn detail(
         .and_then(|Query(q)| q.notice)
         .and_then(|n| match n.as_str() {
             "canceled" => Some("The run was queued: it is canceled."),
-            "cancel-requested" => {
+            // Once the run completed, its state says the rest.
+            "cancel-requested" if !completed => {
                 Some("Cancel requested: the reconciler stops the job and ends the run canceled.")
             }
             _ => None,
