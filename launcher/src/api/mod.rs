@@ -1,5 +1,6 @@
 //! The launcher's HTTP API: the run API (`/v1/runs`), the validator list, the OpenAPI document,
-//! and the shared health routes.
+//! and the shared health routes; the router also mounts the dashboard's pages
+//! ([`crate::dashboard`]), whose routes are listed here with the rest.
 //!
 //! [`ROUTES`] is the single list of what is served: [`router`] is built from it, and a test
 //! checks it against `openapi.json` both ways. Every request runs in a `request` span carrying
