@@ -38,6 +38,16 @@ if ! command -v debootstrap >/dev/null; then
     exit 1
   fi
 fi
+# Debian's Chromium: the dashboard's browser test drives it headless (cli/tests/dashboard.rs).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium is missing; install it (apt-get install chromium) for the dashboard's browser test." >&2
+    exit 1
+  fi
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest

@@ -165,9 +165,9 @@ pub(crate) async fn authenticate(
     }
 }
 
-async fn identify(state: &AppState, header: &str) -> Result<Caller, ApiError> {
-    let auth = &state.auth;
-    if auth.mode == AuthMode::Open {
+/// Who sends the `Authorization` header `header` (`Open` when nothing is asked).
+pub(crate) async fn identify(state: &AppState, header: &str) -> Result<Caller, ApiError> {
+    if state.auth.mode == AuthMode::Open {
         return Ok(Caller::Open);
     }
     let token = header
@@ -182,6 +182,13 @@ async fn identify(state: &AppState, header: &str) -> Result<Caller, ApiError> {
                 "this launcher requires credentials: Authorization: Bearer <API key or Google ID token>",
             )
         })?;
+    identify_token(state, token).await
+}
+
+/// Who holds the bearer credential `token` (an API key or an ID token) when authentication
+/// is required; the dashboard's session cookie is checked here too, as its header would be.
+pub(crate) async fn identify_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let auth = &state.auth;
     if token.starts_with(API_KEY_PREFIX) {
         let key = state
             .deps

@@ -4,6 +4,7 @@
 //! callback will not come.
 //!
 //! - [`api`]: the HTTP run API, its errors and its OpenAPI document.
+//! - [`dashboard`]: the operators' HTML pages (runs, a run, validators, the reconciler).
 //! - [`dispatch`]: claims due attempts, writes their input envelopes, starts their jobs.
 //! - [`reconcile`]: observes jobs; salvages, fails, retries, times out and cancels attempts.
 //! - [`backends`]: where jobs run, and the contract every backend keeps.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod backends;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod dispatch;
 pub mod envelope;
 pub mod local;
@@ -65,6 +67,9 @@ pub struct AppState {
     pub auth: Arc<auth::ApiAuth>,
     /// This launcher's metrics (a registry of its own), served at `/metrics`.
     pub metrics: Arc<metrics::LauncherMetrics>,
+    /// The reconciler of this process, once [`workers::Workers::build`] made it (the
+    /// dashboard shows its recent actions); empty where no workers run.
+    pub reconciler: Arc<std::sync::OnceLock<Arc<reconcile::Reconciler>>>,
 }
 
 impl AppState {
@@ -85,6 +90,7 @@ impl AppState {
             events: Arc::new(Notify::new()),
             clock: Arc::new(SystemClock),
             auth: Arc::default(),
+            reconciler: Arc::default(),
         }
     }
 

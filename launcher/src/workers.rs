@@ -195,6 +195,8 @@ impl Workers {
             },
             reconcile,
         ));
+        // The first reconciler built for this state is the one its dashboard shows.
+        let _ = state.reconciler.set(reconciler.clone());
         let deliverer = Arc::new(
             crate::webhooks::Deliverer::new(
                 state.deps.store.clone(),

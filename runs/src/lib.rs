@@ -158,6 +158,19 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<RunPage, StoreError>;
 
+    /// How many runs match `filter` in each state, and completed ones with each result
+    /// (`filter.state` is ignored: the counts are of every state).
+    async fn count_runs(&self, filter: &RunFilter) -> Result<RunCounts, StoreError>;
+
+    /// Every validator with attempts active now or ended at or after `since` (of the runs of
+    /// `org` only, if given), by id: counts by state and the durations' p50 and p95
+    /// ([`ValidatorActivity`]).
+    async fn validator_activity(
+        &self,
+        since: DateTime<Utc>,
+        org: Option<&str>,
+    ) -> Result<Vec<ValidatorActivity>, StoreError>;
+
     /// Attempts in any of `states`, by id, after `after` (a keyset cursor for the reconciler's
     /// round-robin scan).
     async fn attempts_in_states(

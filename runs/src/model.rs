@@ -845,6 +845,147 @@ pub struct RunPage {
     pub next_cursor: Option<RunCursor>,
 }
 
+/// How many runs are in each state, and completed runs with each result: the live counts of
+/// [`RunStore::count_runs`](super::RunStore::count_runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RunCounts {
+    /// Runs waiting for a dispatch (first try or a scheduled retry).
+    pub queued: u64,
+    /// Runs whose current attempt was claimed.
+    pub running: u64,
+    /// Finished runs, whatever their result.
+    pub completed: u64,
+    /// Completed and passed.
+    pub passed: u64,
+    /// Completed with validation findings.
+    pub failed: u64,
+    /// Completed because the validator or the platform failed.
+    pub error: u64,
+    /// Completed on a cancel.
+    pub canceled: u64,
+    /// Completed past the deadline.
+    pub timed_out: u64,
+}
+
+impl RunCounts {
+    /// Adds `n` runs in `state` (with `result`, once completed).
+    pub fn add(&mut self, state: RunState, result: Option<RunResult>, n: u64) {
+        match state {
+            RunState::Queued => self.queued += n,
+            RunState::Running => self.running += n,
+            RunState::Completed => self.completed += n,
+        }
+        match result {
+            Some(RunResult::Passed) => self.passed += n,
+            Some(RunResult::Failed) => self.failed += n,
+            Some(RunResult::Error) => self.error += n,
+            Some(RunResult::Canceled) => self.canceled += n,
+            Some(RunResult::TimedOut) => self.timed_out += n,
+            None => {}
+        }
+    }
+
+    /// Every run counted.
+    pub fn total(&self) -> u64 {
+        self.queued + self.running + self.completed
+    }
+}
+
+/// One validator's attempts: those active now, and those that ended in a recent window, as
+/// [`RunStore::validator_activity`](super::RunStore::validator_activity) counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ValidatorActivity {
+    /// The validator.
+    pub validator_id: String,
+    /// Attempts waiting for a dispatch.
+    pub pending: u64,
+    /// Attempts `dispatching`, `running` or `unknown`: what a validator's cap limits.
+    pub in_flight: u64,
+    /// Attempts that ended `completed` (with an output) in the window.
+    pub completed: u64,
+    /// Attempts that ended `failed` in the window.
+    pub failed: u64,
+    /// Attempts that ended `timed_out` in the window.
+    pub timed_out: u64,
+    /// Attempts that ended `canceled` in the window.
+    pub canceled: u64,
+    /// Median duration, dispatch to end, of the attempts that ended `completed`, `failed` or
+    /// `timed_out` in the window after a dispatch (nearest rank).
+    pub duration_p50_ms: Option<u64>,
+    /// The 95th percentile of the same durations (nearest rank).
+    pub duration_p95_ms: Option<u64>,
+}
+
+impl ValidatorActivity {
+    /// An empty record for `validator_id`.
+    pub fn new(validator_id: impl Into<String>) -> Self {
+        Self {
+            validator_id: validator_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds `n` attempts in `state`.
+    pub fn add(&mut self, state: AttemptState, n: u64) {
+        match state {
+            AttemptState::Pending => self.pending += n,
+            AttemptState::Dispatching | AttemptState::Running | AttemptState::Unknown => {
+                self.in_flight += n;
+            }
+            AttemptState::Completed => self.completed += n,
+            AttemptState::Failed => self.failed += n,
+            AttemptState::TimedOut => self.timed_out += n,
+            AttemptState::Canceled => self.canceled += n,
+        }
+    }
+
+    /// Attempts that ended in the window other than by a cancel.
+    pub fn ended(&self) -> u64 {
+        self.completed + self.failed + self.timed_out
+    }
+
+    /// The share of [`ended`](Self::ended) attempts that ended `failed` or `timed_out` (no
+    /// usable output); `None` when none ended. A cancel is neither a success nor an error.
+    pub fn error_rate(&self) -> Option<f64> {
+        let ended = self.ended();
+        (ended > 0).then(|| (self.failed + self.timed_out) as f64 / ended as f64)
+    }
+}
+
+/// The 1-based rank of the `percent`th percentile among `n` sorted values (nearest rank:
+/// `ceil(percent × n / 100)`); the stores select this row.
+pub fn nearest_rank(percent: u64, n: u64) -> u64 {
+    (percent * n).div_ceil(100).max(1)
+}
+
+/// Puts together what a store read for [`ValidatorActivity`]: attempt counts by
+/// `(validator, state)`, and duration rows `(validator, n, rank, ms)` of which each validator
+/// has the ones at the ranks of its p50 and p95 among its `n` durations.
+pub(crate) fn assemble_activity(
+    counts: impl IntoIterator<Item = (String, AttemptState, u64)>,
+    durations: impl IntoIterator<Item = (String, u64, u64, u64)>,
+) -> Vec<ValidatorActivity> {
+    let mut by_id: std::collections::BTreeMap<String, ValidatorActivity> = Default::default();
+    for (validator, state, n) in counts {
+        by_id
+            .entry(validator.clone())
+            .or_insert_with(|| ValidatorActivity::new(validator))
+            .add(state, n);
+    }
+    for (validator, n, rank, ms) in durations {
+        let activity = by_id
+            .entry(validator.clone())
+            .or_insert_with(|| ValidatorActivity::new(validator));
+        if rank == nearest_rank(50, n) {
+            activity.duration_p50_ms = Some(ms);
+        }
+        if rank == nearest_rank(95, n) {
+            activity.duration_p95_ms = Some(ms);
+        }
+    }
+    by_id.into_values().collect()
+}
+
 pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
     Utc.timestamp_micros(micros)
         .single()

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::fair::{Candidate, FairClaim, VALIDATORS_WITH_DUE_WORK};
 use crate::lifecycle::{WriteTx, pair, run_state_for};
-use crate::model::from_micros;
+use crate::model::{assemble_activity, from_micros};
 use crate::rows::*;
 
 /// [`INSERT_OUTBOX`] with the event's place in commit order (SQLite has one writer at a time,
@@ -130,6 +130,11 @@ fn opt_ts_col(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>, Store
     row.try_get::<Option<i64>, _>(col)?
         .map(from_micros)
         .transpose()
+}
+
+fn u64_col(row: &SqliteRow, col: &str) -> Result<u64, StoreError> {
+    let n: i64 = row.try_get(col)?;
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{col} {n} is out of range")))
 }
 
 fn count_col(row: &SqliteRow, col: &str) -> Result<u32, StoreError> {
@@ -479,6 +484,87 @@ impl RunStore for SqliteStore {
             None
         };
         Ok(RunPage { runs, next_cursor })
+    }
+
+    async fn count_runs(&self, filter: &RunFilter) -> Result<RunCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, result, COUNT(*) AS n FROM runs \
+             WHERE ($1 IS NULL OR validator_id = $1) AND ($2 IS NULL OR org_id = $2) \
+             GROUP BY state, result",
+        )
+        .bind(filter.validator_id.as_deref())
+        .bind(filter.org_id.as_deref())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = RunCounts::default();
+        for row in &rows {
+            counts.add(
+                enum_col(row, "state")?,
+                opt_enum_col(row, "result")?,
+                u64_col(row, "n")?,
+            );
+        }
+        Ok(counts)
+    }
+
+    async fn validator_activity(
+        &self,
+        since: DateTime<Utc>,
+        org: Option<&str>,
+    ) -> Result<Vec<ValidatorActivity>, StoreError> {
+        // Active attempts have no end time and ended ones are not active, so the two halves
+        // count no attempt twice (and each uses its own index).
+        let counts = sqlx::query(
+            "SELECT validator_id, state, COUNT(*) AS n FROM attempts \
+             WHERE state IN ('pending', 'dispatching', 'running', 'unknown') \
+             AND ($2 IS NULL OR run_id IN (SELECT id FROM runs WHERE org_id = $2)) \
+             GROUP BY validator_id, state \
+             UNION ALL \
+             SELECT validator_id, state, COUNT(*) AS n FROM attempts \
+             WHERE finished_at >= $1 \
+             AND ($2 IS NULL OR run_id IN (SELECT id FROM runs WHERE org_id = $2)) \
+             GROUP BY validator_id, state",
+        )
+        .bind(enc_ts(since))
+        .bind(org)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<String, _>("validator_id")?,
+                enum_col(row, "state")?,
+                u64_col(row, "n")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let durations = sqlx::query(
+            "SELECT validator_id, n, rn, ms FROM ( \
+               SELECT validator_id, MAX(0, (finished_at - dispatched_at) / 1000) AS ms, \
+                 ROW_NUMBER() OVER (PARTITION BY validator_id \
+                                    ORDER BY finished_at - dispatched_at) AS rn, \
+                 COUNT(*) OVER (PARTITION BY validator_id) AS n \
+               FROM attempts \
+               WHERE finished_at >= $1 AND dispatched_at IS NOT NULL \
+               AND state IN ('completed', 'failed', 'timed_out') \
+               AND ($2 IS NULL OR run_id IN (SELECT id FROM runs WHERE org_id = $2))) \
+             WHERE rn = (50 * n + 99) / 100 OR rn = (95 * n + 99) / 100",
+        )
+        .bind(enc_ts(since))
+        .bind(org)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<String, _>("validator_id")?,
+                u64_col(row, "n")?,
+                u64_col(row, "rn")?,
+                u64_col(row, "ms")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(assemble_activity(counts, durations))
     }
 
     async fn attempts_in_states(

@@ -127,6 +127,7 @@ store_cases!(
     a_tailing_reader_misses_no_event_written_concurrently,
     another_connections_writes_wake_a_listener,
     counts_group_unfinished_recent_and_due_work,
+    counts_by_state_and_validator_activity_in_a_window,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2333,5 +2334,172 @@ async fn counts_group_unfinished_recent_and_due_work(db: &Db) {
             result: RunResult::Canceled,
             count: 1
         }]
+    );
+}
+
+/// The dashboard's reads: runs counted by state and result, and each validator's attempts —
+/// active now, and ended in a window with their error share and nearest-rank p50/p95 durations
+/// (dispatch to end) — scoped to an org when asked.
+async fn counts_by_state_and_validator_activity_in_a_window(db: &Db) {
+    let store = db.store();
+    let caps = HashMap::new();
+    let claim = |at: DateTime<Utc>| {
+        let caps = &caps;
+        async move {
+            store
+                .claim_due(at, 10, caps)
+                .await
+                .expect("claim")
+                .into_iter()
+                .map(|c| c.attempt)
+                .collect::<Vec<_>>()
+        }
+    };
+    let finish = |attempt: &Attempt, at: DateTime<Utc>| {
+        let fin = Finalize {
+            at,
+            ..finalize_of(attempt, ValidationStatus::Success)
+        };
+        async move {
+            let outcome = store.finalize_attempt(fin).await.expect("finalize");
+            assert!(
+                matches!(outcome, FinalizeOutcome::Finalized(_)),
+                "{outcome:?}"
+            );
+        }
+    };
+
+    // An hour ago: one run of v-1 that took 100 s.
+    create(store, new_run("v-1", "org-1", t0() - secs(3600))).await;
+    let old = claim(t0() - secs(3600)).await;
+    finish(&old[0], t0() - secs(3500)).await;
+    // Now: four runs of v-1 dispatched at t0 that end after 10, 20, 30 s (outputs) and 40 s
+    // (failed, not retried).
+    for _ in 0..4 {
+        create(store, new_run("v-1", "org-1", t0())).await;
+    }
+    let mut recent = claim(t0()).await;
+    recent.sort_by_key(|a| a.id);
+    assert_eq!(recent.len(), 4);
+    for (i, attempt) in recent.iter().take(3).enumerate() {
+        finish(attempt, t0() + secs(10 * (i as i64 + 1))).await;
+    }
+    let mut failed = end(&recent[3], AttemptState::Failed, false);
+    failed.at = t0() + secs(40);
+    store.end_attempt(failed).await.expect("fail");
+    // One run of v-2 (another org) in flight, one of v-1 queued, one of v-1 canceled queued.
+    create(store, new_run("v-2", "org-2", t0() + secs(50))).await;
+    assert_eq!(claim(t0() + secs(50)).await.len(), 1);
+    create(store, new_run("v-1", "org-1", t0() + secs(60))).await;
+    let canceled = create(store, new_run("v-1", "org-1", t0() + secs(60))).await;
+    store
+        .request_cancel(canceled.run.id, t0() + secs(61))
+        .await
+        .expect("cancel");
+
+    // Counts by state and result, filtered like a listing (its state filter ignored).
+    let all = store
+        .count_runs(&RunFilter {
+            state: Some(RunState::Queued),
+            ..Default::default()
+        })
+        .await
+        .expect("count");
+    assert_eq!(
+        (all.queued, all.running, all.completed, all.total()),
+        (1, 1, 6, 8)
+    );
+    assert_eq!(
+        (
+            all.passed,
+            all.failed,
+            all.error,
+            all.canceled,
+            all.timed_out
+        ),
+        (4, 0, 1, 1, 0)
+    );
+    let v2 = store
+        .count_runs(&RunFilter {
+            validator_id: Some("v-2".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("count");
+    assert_eq!((v2.running, v2.total()), (1, 1));
+    let org1 = store
+        .count_runs(&RunFilter {
+            org_id: Some("org-1".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("count");
+    assert_eq!((org1.queued, org1.running, org1.completed), (1, 0, 6));
+    let nobody = store
+        .count_runs(&RunFilter {
+            org_id: Some("org-3".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("count");
+    assert_eq!(nobody, store::RunCounts::default());
+
+    // The last minute and more: the old run is outside the window.
+    let activity = store
+        .validator_activity(t0() - secs(60), None)
+        .await
+        .expect("activity");
+    assert_eq!(activity.len(), 2, "{activity:?}");
+    let v1 = &activity[0];
+    assert_eq!(v1.validator_id, "v-1");
+    assert_eq!(
+        (
+            v1.pending,
+            v1.in_flight,
+            v1.completed,
+            v1.failed,
+            v1.timed_out,
+            v1.canceled
+        ),
+        (1, 0, 3, 1, 0, 1)
+    );
+    assert_eq!(v1.error_rate(), Some(0.25));
+    // Durations 10, 20, 30, 40 s: p50 is the 2nd, p95 the 4th.
+    assert_eq!(
+        (v1.duration_p50_ms, v1.duration_p95_ms),
+        (Some(20_000), Some(40_000))
+    );
+    let v2 = &activity[1];
+    assert_eq!(v2.validator_id, "v-2");
+    assert_eq!((v2.in_flight, v2.ended(), v2.error_rate()), (1, 0, None));
+    assert_eq!((v2.duration_p50_ms, v2.duration_p95_ms), (None, None));
+
+    // Two hours: the old run counts too (10, 20, 30, 40, 100 s: p50 the 3rd, p95 the 5th).
+    let wide = store
+        .validator_activity(t0() - secs(7200), None)
+        .await
+        .expect("activity");
+    assert_eq!(wide[0].completed, 4);
+    assert_eq!(
+        (wide[0].duration_p50_ms, wide[0].duration_p95_ms),
+        (Some(30_000), Some(100_000))
+    );
+
+    // Scoped to an org: only its runs' attempts.
+    let org2 = store
+        .validator_activity(t0() - secs(60), Some("org-2"))
+        .await
+        .expect("activity");
+    assert_eq!(org2.len(), 1);
+    assert_eq!(
+        (org2[0].validator_id.as_str(), org2[0].in_flight),
+        ("v-2", 1)
+    );
+    assert!(
+        store
+            .validator_activity(t0() - secs(60), Some("org-3"))
+            .await
+            .expect("activity")
+            .is_empty()
     );
 }

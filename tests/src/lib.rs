@@ -5,6 +5,7 @@
 //! points these variables at them. A test that needs one and does not find it fails with a
 //! sentence saying so: a missing dependency is never a skip.
 
+pub mod browser;
 pub mod fake_cloud_run;
 pub mod fake_google;
 

@@ -1,5 +1,6 @@
 //! The launcher's HTTP API: the run API (`/v1/runs`), the validator list, the OpenAPI document,
-//! the Prometheus metrics and the shared health routes.
+//! the Prometheus metrics and the shared health routes; the router also mounts the dashboard's
+//! pages ([`crate::dashboard`]), whose routes are listed here with the rest.
 //!
 //! [`ROUTES`] is the single list of what is served: [`router`] is built from it, and a test
 //! checks it against `openapi.json` both ways. Every request runs in a `request` span carrying
@@ -7,10 +8,10 @@
 
 mod create;
 mod error;
-mod events;
+pub(crate) mod events;
 mod metrics;
 mod retry;
-mod runs;
+pub(crate) mod runs;
 mod view;
 mod webhooks;
 
@@ -31,7 +32,7 @@ pub use error::ApiError;
 pub use retry::retry;
 
 use crate::AppState;
-use error::InternalCause;
+pub(crate) use error::InternalCause;
 
 /// Every `(method, path)` the launcher serves, in the router's path syntax (which is also
 /// OpenAPI's). The router is built from this list and `openapi.json` must describe exactly it.
@@ -50,6 +51,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/events"),
     ("GET", "/v1/webhooks/dead"),
     ("POST", "/v1/webhooks/dead/{id}/replay"),
+    // The operators' dashboard (HTML; `crate::dashboard`), behind its own session check.
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/runs"),
+    ("GET", "/dashboard/runs/counts"),
+    ("GET", "/dashboard/runs/{id}"),
+    ("GET", "/dashboard/runs/{id}/events"),
+    ("POST", "/dashboard/runs/{id}/cancel"),
+    ("POST", "/dashboard/runs/{id}/retry"),
+    ("GET", "/dashboard/runs/{id}/attempts/{attempt}/{file}"),
+    ("GET", "/dashboard/validators"),
+    ("GET", "/dashboard/reconciler"),
+    ("GET", "/dashboard/login"),
+    ("POST", "/dashboard/login"),
+    ("POST", "/dashboard/logout"),
+    ("GET", "/dashboard/assets/{file}"),
 ];
 
 /// The one route outside `/v1` that asks for the same credentials as the API when they are
@@ -79,6 +95,7 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("GET", "/v1/events") => get(events::org_events),
         ("GET", "/v1/webhooks/dead") => get(webhooks::list_dead),
         ("POST", "/v1/webhooks/dead/{id}/replay") => post(webhooks::replay),
+        (_, path) if path.starts_with("/dashboard") => crate::dashboard::handler(method, path),
         _ => unreachable!("ROUTES lists {method} {path} but no handler serves it"),
     })
 }
@@ -88,11 +105,14 @@ pub fn router(state: AppState) -> Router {
     let deps = state.deps.clone();
     // The `/v1` routes know their caller (and refuse unknown ones when auth is required).
     let mut v1 = Router::new();
+    let mut dashboard = Router::new();
     let mut api = Router::new();
     for &(method, path) in ROUTES {
         if let Some(handler) = handler(method, path) {
             if path.starts_with("/v1/") || path == AUTHENTICATED_OUTSIDE_V1 {
                 v1 = v1.route(path, handler);
+            } else if path.starts_with("/dashboard") {
+                dashboard = dashboard.route(path, handler);
             } else {
                 api = api.route(path, handler);
             }
@@ -102,7 +122,10 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         crate::auth::authenticate,
     ));
+    // The dashboard knows its caller from the same header or its session cookie.
+    let dashboard = crate::dashboard::guard(dashboard, state.clone());
     api.merge(v1)
+        .merge(dashboard)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

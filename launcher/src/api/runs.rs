@@ -60,14 +60,14 @@ pub(crate) async fn get_run(
     Ok(Json(RunView::full(&run)?.to_value()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListParams {
-    state: Option<String>,
-    validator: Option<String>,
-    org: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) validator: Option<String>,
+    pub(crate) org: Option<String>,
+    pub(crate) limit: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 /// `GET /v1/runs?state=&validator=&org=&limit=&cursor=`: newest first.
@@ -87,49 +87,7 @@ pub(crate) async fn list_runs(
             ),
         )
     })?;
-    let bad = |name: &str, why: String| {
-        ApiError::bad_request("invalid_parameter", format!("parameter {name}: {why}"))
-    };
-    let mut filter = RunFilter {
-        state: params
-            .state
-            .map(|s| {
-                s.parse::<RunState>().map_err(|_| {
-                    let known: Vec<&str> = RunState::ALL.iter().map(RunState::as_str).collect();
-                    bad(
-                        "state",
-                        format!("unknown state {s:?}; expected one of {}", known.join(", ")),
-                    )
-                })
-            })
-            .transpose()?,
-        validator_id: params
-            .validator
-            .map(|v| {
-                if is_valid_id(&v) {
-                    Ok(v)
-                } else {
-                    Err(bad("validator", format!("{v:?} is not a validator id")))
-                }
-            })
-            .transpose()?,
-        org_id: params
-            .org
-            .map(|o| {
-                if is_valid_id(&o) {
-                    Ok(o)
-                } else {
-                    Err(bad("org", format!("{o:?} is not an organization id")))
-                }
-            })
-            .transpose()?,
-    };
-    if let Some(own) = caller.org() {
-        if let Some(asked) = &filter.org_id {
-            caller.check_org(asked)?;
-        }
-        filter.org_id = Some(own.to_owned());
-    }
+    let filter = run_filter(&caller, &params)?;
     let limit = page_limit(params.limit.as_deref(), DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
     let cursor = params
         .cursor
@@ -157,6 +115,59 @@ pub(crate) async fn list_runs(
         "runs": runs,
         "next_cursor": page.next_cursor.map(|c| c.to_string()),
     })))
+}
+
+fn bad(name: &str, why: String) -> ApiError {
+    ApiError::bad_request("invalid_parameter", format!("parameter {name}: {why}"))
+}
+
+/// The store filter of a listing's `state`, `validator` and `org` parameters, limited to the
+/// caller's own org (asking for another is 403 `wrong_org`).
+pub(crate) fn run_filter(caller: &Caller, params: &ListParams) -> Result<RunFilter, ApiError> {
+    let mut filter = RunFilter {
+        state: params
+            .state
+            .as_deref()
+            .map(|s| {
+                s.parse::<RunState>().map_err(|_| {
+                    let known: Vec<&str> = RunState::ALL.iter().map(RunState::as_str).collect();
+                    bad(
+                        "state",
+                        format!("unknown state {s:?}; expected one of {}", known.join(", ")),
+                    )
+                })
+            })
+            .transpose()?,
+        validator_id: params
+            .validator
+            .clone()
+            .map(|v| {
+                if is_valid_id(&v) {
+                    Ok(v)
+                } else {
+                    Err(bad("validator", format!("{v:?} is not a validator id")))
+                }
+            })
+            .transpose()?,
+        org_id: params
+            .org
+            .clone()
+            .map(|o| {
+                if is_valid_id(&o) {
+                    Ok(o)
+                } else {
+                    Err(bad("org", format!("{o:?} is not an organization id")))
+                }
+            })
+            .transpose()?,
+    };
+    if let Some(own) = caller.org() {
+        if let Some(asked) = &filter.org_id {
+            caller.check_org(asked)?;
+        }
+        filter.org_id = Some(own.to_owned());
+    }
+    Ok(filter)
 }
 
 /// `POST /v1/runs/{id}/cancel`: a queued run ends `canceled` at once (200); a running one is
