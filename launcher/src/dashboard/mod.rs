@@ -11,8 +11,8 @@
 //! - `/dashboard/reconciler`: the reconciler's recent actions.
 //!
 //! Pages read through the API's own handlers (`api::runs`, `api::events`) and views, so what a
-//! page shows, and to whom, is what the API would answer; the cancel and retry buttons call the API's
-//! cancel handler. Every value reaches the HTML through maud, which escapes it.
+//! page shows, and to whom, is what the API would answer; the cancel and retry buttons call the
+//! API's cancel handler and retry function. Every value reaches the HTML through maud, which escapes it.
 //!
 //! **Who may look** ([`guard`]): in open mode nobody is asked. With `RUNWAY_API_AUTH=required`
 //! the caller is found from the `Authorization` header, as on `/v1`, or from the session cookie
