@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backends::{Backend, Backends, JobSpec, LaunchError};
+use crate::backends::{Backend, Backends, JobSpec, LaunchError, Launched};
 use crate::clock::Clock;
 use crate::envelope;
 use crate::registry::{Network, Registry, ValidatorConfig};
@@ -239,7 +239,7 @@ impl Dispatcher {
             self.metrics.launch_error(backend.kind(), e.kind());
         }
         let accepted = match launched {
-            Ok(id) => {
+            Ok(Launched { id, image }) => {
                 self.metrics
                     .dispatched(&validator.id, attempt.not_before, self.clock.now());
                 self.store
@@ -251,6 +251,7 @@ impl Dispatcher {
                         },
                         deadline_at: Some(job.deadline),
                         at: self.clock.now(),
+                        image,
                     })
                     .await
             }

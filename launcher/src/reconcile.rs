@@ -528,6 +528,7 @@ impl Reconciler {
                     backend: job,
                     deadline_at: None,
                     at: now,
+                    image: None,
                 })
                 .await
             {

@@ -849,6 +849,7 @@ async fn cancel_of_a_finished_run_conflicts(app: &App) {
             },
             deadline_at: None,
             at: Utc::now(),
+            image: None,
         })
         .await
         .expect("running");

@@ -199,6 +199,7 @@ impl Lab {
                 },
                 deadline_at: None,
                 at: later,
+                image: None,
             })
             .await
             .expect("running")

@@ -415,6 +415,7 @@ fn new_attempt(
         started_at: None,
         finished_at: None,
         caller_identity,
+        image: None,
         heartbeat_at: None,
         progress: None,
     }
@@ -541,6 +542,7 @@ pub(crate) async fn mark_running(
         backend: Some(mark.backend),
         deadline_at: mark.deadline_at.map(stored).or(attempt.deadline_at),
         started_at: Some(at),
+        image: mark.image.or_else(|| attempt.image.clone()),
         ..moved(&attempt, AttemptState::Running)?
     };
     write_attempt(tx.as_mut(), &running, &attempt).await?;

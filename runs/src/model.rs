@@ -462,6 +462,10 @@ pub struct Attempt {
     /// The identity (service-account email) its job runs as, which alone may call back for it;
     /// `None` where any allowed caller may (validators that name no `service_account`).
     pub caller_identity: Option<String>,
+    /// The image its job ran, as the backend reported it at launch: on Cloud Run the
+    /// execution's container image (pinned by digest under `image_policy: digest`), on Docker
+    /// the local image id; `None` where the backend cannot tell (mock, process).
+    pub image: Option<String>,
     /// When its job last said it is alive (a heartbeat through the callback service).
     pub heartbeat_at: Option<DateTime<Utc>>,
     /// What its job last said it is doing: `{"fraction": 0..1, "message": "…"}`.
@@ -570,6 +574,8 @@ pub struct MarkRunning {
     pub deadline_at: Option<DateTime<Utc>>,
     /// When the backend accepted it.
     pub at: DateTime<Utc>,
+    /// The image the job runs, when the backend tells; kept if `None` and one is already stored.
+    pub image: Option<String>,
 }
 
 /// Ends an attempt without an output: `failed`, `canceled` or `timed_out`.

@@ -13,7 +13,7 @@ macro_rules! attempt_insert_columns {
     () => {
         "id, run_id, number, state, validator_id, not_before, storage_prefix, callback_id, \
          callback_nonce_sha256, deadline_at, backend_kind, backend_ref, cancel_requested, error, \
-         exit_code, log_tail, created_at, dispatched_at, started_at, finished_at, caller_identity"
+         exit_code, log_tail, created_at, dispatched_at, started_at, finished_at, caller_identity, image"
     };
 }
 
@@ -53,7 +53,7 @@ pub(crate) const INSERT_ATTEMPT: &str = concat!(
     "INSERT INTO attempts (",
     attempt_insert_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21)"
+     $19, $20, $21, $22)"
 );
 
 /// Writes back an attempt's mutable columns under a compare-and-set on its state; bind with
@@ -61,7 +61,8 @@ pub(crate) const INSERT_ATTEMPT: &str = concat!(
 pub(crate) const UPDATE_ATTEMPT: &str = "UPDATE attempts SET state = $3, not_before = $4, \
      callback_nonce_sha256 = $5, deadline_at = $6, backend_kind = $7, backend_ref = $8, \
      cancel_requested = $9, error = $10, exit_code = $11, log_tail = $12, dispatched_at = $13, \
-     started_at = $14, finished_at = $15, caller_identity = $16 WHERE id = $1 AND state = $2";
+     started_at = $14, finished_at = $15, caller_identity = $16, image = $17 \
+     WHERE id = $1 AND state = $2";
 
 /// Writes back a run's mutable columns under a compare-and-set on its state; bind with
 /// [`bind_run_update`].
@@ -149,6 +150,7 @@ macro_rules! decoders {
                 started_at: opt_ts_col(row, "started_at")?,
                 finished_at: opt_ts_col(row, "finished_at")?,
                 caller_identity: row.try_get("caller_identity")?,
+                image: row.try_get("image")?,
                 heartbeat_at: opt_ts_col(row, "heartbeat_at")?,
                 progress: json_col(row, "progress")?,
             })
@@ -239,6 +241,7 @@ macro_rules! bind_attempt {
             .bind(enc_opt_ts(a.started_at))
             .bind(enc_opt_ts(a.finished_at))
             .bind(a.caller_identity.as_deref())
+            .bind(a.image.as_deref())
     }};
 }
 
@@ -262,6 +265,7 @@ macro_rules! bind_attempt_update {
             .bind(enc_opt_ts(a.started_at))
             .bind(enc_opt_ts(a.finished_at))
             .bind(a.caller_identity.as_deref())
+            .bind(a.image.as_deref())
     }};
 }
 

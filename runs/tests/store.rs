@@ -219,6 +219,7 @@ async fn running(store: &dyn RunStore) -> Attempt {
             backend: backend("exec-1"),
             deadline_at: Some(t0() + secs(600)),
             at: t0() + secs(1),
+            image: None,
         })
         .await
         .expect("mark running")
@@ -421,6 +422,7 @@ async fn happy_path_transitions(db: &Db) {
             backend: backend("executions/abc"),
             deadline_at: Some(t0() + secs(600)),
             at: t0() + secs(2),
+            image: None,
         })
         .await
         .expect("dispatching → running");
@@ -482,6 +484,7 @@ async fn unknown_is_resolved_every_allowed_way(db: &Db) {
             backend: backend("executions/found"),
             deadline_at: None,
             at: t0() + secs(5),
+            image: None,
         })
         .await
         .expect("unknown → running");
@@ -555,6 +558,7 @@ async fn refused_transitions_are_conflicts(db: &Db) {
         backend: backend("x"),
         deadline_at: None,
         at: t0(),
+        image: None,
     };
     assert_conflict(store.mark_running(mark(p.id)).await, AttemptState::Pending);
     assert_conflict(
@@ -660,6 +664,7 @@ async fn terminal_attempts_never_reopen(db: &Db) {
                     backend: backend("x"),
                     deadline_at: None,
                     at: t0(),
+                    image: None,
                 })
                 .await,
             state,
@@ -1818,6 +1823,7 @@ async fn concurrent_claimers_claim_each_attempt_once_within_caps(db: &Db) {
                             backend: backend(&format!("exec-{}", a.id)),
                             deadline_at: None,
                             at: now,
+                            image: None,
                         })
                         .await
                         .expect("running");
@@ -2024,6 +2030,7 @@ async fn a_run_tells_its_start_each_failed_attempt_and_its_completion(db: &Db) {
             backend: backend("exec-2"),
             deadline_at: None,
             at: t0() + secs(3601),
+            image: None,
         })
         .await
         .expect("running");
@@ -2282,6 +2289,7 @@ async fn counts_group_unfinished_recent_and_due_work(db: &Db) {
             backend: backend("exec-1"),
             deadline_at: Some(t0() + secs(600)),
             at: t0() + secs(6),
+            image: None,
         })
         .await
         .expect("running");

@@ -545,6 +545,9 @@ async fn an_energyplus_run_goes_through_cloud_run_end_to_end() {
         lab.cloud_run.started_attempts(),
         vec![attempt.id.to_string()]
     );
+    // The attempt records the image its execution ran, pinned by digest, and shows it.
+    assert_eq!(done.attempts[0].image.as_deref(), Some(PINNED_IMAGE));
+    assert_eq!(api["attempts"][0]["image"], PINNED_IMAGE, "{api}");
     // The job reached GCS only with its downscoped token, and was never refused: it read the
     // run's files and its input, and created its outputs and output.json in its own folder.
     let decisions = lab.gate.decisions();
@@ -836,6 +839,19 @@ async fn the_digest_policy_refuses_an_unpinned_image_at_start_up_and_before_laun
     assert!(
         err.contains("hang") && err.contains("not pinned by digest"),
         "{err}"
+    );
+
+    // Redeployed under another digest, the job launches again, and the attempt records the
+    // digest its execution ran, not the one seen at start-up.
+    let redeployed = PINNED_IMAGE.replace("3b5e1c0a", "0000aaaa");
+    lab.cloud_run.set_image(&job("hang"), &redeployed);
+    let run = lab.create(&tiny_run("hang")).await;
+    lab.dispatch().await;
+    let running = lab.run(run).await;
+    assert_eq!(
+        running.attempts[0].image.as_deref(),
+        Some(redeployed.as_str()),
+        "{running:?}"
     );
 
     // Nor on a job that runs as another identity than its validator names, or that is missing.

@@ -73,6 +73,9 @@ struct AttemptView {
     cancel_requested: bool,
     /// The job a backend started for it.
     backend: Option<BackendRef>,
+    /// The image its job ran, when the backend told (Cloud Run: pinned by digest under
+    /// `image_policy: digest`).
+    image: Option<String>,
     error: Option<String>,
     /// The job's exit code, when it ended without a result.
     exit_code: Option<i32>,
@@ -186,6 +189,7 @@ impl From<&Attempt> for AttemptView {
             deadline_at: a.deadline_at,
             cancel_requested: a.cancel_requested,
             backend: a.backend.clone(),
+            image: a.image.clone(),
             error: a.error.clone(),
             exit_code: a.exit_code,
             log_tail: a.log_tail.clone(),

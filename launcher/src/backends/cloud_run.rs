@@ -40,7 +40,7 @@ use rand::Rng;
 use runway_runs::{AttemptId, BackendKind};
 use tokio::time::Instant;
 
-use super::{Backend, JobSpec, JobState, LaunchError};
+use super::{Backend, JobSpec, JobState, LaunchError, Launched};
 use crate::metrics::WaitCause;
 use crate::registry::{ImagePolicy, ValidatorConfig};
 
@@ -283,7 +283,7 @@ impl CloudRunBackend {
         }
     }
 
-    async fn run_once(&self, request: RunJobRequest) -> Result<String, (Failure, GaxError)> {
+    async fn run_once(&self, request: RunJobRequest) -> Result<Launched, (Failure, GaxError)> {
         let operation = self
             .jobs
             .run_job()
@@ -298,16 +298,19 @@ impl CloudRunBackend {
             .filter(|any| any.type_url() == Some(EXECUTION_TYPE))
             .and_then(|any| any.to_msg::<Execution>().ok())
             .filter(|e| !e.name.is_empty());
-        if let Some(execution) = &execution {
-            let images: Vec<&str> = execution
+        execution.map(|execution| {
+            // The execution's own template names the image it runs: under `image_policy:
+            // digest`, the digest (a job redeployed between our check and the run shows here).
+            let image = execution
                 .template
                 .iter()
                 .flat_map(|t| t.containers.iter())
                 .map(|c| c.image.as_str())
-                .collect();
-            tracing::info!(execution = %execution.name, ?images, "Cloud Run execution started");
-        }
-        execution.map(|e| e.name).ok_or_else(|| {
+                .find(|image| !image.is_empty())
+                .map(str::to_owned);
+            tracing::info!(execution = %execution.name, image = image.as_deref().unwrap_or(""), "Cloud Run execution started");
+            Launched { id: execution.name, image }
+        }).ok_or_else(|| {
             (
                 Failure::Unknown,
                 GaxError::deser(format!(
@@ -487,7 +490,7 @@ impl Backend for CloudRunBackend {
         Ok(())
     }
 
-    async fn launch(&self, job: &JobSpec) -> Result<String, LaunchError> {
+    async fn launch(&self, job: &JobSpec) -> Result<Launched, LaunchError> {
         let job_name = job.job_name.as_deref().ok_or_else(|| {
             LaunchError::Permanent(anyhow!("the validator names no Cloud Run Job"))
         })?;

@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runway_runs::{AttemptId, BackendKind};
 
-use super::{Backend, JobSpec, JobState, LaunchError, labels};
+use super::{Backend, JobSpec, JobState, LaunchError, Launched, labels};
 use crate::registry::{Network, ValidatorConfig};
 
 /// Lines of a container's log kept as its log tail.
@@ -315,7 +315,7 @@ impl Backend for DockerBackend {
         BackendKind::Docker
     }
 
-    async fn launch(&self, job: &JobSpec) -> Result<String, LaunchError> {
+    async fn launch(&self, job: &JobSpec) -> Result<Launched, LaunchError> {
         let image = job.image.clone().ok_or_else(|| {
             LaunchError::Permanent(anyhow::anyhow!(
                 "validator {} has no image for the Docker backend",
@@ -370,7 +370,15 @@ impl Backend for DockerBackend {
                     id.clone(),
                     job.attempt_id,
                 ));
-                Ok(id)
+                // The local image id the container runs (what a tag named at launch time was),
+                // for the record; the job is started whether or not the engine tells.
+                let image =
+                    tokio::time::timeout(API_TIMEOUT, self.docker.inspect_container(&id, None))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .and_then(|inspected| inspected.image);
+                Ok(Launched { id, image })
             }
             Err(_) => Err(LaunchError::Ambiguous(anyhow::anyhow!(
                 "starting container {id} timed out"

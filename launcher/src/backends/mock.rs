@@ -41,7 +41,7 @@ use runway_storage::{Body, ObjectStore, StorageError};
 use serde_json::{Map, Value, json};
 use tokio::task::AbortHandle;
 
-use super::{Backend, JobSpec, JobState, LaunchError};
+use super::{Backend, JobSpec, JobState, LaunchError, Launched};
 use crate::clock::Clock;
 use crate::registry::ValidatorConfig;
 
@@ -241,7 +241,7 @@ impl Backend for MockBackend {
         BackendKind::Mock
     }
 
-    async fn launch(&self, spec: &JobSpec) -> Result<String, LaunchError> {
+    async fn launch(&self, spec: &JobSpec) -> Result<Launched, LaunchError> {
         let (launch, outcome, digest) = decide(&spec.envelope, self.storage.as_ref())
             .await
             .map_err(LaunchError::Retryable)?;
@@ -323,7 +323,7 @@ impl Backend for MockBackend {
                 "the mock started this job but reports its launch as ambiguous"
             )));
         }
-        Ok(id)
+        Ok(id.into())
     }
 
     async fn observe(&self, id: &str) -> anyhow::Result<JobState> {

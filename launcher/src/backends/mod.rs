@@ -164,6 +164,23 @@ impl LaunchError {
     }
 }
 
+/// A job a backend started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    /// The backend's id for the job, stored with the attempt.
+    pub id: String,
+    /// The image the job runs, as the backend reports it (Cloud Run: the execution's container
+    /// image, pinned by digest under `image_policy: digest`; Docker: the local image id), so an
+    /// operator can tell afterwards what ran; `None` where the backend cannot tell.
+    pub image: Option<String>,
+}
+
+impl From<String> for Launched {
+    fn from(id: String) -> Self {
+        Self { id, image: None }
+    }
+}
+
 /// What a backend knows of a job it started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
@@ -197,8 +214,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Starts the job; returns the backend's id for it.
-    async fn launch(&self, job: &JobSpec) -> Result<String, LaunchError>;
+    /// Starts the job; returns the backend's id for it and, when the backend can tell, the
+    /// image it runs.
+    async fn launch(&self, job: &JobSpec) -> Result<Launched, LaunchError>;
 
     /// The state of the job with this id.
     async fn observe(&self, id: &str) -> anyhow::Result<JobState>;

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runway_runs::{AttemptId, BackendKind};
 
-use super::{Backend, JobSpec, JobState, LaunchError};
+use super::{Backend, JobSpec, JobState, LaunchError, Launched};
 use crate::registry::ValidatorConfig;
 
 /// Bytes of a job's log kept as its log tail.
@@ -187,7 +187,7 @@ impl Backend for ProcessBackend {
         BackendKind::Process
     }
 
-    async fn launch(&self, job: &JobSpec) -> Result<String, LaunchError> {
+    async fn launch(&self, job: &JobSpec) -> Result<Launched, LaunchError> {
         let id = job.attempt_id.to_string();
         let dir = self.dir(&id);
         match std::fs::create_dir(&dir) {
@@ -279,7 +279,7 @@ impl Backend for ProcessBackend {
                 entry.pid = None;
             }
         });
-        Ok(id)
+        Ok(id.into())
     }
 
     async fn observe(&self, id: &str) -> anyhow::Result<JobState> {
