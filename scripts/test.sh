@@ -71,9 +71,14 @@ echo "test: PostgreSQL on 127.0.0.1:$pg_port, fake-gcs-server on 127.0.0.1:$gcs_
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The Terraform, offline: least privilege and the deployment's shape (infra/check.py), and that
-# each rule catches its violation. (`terraform fmt`/`validate` are not run: neither Terraform
-# nor its provider can be installed from this machine's registries.)
+# The Terraform, offline: formatted as Terraform formats it, least privilege and the
+# deployment's shape (infra/check.py), and that each rule catches its violation. (`terraform
+# validate`/`plan` are not run: the google provider cannot be downloaded here.)
+if ! command -v terraform >/dev/null; then
+  echo "test: terraform not found; install Terraform 1.11 or newer (the suite runs terraform fmt -check on infra/)." >&2
+  exit 1
+fi
+terraform fmt -check -recursive -diff "$root/infra"
 python3 "$root/infra/check.py"
 python3 "$root/infra/check_test.py"
 # The images, once per run (each rebuilt only when what it holds changed): the validators,
