@@ -309,6 +309,10 @@ resource "google_cloud_run_v2_service" "launcher" {
         value = "json"
       }
       env {
+        name  = "GOOGLE_CLOUD_PROJECT"
+        value = var.project_id
+      }
+      env {
         name = "RUNWAY_DATABASE_URL"
         value_source {
           secret_key_ref {
@@ -380,6 +384,10 @@ resource "google_cloud_run_v2_service" "callback" {
       env {
         name  = "RUNWAY_LOG_FORMAT"
         value = "json"
+      }
+      env {
+        name  = "GOOGLE_CLOUD_PROJECT"
+        value = var.project_id
       }
       env {
         name = "RUNWAY_DATABASE_URL"

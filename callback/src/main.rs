@@ -5,15 +5,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use runway_callback::{AppState, config::Config, router};
-use runway_service::{health::Dependencies, server, telemetry};
+use runway_service::{health::Dependencies, server};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(
-        config.common.log_format,
-        config.common.log_filter.as_deref(),
-    );
+    config.common.init_telemetry();
     let verifier = Arc::new(config.auth.verifier()?);
     let deps = Dependencies {
         store: config.common.open_store().await?,

@@ -20,7 +20,7 @@ use runway_cli::client::{self, ClientConfig, Output, RetryArgs, RunsArgs, Submit
 use runway_cli::dev::DevConfig;
 use runway_cli::exit;
 use runway_service::config::{CommonConfig, redact};
-use runway_service::{server, telemetry};
+use runway_service::server;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -211,7 +211,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dev { config } => dev(*config).await,
         Command::Migrate { common } => {
-            telemetry::init(common.log_format, common.log_filter.as_deref());
+            common.init_telemetry();
             common.open_store().await?;
             println!("migrated {}", redact(&common.database_url()));
             Ok(())
@@ -420,10 +420,7 @@ async fn api_key(action: ApiKeyAction, common: &CommonConfig) -> anyhow::Result<
 }
 
 async fn dev(config: DevConfig) -> anyhow::Result<()> {
-    telemetry::init(
-        config.common.log_format,
-        config.common.log_filter.as_deref(),
-    );
+    config.common.init_telemetry();
     let database = redact(&config.common.database_url());
     let storage = config.common.storage_uri()?;
     let running = runway_cli::dev::start(config).await?;

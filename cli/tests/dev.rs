@@ -19,6 +19,15 @@ struct Dev {
 
 impl Dev {
     fn start(data_dir: &std::path::Path, extra_env: &[(&str, String)]) -> Self {
+        Self::start_logging_to(data_dir, extra_env, Stdio::inherit())
+    }
+
+    /// [`Dev::start`] with its log (stderr) going to `log`.
+    fn start_logging_to(
+        data_dir: &std::path::Path,
+        extra_env: &[(&str, String)],
+        log: Stdio,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_runway"));
         command
             .args([
@@ -35,7 +44,7 @@ impl Dev {
             .env_remove("RUNWAY_STORAGE_URI")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(log);
         for (k, v) in extra_env {
             command.env(k, v);
         }
@@ -287,4 +296,178 @@ async fn runway_watch_prints_a_runs_events_as_they_happen() {
         .expect("runway watch runs");
     assert!(again.status.success());
     assert!(!String::from_utf8_lossy(&again.stderr).contains("started"));
+}
+
+/// Everything `runway dev` logs at debug level, as Cloud Logging JSON, while runs pass through
+/// it: every line is a structured entry, the trace a request named is linked, and no secret
+/// appears — not the nonce key, an attempt's nonce, an ID token (any JWT), an API key or a
+/// webhook secret.
+#[test]
+fn debug_logs_are_cloud_logging_json_and_hold_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runway = env!("CARGO_BIN_EXE_runway");
+    let admin = |args: &[&str]| {
+        let out = Command::new(runway)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("RUNWAY_DATABASE_URL")
+            .output()
+            .expect("runway runs");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let api_key = admin(&["api-key", "create", "--org", "acme", "--name", "logs"])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rwk_").map(|k| format!("rwk_{k}")))
+        .expect("the key is printed");
+    // Deliveries to a closed port fail and retry: each is signed with the secret all the same.
+    let webhook_secret = admin(&[
+        "webhook",
+        "create",
+        "--org",
+        "acme",
+        "--url",
+        "http://127.0.0.1:9/hook",
+    ])
+    .lines()
+    .find_map(|l| {
+        l.trim()
+            .strip_prefix("whsec_")
+            .map(|k| format!("whsec_{k}"))
+    })
+    .expect("the secret is printed");
+
+    let log_path = dir.path().join("dev.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let dev = Dev::start_logging_to(
+        dir.path(),
+        &[
+            ("RUST_LOG", "debug".to_owned()),
+            ("RUNWAY_LOG_FORMAT", "json".to_owned()),
+            ("GOOGLE_CLOUD_PROJECT", "logs-test".to_owned()),
+        ],
+        log.into(),
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let forged = "eyJhbGciOiJSUzI1NiJ9.eyJlbWFpbCI6Im1hbGxvcnlAZXhhbXBsZS5jb20ifQ.c2lnbmF0dXJl";
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let created: serde_json::Value = http
+                .post(format!("{}/v1/runs", dev.launcher))
+                .bearer_auth(&api_key)
+                .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+                .json(&common::energyplus_run(common::MODEL))
+                .send()
+                .await
+                .expect("create")
+                .json()
+                .await
+                .expect("json");
+            ids.push(created["id"].as_str().expect("id").to_owned());
+        }
+        for id in &ids {
+            let mut state = String::new();
+            for _ in 0..300 {
+                let run: serde_json::Value = http
+                    .get(format!("{}/v1/runs/{id}", dev.launcher))
+                    .send()
+                    .await
+                    .expect("get")
+                    .json()
+                    .await
+                    .expect("json");
+                state = run["state"].as_str().unwrap_or_default().to_owned();
+                if state == "completed" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(state, "completed", "run {id}");
+        }
+        // A callback with a forged token is refused (and the token not logged).
+        let refused = http
+            .post(format!("{}/v1/callbacks", dev.callback))
+            .bearer_auth(forged)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("callback");
+        assert_eq!(refused.status(), 401);
+    });
+    assert!(dev.stop(), "runway dev did not exit cleanly on SIGTERM");
+
+    let logs = std::fs::read_to_string(&log_path).expect("log");
+    let entries: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(entries.len() > 20, "{logs}");
+    for entry in &entries {
+        let severity = entry["severity"].as_str().unwrap_or_default();
+        assert!(
+            ["DEBUG", "INFO", "WARNING", "ERROR"].contains(&severity),
+            "{entry}"
+        );
+        assert!(
+            entry["message"].is_string() && entry["timestamp"].is_string(),
+            "{entry}"
+        );
+    }
+    let linked = format!("projects/logs-test/traces/{trace}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["logging.googleapis.com/trace"] == linked.as_str()
+                && e["message"] == "request served"),
+        "the create requests' lines are linked to their trace"
+    );
+
+    // The secrets this system held while it ran.
+    let data = dir.path().join(".runway");
+    let nonce_key = std::fs::read_to_string(data.join("nonce.key")).expect("nonce key");
+    let mut secrets = vec![
+        ("the nonce key", nonce_key.trim().to_owned()),
+        ("the API key", api_key.clone()),
+        (
+            "the API key's secret part",
+            api_key["rwk_".len()..].to_owned(),
+        ),
+        ("the webhook secret", webhook_secret.clone()),
+        (
+            "the webhook secret's key",
+            webhook_secret["whsec_".len()..].to_owned(),
+        ),
+        ("a JWT (an ID token)", "eyJ".to_owned()),
+    ];
+    let mut envelopes = Vec::new();
+    let mut stack = vec![data.join("objects")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "input.json") {
+                envelopes.push(path);
+            }
+        }
+    }
+    assert_eq!(envelopes.len(), 3, "one input envelope per run");
+    for path in envelopes {
+        let envelope: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("envelope")).expect("json");
+        let nonce = envelope["context"]["callback_nonce"]
+            .as_str()
+            .expect("a nonce in the envelope");
+        secrets.push(("an attempt's callback nonce", nonce.to_owned()));
+    }
+    for (what, secret) in &secrets {
+        assert!(secret.len() >= 3, "{what}");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "{what} appears in the logs"
+        );
+    }
 }

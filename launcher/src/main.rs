@@ -7,16 +7,13 @@ use clap::Parser;
 use runway_identity::metadata_router;
 use runway_launcher::workers::{WorkerConfig, Workers};
 use runway_launcher::{AppState, config::Config, local, router};
-use runway_service::{health::Dependencies, server, telemetry};
+use runway_service::{health::Dependencies, server};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(
-        config.common.log_format,
-        config.common.log_filter.as_deref(),
-    );
+    config.common.init_telemetry();
     let registry = config.launcher.registry()?;
     let nonce_key = config.launcher.nonce_key(&config.common)?;
     let deps = Dependencies {

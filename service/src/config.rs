@@ -42,9 +42,23 @@ pub struct CommonConfig {
     /// Log filter, `RUST_LOG` syntax (e.g. `info,runway_core=debug`).
     #[arg(long, env = "RUST_LOG")]
     pub log_filter: Option<String>,
+
+    /// The Google Cloud project whose traces JSON log lines link to
+    /// (`logging.googleapis.com/trace`); unset, lines carry the trace id only.
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    pub log_project: Option<String>,
 }
 
 impl CommonConfig {
+    /// Installs logging as configured (format, filter, the project traces link to).
+    pub fn init_telemetry(&self) {
+        crate::telemetry::init(
+            self.log_format,
+            self.log_filter.as_deref(),
+            self.log_project.as_deref(),
+        );
+    }
+
     /// The run store URL, defaulted from the data directory.
     pub fn database_url(&self) -> String {
         self.database_url

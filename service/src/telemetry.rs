@@ -1,9 +1,25 @@
 //! Logging set-up shared by every binary: `tracing` to stderr, filtered by `RUST_LOG`
-//! (default `info`), as human-readable lines or as JSON objects for Cloud Logging.
+//! (default `info`), as human-readable lines or as JSON objects in Cloud Logging's structured
+//! format.
+//!
+//! The JSON format ([`CloudLogging`]) writes one object per line with the keys Cloud Logging
+//! reads from a container's stderr: `severity` (`DEBUG`, `INFO`, `WARNING`, `ERROR`),
+//! `message`, `timestamp` (RFC 3339), and — when the event happens inside a span that recorded
+//! a `trace_id` and a project is configured — `logging.googleapis.com/trace`
+//! (`projects/P/traces/T`), which groups a request's lines under its trace in the console. The
+//! event's own fields and those of every enclosing span (`request_id`, `run.id`,
+//! `attempt.id`, …) are added as keys, the innermost winning.
 
+use std::fmt;
 use std::str::FromStr;
 
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -11,7 +27,7 @@ pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
-    /// One JSON object per line (Cloud Logging reads these as structured entries).
+    /// One JSON object per line in Cloud Logging's structured format.
     Json,
 }
 
@@ -28,9 +44,10 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive (the caller's
-/// config reads the variable); a second call is a no-op, so tests may call it freely.
-pub fn init(format: LogFormat, filter: Option<&str>) {
+/// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive and `project` the
+/// Google Cloud project whose traces JSON lines link to (the caller's config reads both); a
+/// second call is a no-op, so tests may call it freely.
+pub fn init(format: LogFormat, filter: Option<&str>, project: Option<&str>) {
     let filter = filter
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
@@ -39,6 +56,214 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(CloudLogging::new(project))
+            .try_init(),
     };
+}
+
+/// The JSON event format Cloud Logging reads as structured entries (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct CloudLogging {
+    project: Option<String>,
+}
+
+impl CloudLogging {
+    /// Lines that link to traces of `project`, when one is given.
+    pub fn new(project: Option<&str>) -> Self {
+        Self {
+            project: project.filter(|p| !p.is_empty()).map(str::to_owned),
+        }
+    }
+
+    /// The object for one event: its fields over its spans' fields, and the reserved keys.
+    pub fn entry(
+        &self,
+        level: Level,
+        target: &str,
+        spans: impl IntoIterator<Item = Map<String, Value>>,
+        event: Map<String, Value>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Map<String, Value> {
+        let mut entry = Map::new();
+        // Outermost first, so an inner span's (and then the event's) field wins.
+        for fields in spans {
+            entry.extend(fields);
+        }
+        entry.extend(event);
+        let severity = match level {
+            Level::ERROR => "ERROR",
+            Level::WARN => "WARNING",
+            Level::INFO => "INFO",
+            Level::DEBUG | Level::TRACE => "DEBUG",
+        };
+        entry.insert("severity".into(), severity.into());
+        entry.insert(
+            "timestamp".into(),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
+        );
+        entry.insert("target".into(), target.into());
+        entry
+            .entry("message")
+            .or_insert_with(|| Value::String(String::new()));
+        if let (Some(project), Some(trace)) =
+            (&self.project, entry.get("trace_id").and_then(Value::as_str))
+        {
+            let trace = format!("projects/{project}/traces/{trace}");
+            entry.insert("logging.googleapis.com/trace".into(), trace.into());
+        }
+        entry
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for CloudLogging
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut spans = Vec::new();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let fields = extensions
+                    .get::<FormattedFields<N>>()
+                    .and_then(|f| serde_json::from_str::<Map<String, Value>>(f).ok())
+                    .unwrap_or_default();
+                spans.push(fields);
+            }
+        }
+        let mut visitor = JsonVisitor(Map::new());
+        event.record(&mut visitor);
+        let metadata = event.metadata();
+        let entry = self.entry(
+            *metadata.level(),
+            metadata.target(),
+            spans,
+            visitor.0,
+            chrono::Utc::now(),
+        );
+        let line = serde_json::to_string(&entry).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Collects an event's fields as JSON values.
+struct JsonVisitor(Map<String, Value>);
+
+impl Visit for JsonVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+}
+
+/// The trace id of a request, from its W3C `traceparent` header (`00-TRACE-SPAN-FLAGS`) or
+/// Google's `X-Cloud-Trace-Context` (`TRACE/SPAN;o=1`, which Cloud Run's front end adds):
+/// 32 lowercase hex digits, not all zero. Anything malformed is no trace id.
+pub fn trace_id(traceparent: Option<&str>, cloud_trace_context: Option<&str>) -> Option<String> {
+    let valid = |id: &str| {
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && id.bytes().any(|b| b != b'0')
+    };
+    if let Some(header) = traceparent {
+        let parts: Vec<&str> = header.trim().split('-').collect();
+        if let [version, trace, span, flags] = parts[..]
+            && version == "00"
+            && valid(trace)
+            && span.len() == 16
+            && span.bytes().all(|b| b.is_ascii_hexdigit())
+            && flags.len() == 2
+        {
+            return Some(trace.to_owned());
+        }
+    }
+    let trace = cloud_trace_context?.split('/').next()?.to_ascii_lowercase();
+    valid(&trace).then_some(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_entry_has_cloud_loggings_keys_and_links_its_trace() {
+        let logging = CloudLogging::new(Some("my-project"));
+        let span = json!({"request_id": "r-1", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "run.id": "outer"});
+        let inner = json!({"run.id": "inner"});
+        let event = json!({"message": "run created", "duration_ms": 3});
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-04T12:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let entry = logging.entry(
+            Level::WARN,
+            "runway_launcher::api",
+            [span, inner].map(|v| v.as_object().cloned().expect("object")),
+            event.as_object().cloned().expect("object"),
+            at,
+        );
+        assert_eq!(entry["severity"], "WARNING");
+        assert_eq!(entry["message"], "run created");
+        assert_eq!(entry["timestamp"], "2026-12-04T12:00:00.000000Z");
+        assert_eq!(entry["run.id"], "inner", "the innermost span wins");
+        assert_eq!(entry["duration_ms"], 3);
+        assert_eq!(
+            entry["logging.googleapis.com/trace"],
+            "projects/my-project/traces/4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        // Without a project there is nothing to link to.
+        let entry = CloudLogging::new(None).entry(Level::ERROR, "t", [], Map::new(), at);
+        assert_eq!(entry["severity"], "ERROR");
+        assert_eq!(entry["message"], "");
+        assert!(!entry.contains_key("logging.googleapis.com/trace"));
+    }
+
+    #[test]
+    fn trace_ids_come_from_well_formed_headers_only() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let parent = format!("00-{trace}-00f067aa0ba902b7-01");
+        assert_eq!(trace_id(Some(&parent), None).as_deref(), Some(trace));
+        let cloud = format!("{}/1;o=1", trace.to_uppercase());
+        assert_eq!(trace_id(None, Some(&cloud)).as_deref(), Some(trace));
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id(Some(bad), None), None, "{bad}");
+        }
+        assert_eq!(
+            trace_id(Some("garbage"), Some(&cloud)).as_deref(),
+            Some(trace)
+        );
+        assert_eq!(trace_id(None, Some("xyz/1")), None);
+    }
 }

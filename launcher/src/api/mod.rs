@@ -4,7 +4,8 @@
 //!
 //! [`ROUTES`] is the single list of what is served: [`router`] is built from it, and a test
 //! checks it against `openapi.json` both ways. Every request runs in a `request` span carrying
-//! its `request_id` (the client's `x-request-id`, or a fresh one), echoed in the response.
+//! its `request_id` (the client's `x-request-id`, or a fresh one), echoed in the response, and
+//! the `trace_id` of its `traceparent` or `X-Cloud-Trace-Context` header when it has one.
 
 mod create;
 mod error;
@@ -173,11 +174,18 @@ async fn request_context(request: Request, next: Next) -> Response {
         .filter(|id| is_acceptable_request_id(id))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // The trace the caller's (or Cloud Run's front end's) header names, so JSON log lines of
+    // this request group under it in Cloud Logging.
+    let trace_id = {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        runway_service::telemetry::trace_id(header("traceparent"), header("x-cloud-trace-context"))
+    };
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %request.method(),
         path = %request.uri().path(),
+        trace_id = trace_id.as_deref(),
     );
     async move {
         let started = Instant::now();
