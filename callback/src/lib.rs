@@ -61,6 +61,24 @@ pub fn router(state: AppState) -> Router {
         .merge(heartbeats)
         .merge(renewal)
         .merge(metrics)
+        .layer(axum::middleware::from_fn(request_span))
+}
+
+/// Puts every request in a span carrying the trace its job named (`traceparent`, which
+/// Runway's jobs send with the `TRACEPARENT` their launch gave them), so its log lines join the
+/// run's trace.
+async fn request_span(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let trace_id = {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        runway_service::telemetry::trace_id(header("traceparent"), header("x-cloud-trace-context"))
+    };
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        trace_id = trace_id.as_deref(),
+    );
+    tracing::Instrument::instrument(next.run(request), span).await
 }
 
 /// `GET /metrics`: open, as the whole service is internal (only jobs and Prometheus reach it).

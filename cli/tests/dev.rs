@@ -416,13 +416,38 @@ fn debug_logs_are_cloud_logging_json_and_hold_no_secret() {
             "{entry}"
         );
     }
+    // One trace from the create request, through the dispatch and the job's environment
+    // (`TRACEPARENT`, which the mock job sends back as a real one does), to the callback.
     let linked = format!("projects/logs-test/traces/{trace}");
+    let in_trace = |target: &str, message: &str| {
+        entries.iter().any(|e| {
+            e["logging.googleapis.com/trace"] == linked.as_str()
+                && e["target"].as_str().is_some_and(|t| t.starts_with(target))
+                && e["message"] == message
+        })
+    };
     assert!(
-        entries
-            .iter()
-            .any(|e| e["logging.googleapis.com/trace"] == linked.as_str()
-                && e["message"] == "request served"),
-        "the create requests' lines are linked to their trace"
+        in_trace("runway_launcher::api", "request served"),
+        "the create request"
+    );
+    assert!(
+        in_trace("runway_callback", "run finalized"),
+        "the callback: {logs}"
+    );
+    let dispatched = entries
+        .iter()
+        .filter(|e| {
+            e["logging.googleapis.com/trace"] == linked.as_str()
+                && e["target"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("runway_launcher"))
+                && e["run.id"].is_string()
+                && e["attempt.id"].is_string()
+        })
+        .count();
+    assert!(
+        dispatched > 0,
+        "the dispatch's lines carry run, attempt and trace"
     );
 
     // The secrets this system held while it ran.

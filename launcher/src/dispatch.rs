@@ -189,7 +189,8 @@ impl Dispatcher {
             let span = tracing::info_span!(
                 "dispatch",
                 run.id = %claimed.run.id,
-                attempt.id = %claimed.attempt.id
+                attempt.id = %claimed.attempt.id,
+                trace_id = tracing::field::Empty,
             );
             in_flight.spawn(
                 async move {
@@ -426,7 +427,7 @@ impl Dispatcher {
             (BackendKind::CloudRun, None) => BTreeMap::new(),
             _ => self.settings.job_env.clone(),
         };
-        let job = JobSpec::new(
+        let mut job = JobSpec::new(
             &validator,
             Arc::new(envelope),
             run.id,
@@ -435,6 +436,14 @@ impl Dispatcher {
             deadline,
             &extra_env,
         );
+        // The job continues the run's trace and sends it back with its callback.
+        if let Some(trace_id) = &spec.trace_id {
+            tracing::Span::current().record("trace_id", trace_id.as_str());
+            job.env.insert(
+                crate::backends::ENV_TRACEPARENT.to_owned(),
+                crate::spec::job_traceparent(trace_id),
+            );
+        }
         Ok(Prepared {
             validator,
             backend,

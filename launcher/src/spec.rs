@@ -39,6 +39,31 @@ pub struct RunSpec {
     /// files, in a new run. Not part of the input envelope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<RunId>,
+    /// The W3C trace the run belongs to (32 lowercase hex digits): the creating request's
+    /// `traceparent`, or a new one. Its jobs get it as `TRACEPARENT` and send it back, so a
+    /// run's log lines, from create to callback, share one trace. Not part of the envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// The trace a new run belongs to: the one `headers` name (`traceparent`, or Cloud Run's
+/// `X-Cloud-Trace-Context`), or a new one.
+pub fn trace_for(headers: &axum::http::HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    runway_service::telemetry::trace_id(header("traceparent"), header("x-cloud-trace-context"))
+        .unwrap_or_else(new_trace_id)
+}
+
+/// A new trace id: 32 random lowercase hex digits.
+pub fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The `traceparent` a job of a run in trace `trace_id` carries: the trace, a fresh span id
+/// (the job's), sampled.
+pub fn job_traceparent(trace_id: &str) -> String {
+    let span = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{trace_id}-{}-01", &span[..16])
 }
 
 /// One input file as stored: its declared metadata and the storage receipt of its bytes.
@@ -128,6 +153,8 @@ struct StoredSpec<'a> {
     tags: Vec<String>,
     #[serde(default)]
     retry_of: Option<RunId>,
+    #[serde(default)]
+    trace_id: Option<String>,
 }
 
 /// Why a stored spec cannot be read back.
@@ -159,6 +186,7 @@ impl RunSpec {
             timeout_seconds: stored.timeout_seconds,
             tags: stored.tags,
             retry_of: stored.retry_of,
+            trace_id: stored.trace_id,
         })
     }
 
@@ -257,6 +285,7 @@ mod tests {
             timeout_seconds: 60,
             tags: vec!["t".into()],
             retry_of: Some(RunId::new()),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
         };
         let back = RunSpec::from_json(&spec.to_json()).expect("parses");
         assert_eq!(back, spec);

@@ -493,6 +493,22 @@ async fn an_energyplus_run_goes_through_cloud_run_end_to_end() {
     let env = lab.cloud_run.env_of(&backend.id).expect("the execution");
     assert_eq!(env["RUNWAY_ATTEMPT_ID"], attempt.id.to_string());
     assert_eq!(env["VALIDIBOT_RUN_ID"], run.to_string());
+    // The job continues the run's trace (the runner sends it back with its callbacks).
+    let trace_id = lab.api_run(run).await["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_owned();
+    let traceparent = env["TRACEPARENT"].split('-').collect::<Vec<_>>();
+    assert_eq!(
+        (
+            traceparent[0],
+            traceparent[1],
+            traceparent[2].len(),
+            traceparent[3]
+        ),
+        ("00", trace_id.as_str(), 16, "01"),
+        "{env:?}"
+    );
     assert!(env["VALIDIBOT_INPUT_URI"].starts_with("gs://"), "{env:?}");
     assert!(
         env["VALIDIBOT_OUTPUT_URI"].ends_with("/output.json"),

@@ -24,6 +24,28 @@ pub struct CallbackSettings {
     pub retry_window: Duration,
     /// The first pause between tries (it doubles, up to 30 s).
     pub first_backoff: Duration,
+    /// `TRACEPARENT`: the trace context the launch gave the job, sent back as the
+    /// `traceparent` header of every request to the callback service.
+    pub traceparent: Option<String>,
+}
+
+impl CallbackSettings {
+    /// A client for the callback service: `timeout` per request, the job's `traceparent` on
+    /// each (a malformed one is left out rather than failing the job).
+    pub fn client(&self, timeout: Duration) -> reqwest::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) = self
+            .traceparent
+            .as_deref()
+            .and_then(|t| reqwest::header::HeaderValue::from_str(t).ok())
+        {
+            headers.insert("traceparent", value);
+        }
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .default_headers(headers)
+            .build()
+    }
 }
 
 impl Default for CallbackSettings {
@@ -33,6 +55,7 @@ impl Default for CallbackSettings {
             audience: None,
             retry_window: Duration::from_secs(300),
             first_backoff: Duration::from_secs(1),
+            traceparent: None,
         }
     }
 }
@@ -76,9 +99,7 @@ pub async fn deliver(
     let payload = CallbackPayload::announcing(envelope, status)?;
     let audience = settings.audience.clone().unwrap_or_else(|| url.origin());
     let fetcher = IdTokenFetcher::new(&settings.metadata_host)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = settings.client(Duration::from_secs(30))?;
     let give_up = tokio::time::Instant::now() + settings.retry_window;
     let mut backoff = settings.first_backoff;
     let mut tries = 0;

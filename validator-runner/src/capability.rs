@@ -99,9 +99,7 @@ pub async fn renew(
             .ascii_serialization(),
     };
     let fetcher = IdTokenFetcher::new(&settings.metadata_host)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = settings.client(Duration::from_secs(30))?;
     let body = json!({
         "run_id": envelope.run_id,
         "callback_id": envelope.context.callback_id,

@@ -45,10 +45,7 @@ impl Heartbeat {
             .clone()
             .unwrap_or_else(|| callback.origin());
         let fetcher = IdTokenFetcher::new(&settings.metadata_host).ok()?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .ok()?;
+        let http = settings.client(Duration::from_secs(10)).ok()?;
         let identity = json!({
             "run_id": envelope.run_id,
             "callback_id": envelope.context.callback_id,

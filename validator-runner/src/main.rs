@@ -96,6 +96,9 @@ struct RunArgs {
     /// Seconds between heartbeats while working; 0 sends none.
     #[arg(long, env = "RUNWAY_HEARTBEAT_SECONDS", default_value_t = 30)]
     heartbeat_seconds: u64,
+    /// The W3C trace context the launch gave this job, sent back with every callback.
+    #[arg(long, env = "TRACEPARENT")]
+    traceparent: Option<String>,
     /// Where the working directory is made (default: the system's temporary folder).
     #[arg(long, env = "RUNWAY_WORK_DIR")]
     work_dir: Option<PathBuf>,
@@ -152,6 +155,7 @@ async fn run(args: RunArgs) -> ExitCode {
             metadata_host: args.metadata_host,
             audience: args.audience.filter(|a| !a.is_empty()),
             retry_window: Duration::from_secs(args.callback_retry_seconds),
+            traceparent: args.traceparent.filter(|t| !t.is_empty()),
             ..Default::default()
         },
         work_root: args.work_dir,

@@ -162,6 +162,8 @@ struct Checked {
     inputs: ValidatorInputs,
     files: Vec<FileMeta>,
     tags: Vec<String>,
+    /// The trace the run belongs to (`spec::trace_for` the request's headers).
+    trace_id: Option<String>,
 }
 
 /// One declared file, with where its bytes come from.
@@ -198,14 +200,15 @@ pub(crate) async fn create_run(
     request: Request,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(request.headers())?;
+    let trace_id = crate::spec::trace_for(request.headers());
     let caller = request
         .extensions()
         .get::<Caller>()
         .cloned()
         .unwrap_or(Caller::Open);
     match encoding(request.headers())? {
-        Encoding::Json => from_json(&state, &caller, key, request).await,
-        Encoding::Multipart => from_multipart(&state, &caller, key, request).await,
+        Encoding::Json => from_json(&state, &caller, key, trace_id, request).await,
+        Encoding::Multipart => from_multipart(&state, &caller, key, trace_id, request).await,
     }
 }
 
@@ -213,11 +216,13 @@ async fn from_json(
     state: &AppState,
     caller: &Caller,
     key: Option<String>,
+    trace_id: String,
     request: Request,
 ) -> Result<Response, ApiError> {
     let body = read_json_body(request).await?;
     let parsed = parse_request(&body, "the request body")?;
-    let checked = check(&state.registry, parsed, Encoding::Json)?;
+    let mut checked = check(&state.registry, parsed, Encoding::Json)?;
+    checked.trace_id = Some(trace_id);
     caller.check_org(&checked.org.id)?;
     drop(body);
     let run_id = run_id_for(&checked.org.id, key.as_deref());
@@ -271,6 +276,7 @@ async fn from_multipart(
     state: &AppState,
     caller: &Caller,
     key: Option<String>,
+    trace_id: String,
     request: Request,
 ) -> Result<Response, ApiError> {
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
@@ -312,7 +318,8 @@ async fn from_multipart(
     }
     drop(first);
     let parsed = parse_request(&request_bytes, "the `request` form part")?;
-    let checked = check(&state.registry, parsed, Encoding::Multipart)?;
+    let mut checked = check(&state.registry, parsed, Encoding::Multipart)?;
+    checked.trace_id = Some(trace_id);
     // Before any file is uploaded: a refused request leaves nothing behind.
     caller.check_org(&checked.org.id)?;
     let run_id = run_id_for(&checked.org.id, key.as_deref());
@@ -540,6 +547,7 @@ fn spec_of(checked: &Checked, files: Vec<StoredFile>) -> RunSpec {
         timeout_seconds: validator.timeout_seconds,
         tags: checked.tags.clone(),
         retry_of: None,
+        trace_id: checked.trace_id.clone(),
     }
 }
 
@@ -1085,6 +1093,7 @@ fn check(
         inputs,
         files,
         tags: request.tags,
+        trace_id: None,
     })
 }
 

@@ -129,6 +129,8 @@ pub async fn retry(
             files,
             timeout_seconds: validator.timeout_seconds,
             retry_of: Some(run_id),
+            // A new run, in a trace of its own.
+            trace_id: Some(crate::spec::new_trace_id()),
             ..spec
         };
         let stored =

@@ -35,6 +35,8 @@ pub(crate) struct RunView {
     timing: Timing,
     /// The run this one retries (`POST /v1/runs/{id}/retry`), if it is a retry.
     retry_of: Option<String>,
+    /// The trace the run's log lines (create, dispatch, its jobs' callbacks) share.
+    trace_id: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,6 +168,7 @@ impl RunView {
             output_sha256: run.output_sha256.clone(),
             timing,
             retry_of: spec.retry_of.map(|id| id.to_string()),
+            trace_id: spec.trace_id,
         })
     }
 

@@ -269,6 +269,7 @@ impl Backend for MockBackend {
             envelope: spec.envelope.clone(),
             outcome,
             digest,
+            traceparent: spec.env.get(super::ENV_TRACEPARENT).cloned(),
         };
         let jobs = self.jobs.clone();
         let key = id.clone();
@@ -405,6 +406,8 @@ struct Job {
     envelope: Arc<InputEnvelope>,
     outcome: MockOutcome,
     digest: Sha256Hex,
+    /// The job's `TRACEPARENT`, sent back with its callback as a real job's would be.
+    traceparent: Option<String>,
 }
 
 impl Job {
@@ -448,13 +451,15 @@ impl Job {
         for attempt in 1..=5 {
             let token = self.tokens.get(&audience).await?;
             let sending = std::time::Instant::now();
-            let sent = self
+            let mut request = self
                 .http
                 .post(callback_url.as_str())
                 .bearer_auth(token)
-                .json(&payload)
-                .send()
-                .await;
+                .json(&payload);
+            if let Some(traceparent) = &self.traceparent {
+                request = request.header("traceparent", traceparent);
+            }
+            let sent = request.send().await;
             match sent {
                 Ok(response) if response.status().is_success() => {
                     self.callbacks.record(sending.elapsed());

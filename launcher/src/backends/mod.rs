@@ -46,6 +46,10 @@ pub const ENV_RUN_ID: &str = "VALIDIBOT_RUN_ID";
 pub const ENV_METADATA_HOST: &str = "GCE_METADATA_HOST";
 /// The same, as google-auth's ID token fetch also reads it.
 pub const ENV_METADATA_IP: &str = "GCE_METADATA_IP";
+/// The W3C trace context of the job (`00-TRACE-SPAN-01`: the run's trace, the job's span), as
+/// OpenTelemetry's environment carrier names it; the job sends it back as its callback's
+/// `traceparent` header.
+pub const ENV_TRACEPARENT: &str = "TRACEPARENT";
 /// Tells Validibot's images how to call back: `gcp` means with an ID token from the metadata
 /// server, which in local modes is Runway's local identity.
 pub const ENV_DEPLOYMENT_TARGET: &str = "DEPLOYMENT_TARGET";
