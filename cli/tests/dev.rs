@@ -426,6 +426,19 @@ fn debug_logs_are_cloud_logging_json_and_hold_no_secret() {
                 && e["message"] == message
         })
     };
+    // A line linked to a trace also names its span, as Cloud Logging's 16 hex digits.
+    for entry in entries
+        .iter()
+        .filter(|e| e["logging.googleapis.com/trace"].is_string())
+    {
+        let span = entry["logging.googleapis.com/spanId"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            span.len() == 16 && span.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{entry}"
+        );
+    }
     assert!(
         in_trace("runway_launcher::api", "request served"),
         "the create request"

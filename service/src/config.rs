@@ -47,6 +47,11 @@ pub struct CommonConfig {
     /// (`logging.googleapis.com/trace`); unset, lines carry the trace id only.
     #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
     pub log_project: Option<String>,
+
+    /// OTLP/HTTP collector spans are exported to (e.g. `http://127.0.0.1:4318`); only a build
+    /// with the `otlp` feature exports, others log a warning when it is set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl CommonConfig {
@@ -56,6 +61,7 @@ impl CommonConfig {
             self.log_format,
             self.log_filter.as_deref(),
             self.log_project.as_deref(),
+            self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
         );
     }
 

@@ -6,7 +6,8 @@
 //! reads from a container's stderr: `severity` (`DEBUG`, `INFO`, `WARNING`, `ERROR`),
 //! `message`, `timestamp` (RFC 3339), and — when the event happens inside a span that recorded
 //! a `trace_id` and a project is configured — `logging.googleapis.com/trace`
-//! (`projects/P/traces/T`), which groups a request's lines under its trace in the console. The
+//! (`projects/P/traces/T`), which groups a request's lines under its trace in the console, and
+//! `logging.googleapis.com/spanId` (the innermost span's id, 16 hex digits). The
 //! event's own fields and those of every enclosing span (`request_id`, `run.id`,
 //! `attempt.id`, …) are added as keys, the innermost winning.
 
@@ -44,23 +45,94 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive and `project` the
-/// Google Cloud project whose traces JSON lines link to (the caller's config reads both); a
-/// second call is a no-op, so tests may call it freely.
-pub fn init(format: LogFormat, filter: Option<&str>, project: Option<&str>) {
+/// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive, `project` the
+/// Google Cloud project whose traces JSON lines link to and `otlp` the OTLP/HTTP endpoint spans
+/// are exported to (the caller's config reads all three); a second call is a no-op, so tests
+/// may call it freely.
+pub fn init(format: LogFormat, filter: Option<&str>, project: Option<&str>, otlp: Option<&str>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = filter
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .fmt_fields(JsonFields::new())
-            .event_format(CloudLogging::new(project))
-            .try_init(),
+    let (text, json) = match format {
+        LogFormat::Text => (
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .fmt_fields(JsonFields::new())
+                    .event_format(CloudLogging::new(project)),
+            ),
+        ),
     };
+    let (otel, otel_error) = otlp_layer(otlp);
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if let (true, Some(error)) = (installed, otel_error) {
+        tracing::warn!("{error}");
+    }
+}
+
+/// The layer exporting spans to `endpoint` over OTLP/HTTP, or why there is none.
+#[cfg(feature = "otlp")]
+fn otlp_layer<S>(
+    endpoint: Option<&str>,
+) -> (
+    Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>,
+    Option<String>,
+)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+
+    let Some(endpoint) = endpoint else {
+        return (None, None);
+    };
+    // The standard variable names the collector's base URL; traces go to its /v1/traces.
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .build()
+    {
+        Ok(exporter) => exporter,
+        Err(e) => return (None, Some(format!("OTLP export is off: {e}"))),
+    };
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    let tracer = provider.tracer("runway");
+    (
+        Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+        None,
+    )
+}
+
+/// Without the `otlp` feature there is no exporter; a configured endpoint only gets a warning.
+#[cfg(not(feature = "otlp"))]
+fn otlp_layer(
+    endpoint: Option<&str>,
+) -> (Option<tracing_subscriber::layer::Identity>, Option<String>) {
+    let error = endpoint.map(|e| {
+        format!(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is {e:?} but this build has no OTLP export \
+             (build with the otlp feature)"
+        )
+    });
+    (None, error)
 }
 
 /// The JSON event format Cloud Logging reads as structured entries (see the module docs).
@@ -84,6 +156,7 @@ impl CloudLogging {
         target: &str,
         spans: impl IntoIterator<Item = Map<String, Value>>,
         event: Map<String, Value>,
+        span_id: Option<u64>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Map<String, Value> {
         let mut entry = Map::new();
@@ -113,6 +186,13 @@ impl CloudLogging {
         {
             let trace = format!("projects/{project}/traces/{trace}");
             entry.insert("logging.googleapis.com/trace".into(), trace.into());
+            // Cloud Logging wants the span id as 16 hex digits, like a traceparent's.
+            if let Some(span) = span_id {
+                entry.insert(
+                    "logging.googleapis.com/spanId".into(),
+                    format!("{span:016x}").into(),
+                );
+            }
         }
         entry
     }
@@ -130,8 +210,11 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let mut spans = Vec::new();
+        let mut span_id = None;
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
+                // From the root down, so the last one seen is the innermost.
+                span_id = Some(span.id().into_u64());
                 let extensions = span.extensions();
                 let fields = extensions
                     .get::<FormattedFields<N>>()
@@ -148,6 +231,7 @@ where
             metadata.target(),
             spans,
             visitor.0,
+            span_id,
             chrono::Utc::now(),
         );
         let line = serde_json::to_string(&entry).map_err(|_| fmt::Error)?;
@@ -226,6 +310,7 @@ mod tests {
             "runway_launcher::api",
             [span, inner].map(|v| v.as_object().cloned().expect("object")),
             event.as_object().cloned().expect("object"),
+            Some(0xab),
             at,
         );
         assert_eq!(entry["severity"], "WARNING");
@@ -237,11 +322,13 @@ mod tests {
             entry["logging.googleapis.com/trace"],
             "projects/my-project/traces/4bf92f3577b34da6a3ce929d0e0e4736"
         );
+        assert_eq!(entry["logging.googleapis.com/spanId"], "00000000000000ab");
         // Without a project there is nothing to link to.
-        let entry = CloudLogging::new(None).entry(Level::ERROR, "t", [], Map::new(), at);
+        let entry = CloudLogging::new(None).entry(Level::ERROR, "t", [], Map::new(), None, at);
         assert_eq!(entry["severity"], "ERROR");
         assert_eq!(entry["message"], "");
         assert!(!entry.contains_key("logging.googleapis.com/trace"));
+        assert!(!entry.contains_key("logging.googleapis.com/spanId"));
     }
 
     #[test]
