@@ -235,7 +235,13 @@ impl Dispatcher {
             backend,
             job,
         } = prepared;
-        let launched = backend.launch(&job).await;
+        // Its own span, inside the attempt's (run.id, attempt.id, trace_id), so a slow or
+        // failing backend call shows as a stage of its own.
+        let launched = tracing::Instrument::instrument(
+            backend.launch(&job),
+            tracing::info_span!("backend launch", backend = %backend.kind()),
+        )
+        .await;
         if let Err(e) = &launched {
             self.metrics.launch_error(backend.kind(), e.kind());
         }
