@@ -571,4 +571,73 @@ mod tests {
         );
         assert_eq!(exported_ids(&span), None);
     }
+
+    /// The exporting side, against the SDK with an exporter that keeps what it gets.
+    #[cfg(feature = "otlp")]
+    mod exported {
+        use super::super::*;
+        use opentelemetry::trace::{SpanId, TracerProvider as _};
+        use opentelemetry_sdk::error::OTelSdkResult;
+        use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Debug, Clone, Default)]
+        struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+        impl SpanExporter for Kept {
+            async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+                self.0.lock().expect("lock").extend(batch);
+                Ok(())
+            }
+        }
+
+        #[test]
+        fn an_adopted_span_hangs_under_its_remote_parent_and_names_its_place() {
+            let kept = Kept::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(kept.clone())
+                .build();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+            let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let (adopted, child, malformed) = tracing::subscriber::with_default(subscriber, || {
+                let adopted = tracing::info_span!("adopted");
+                adopt_trace(&adopted, trace, "00f067aa0ba902b7");
+                let child = adopted.in_scope(|| exported_ids(&tracing::info_span!("child")));
+                let malformed = tracing::info_span!("malformed");
+                adopt_trace(&malformed, "not a trace", "00f067aa0ba902b7");
+                adopt_trace(&malformed, trace, "0000000000000000");
+                (exported_ids(&adopted), child, exported_ids(&malformed))
+            });
+            provider.shutdown().expect("shutdown");
+            let (adopted, child, malformed) = (
+                adopted.expect("ids"),
+                child.expect("ids"),
+                malformed.expect("ids"),
+            );
+            assert_eq!(adopted.trace_id, trace);
+            assert_eq!(child.trace_id, trace, "children stay in the adopted trace");
+            assert_ne!(malformed.trace_id, trace, "malformed ids are not adopted");
+
+            let spans = kept.0.lock().expect("lock");
+            let span = |name: &str| {
+                spans
+                    .iter()
+                    .find(|s| s.name == name)
+                    .unwrap_or_else(|| panic!("{name} was exported"))
+            };
+            let exported = span("adopted");
+            assert_eq!(exported.span_context.span_id().to_string(), adopted.span_id);
+            assert_eq!(exported.parent_span_id.to_string(), "00f067aa0ba902b7");
+            assert!(exported.parent_span_is_remote);
+            assert!(exported.span_context.is_sampled());
+            assert_eq!(
+                span("child").parent_span_id.to_string(),
+                adopted.span_id,
+                "exported_ids names the span its children hang under"
+            );
+            assert_eq!(span("malformed").parent_span_id, SpanId::INVALID);
+        }
+    }
 }
