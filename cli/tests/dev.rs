@@ -369,23 +369,7 @@ fn debug_logs_are_cloud_logging_json_and_hold_no_secret() {
             ids.push(created["id"].as_str().expect("id").to_owned());
         }
         for id in &ids {
-            let mut state = String::new();
-            for _ in 0..300 {
-                let run: serde_json::Value = http
-                    .get(format!("{}/v1/runs/{id}", dev.launcher))
-                    .send()
-                    .await
-                    .expect("get")
-                    .json()
-                    .await
-                    .expect("json");
-                state = run["state"].as_str().unwrap_or_default().to_owned();
-                if state == "completed" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert_eq!(state, "completed", "run {id}");
+            common::wait_completed(&http, &dev.launcher, id).await;
         }
         // A callback with a forged token is refused (and the token not logged).
         let refused = http
@@ -613,24 +597,10 @@ fn a_runs_spans_are_exported_as_one_trace() {
         assert_eq!(created.status(), 201);
         let created: serde_json::Value = created.json().await.expect("json");
         assert_eq!(created["trace_id"], trace, "{created}");
-        let id = created["id"].as_str().expect("id").to_owned();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let run: serde_json::Value = http
-                .get(format!("{}/v1/runs/{id}", dev.launcher))
-                .send()
-                .await
-                .expect("get")
-                .json()
-                .await
-                .expect("json");
-            if run["state"] == "completed" {
-                assert_eq!(run["result"], "passed", "{run}");
-                break run;
-            }
-            assert!(std::time::Instant::now() < deadline, "not completed: {run}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let id = created["id"].as_str().expect("id");
+        let run = common::wait_completed(&http, &dev.launcher, id).await;
+        assert_eq!(run["result"], "passed", "{run}");
+        run
     });
     // The batch exporter sends every few seconds; the rest goes out as the service stops.
     assert!(dev.stop(), "runway dev did not exit cleanly on SIGTERM");
