@@ -85,4 +85,10 @@ python3 "$root/infra/check_test.py"
 # with the runner the tests build, and the docker-compose stack's (services and Postgres).
 cargo build --locked --workspace --bins
 "$root/containers/build-images.sh" --stack
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+# The whole workspace, unless the arguments name packages (`-p runway-runs`): cargo would run
+# every package with --workspace beside them.
+scope=(--workspace)
+for arg in "$@"; do
+  case "$arg" in -p | -p* | --package | --package=*) scope=() ;; esac
+done
+cargo nextest run ${scope[@]+"${scope[@]}"} --locked --no-fail-fast "$@"
