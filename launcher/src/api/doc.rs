@@ -17,10 +17,11 @@ use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 use utoipa::OpenApi as _;
 use utoipa::openapi::path::{Operation, Parameter};
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
-use utoipa::openapi::{Content, OpenApi, Required};
+use utoipa::openapi::{Content, OpenApi, RefOr, Required};
 
 use super::error::{ConflictBody, ErrorBody};
 
@@ -85,7 +86,7 @@ static DOCUMENT_JSON: LazyLock<String> = LazyLock::new(|| {
     serde_json::to_string_pretty(&*DOCUMENT).expect("an OpenAPI document always serializes")
 });
 /// [`DOCUMENT`] rendered as HTML, once.
-static DOCS_HTML: LazyLock<String> = LazyLock::new(|| render(&DOCUMENT).into_string());
+static DOCS_HTML: LazyLock<String> = LazyLock::new(|| render(document()).into_string());
 
 /// The launcher's OpenAPI document.
 pub fn document() -> &'static OpenApi {
@@ -98,13 +99,15 @@ pub fn document_json() -> &'static str {
 }
 
 fn build() -> OpenApi {
+    let api = ApiDoc::openapi();
+    // The API's info (utoipa fills in the launcher's version and license) and its tags, in the
+    // order the reference page shows them; merging keeps the first document's.
+    let (info, tags) = (api.info.clone(), api.tags.clone());
     let mut doc = runway_service::health::HealthApi::openapi();
-    doc.merge(ApiDoc::openapi());
+    doc.merge(api);
     doc.merge(crate::dashboard::DashboardApi::openapi());
-    // Merging keeps the first document's info; the API's is the launcher's.
-    doc.info = ApiDoc::openapi().info;
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.tags = ApiDoc::openapi().tags;
+    doc.info = info;
+    doc.tags = tags;
     add_security(&mut doc);
     // A summary is the first paragraph of a handler's doc comment, which may wrap: one line.
     for item in doc.paths.paths.values_mut() {
@@ -156,20 +159,18 @@ fn add_security(doc: &mut OpenApi) {
     );
     let none: [&str; 0] = [];
     for (path, item) in doc.paths.paths.iter_mut() {
-        let mut schemes = Vec::new();
-        if super::takes_api_credentials(path) {
-            schemes = vec![API_KEY, GOOGLE_ID_TOKEN];
+        let schemes: &[&str] = if super::takes_api_credentials(path) {
+            &[API_KEY, GOOGLE_ID_TOKEN]
         } else if path.starts_with("/dashboard")
             && !crate::dashboard::PUBLIC_PATHS.contains(&path.as_str())
         {
-            schemes = vec![API_KEY, GOOGLE_ID_TOKEN, DASHBOARD_SESSION];
-        }
-        if schemes.is_empty() {
+            &[API_KEY, GOOGLE_ID_TOKEN, DASHBOARD_SESSION]
+        } else {
             continue;
-        }
+        };
         let mut requirements: Vec<SecurityRequirement> = schemes
-            .into_iter()
-            .map(|scheme| SecurityRequirement::new(scheme, none))
+            .iter()
+            .map(|scheme| SecurityRequirement::new(*scheme, none))
             .collect();
         requirements.push(SecurityRequirement::default());
         for operation in operations_mut(item) {
@@ -196,7 +197,7 @@ fn operations_mut(
 }
 
 /// Each operation of `item`, with its method in upper case, in the order OpenAPI lists them.
-pub fn operations(item: &utoipa::openapi::PathItem) -> Vec<(&'static str, &Operation)> {
+fn operations(item: &utoipa::openapi::PathItem) -> Vec<(&'static str, &Operation)> {
     [
         ("GET", &item.get),
         ("PUT", &item.put),
@@ -281,7 +282,7 @@ table{border-collapse:collapse;width:100%;font-size:.9rem}td,th{border-top:1px s
 ";
 
 /// The reference page of `doc`.
-pub fn render(doc: &OpenApi) -> Markup {
+fn render(doc: &OpenApi) -> Markup {
     let tags: Vec<(String, Option<String>)> = doc
         .tags
         .iter()
@@ -366,7 +367,7 @@ pub fn render(doc: &OpenApi) -> Markup {
                 @for (name, schema) in &components.schemas {
                     section.op id={ "schema-" (name) } {
                         h3 { code { (name) } }
-                        (schema_detail(&to_value(schema)))
+                        (schema_detail(schema))
                     }
                 }
             }
@@ -541,6 +542,7 @@ fn schema_summary(schema: &Value) -> Markup {
             code { (types.join(" | ")) }
         }
         @if let Some(format) = schema["format"].as_str() { " (" (format) ")" }
+        @if let Some(media) = schema["contentMediaType"].as_str() { " (" code { (media) } ")" }
         @if let Some(values) = schema["enum"].as_array() {
             " one of "
             @for (i, value) in values.iter().filter(|v| !v.is_null()).enumerate() {
@@ -568,33 +570,63 @@ fn bounds(schema: &Value) -> Markup {
     }
 }
 
-/// A named schema: its description, and its properties (or values) in a table.
-fn schema_detail(schema: &Value) -> Markup {
-    let required: Vec<&str> = schema["required"]
+/// A named schema: its description, and its properties (in the order the type declares them) or
+/// values.
+fn schema_detail(schema: &RefOr<Schema>) -> Markup {
+    let value = to_value(schema);
+    let properties: Vec<(&String, Value)> = match schema {
+        RefOr::T(Schema::Object(object)) => object
+            .properties
+            .iter()
+            .map(|(name, property)| (name, to_value(property)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let required: Vec<&str> = value["required"]
         .as_array()
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     html! {
-        @if let Some(description) = schema["description"].as_str() {
+        @if let Some(description) = value["description"].as_str() {
             @for paragraph in description.split("\n\n") { p { (prose(paragraph)) } }
         }
-        @if let Some(properties) = schema["properties"].as_object() {
+        @if properties.is_empty() {
+            p { (schema_summary(&value)) }
+        } @else {
             table {
                 tr { th { "Field" } th { "Schema" } th { "Description" } }
-                @for (name, property) in properties {
+                @for (name, property) in &properties {
                     tr {
                         td { code { (name) }
                             @if required.contains(&name.as_str()) { " " span.req { "required" } } }
                         td { (schema_summary(property)) }
-                        td { (prose(property["description"].as_str().unwrap_or(""))) }
+                        td { (prose(description_of(property))) }
                     }
                 }
             }
-            @if schema["additionalProperties"] == Value::Bool(false) { p.auth { "Other fields are refused." } }
-        } @else {
-            p { (schema_summary(schema)) }
+            @if value["additionalProperties"] == Value::Bool(false) {
+                p.auth { "Other fields are refused." }
+            } @else if value["additionalProperties"].is_object() {
+                p.auth { "Any other field: " (schema_summary(&value["additionalProperties"])) }
+            }
         }
     }
+}
+
+/// A property's description: its own, or, for a nullable reference (`oneOf: [null, $ref]`),
+/// the one utoipa puts beside the reference.
+fn description_of(property: &Value) -> &str {
+    property["description"]
+        .as_str()
+        .or_else(|| {
+            ["oneOf", "anyOf", "allOf"].iter().find_map(|key| {
+                property[key]
+                    .as_array()?
+                    .iter()
+                    .find_map(|option| option["description"].as_str())
+            })
+        })
+        .unwrap_or("")
 }
 
 /// Text with its `code` spans (the descriptions' Markdown backticks) set as code; the rest

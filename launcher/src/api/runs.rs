@@ -45,7 +45,8 @@ pub(crate) struct Validator {
     /// At most this many active attempts at once; null when uncapped.
     #[schema(required = true, minimum = 1)]
     max_concurrency: Option<u32>,
-    /// Attempts a run gets before it ends `error`.
+    /// Attempts per run, retries included. Launch errors, lost jobs and jobs that end without a
+    /// usable output are retried; validation failures never are.
     #[schema(minimum = 1)]
     max_attempts: u32,
 }
