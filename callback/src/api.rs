@@ -259,7 +259,13 @@ async fn accept(
         },
         Utc::now(),
     );
-    match state.store.finalize_attempt(finalize).await {
+    // A stage of its own in the run's trace (inside the `callback` span): the store's write.
+    let finalized = state
+        .store
+        .finalize_attempt(finalize)
+        .instrument(tracing::info_span!("finalize"))
+        .await;
+    match finalized {
         Ok(FinalizeOutcome::Finalized(run)) => {
             tracing::info!(result = ?run.run.result, "run finalized");
             Ok("finalized")

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use runway_identity::TokenVerifier;
 use runway_service::health::{self, Dependencies};
+use runway_service::telemetry;
 
 /// Everything the callback service's routes share.
 #[derive(Debug, Clone)]
@@ -66,18 +67,26 @@ pub fn router(state: AppState) -> Router {
 
 /// Puts every request in a span carrying the trace its job named (`traceparent`, which
 /// Runway's jobs send with the `TRACEPARENT` their launch gave them), so its log lines join the
-/// run's trace.
+/// run's trace and, when spans are exported, the span is the child of the one the
+/// `traceparent` names (the attempt's `dispatch` span in the launcher).
 async fn request_span(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let trace_id = {
+    let parent = {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        runway_service::telemetry::trace_id(header("traceparent"), header("x-cloud-trace-context"))
+        telemetry::remote_parent(header("traceparent"), header("x-cloud-trace-context"))
     };
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
-        trace_id = trace_id.as_deref(),
+        trace_id = parent.as_ref().map(|p| p.trace_id.as_str()),
     );
+    if let Some(telemetry::RemoteParent {
+        trace_id,
+        span_id: Some(span_id),
+    }) = &parent
+    {
+        telemetry::adopt_trace(&span, trace_id, span_id);
+    }
     tracing::Instrument::instrument(next.run(request), span).await
 }
 

@@ -10,7 +10,8 @@ use runway_service::{health::Dependencies, server};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    config.common.init_telemetry();
+    // Dropped last, so that the spans of the whole shutdown are exported.
+    let _telemetry = config.common.init_telemetry();
     let verifier = Arc::new(config.auth.verifier()?);
     let deps = Dependencies {
         store: config.common.open_store().await?,

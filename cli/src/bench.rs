@@ -146,20 +146,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
+    // The service's memory over the whole run (creates and drain), to show whether it is flat.
+    let (stop_sampling, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = pid.map(|pid| tokio::spawn(sample_rss(pid, started, stopped)));
     let mut create = match args.rate {
         None => closed_loop(&client, args.runs, args.concurrency).await?,
         Some(rate) => open_loop(&client, args.runs, rate).await?,
     };
     let created_in = started.elapsed();
 
-    // Wait until nothing is queued or running, sampling the service's memory.
-    let mut peak = 0;
+    // Wait until nothing is queued or running.
     // Each of these reads is a transaction of its own on Postgres: counted, to leave them out.
     let mut reads = 0_u64;
     loop {
-        if let Some(rss) = pid.and_then(rss_kb) {
-            peak = peak.max(rss);
-        }
         let mut busy = false;
         for state in [RunState::Queued, RunState::Running] {
             let filter = RunFilter {
@@ -180,8 +179,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = started.elapsed();
-    if let Some(pid) = pid {
-        figures.peak_rss_kb = Some(peak);
+    let _ = stop_sampling.send(());
+    let mut rss_by_tenth = Vec::new();
+    if let (Some(pid), Some(sampler)) = (pid, sampler) {
+        let samples = sampler.await.context("the memory sampler failed")?;
+        figures.peak_rss_kb = samples.iter().map(|&(_, kb)| kb).max();
+        rss_by_tenth = by_tenth(&samples, total);
         figures.drained_rss_kb = rss_kb(pid);
     }
     stop_service(service, &mut figures).await?;
@@ -234,6 +237,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             idle as f64 / 1024.0,
             peak as f64 / 1024.0,
             drained as f64 / 1024.0
+        );
+    }
+    if !rss_by_tenth.is_empty() {
+        let tenths: Vec<String> = rss_by_tenth
+            .iter()
+            .map(|kb| format!("{:.0}", *kb as f64 / 1024.0))
+            .collect();
+        println!(
+            "  service RSS by tenth of the run (MB, largest)  {}",
+            tenths.join(" ")
         );
     }
     println!("  latency (ms)         p50      p99      max");
@@ -394,6 +407,39 @@ fn to_durations(micros: &[u32]) -> Vec<Duration> {
 }
 
 /// The resident memory of a process, in kB (Linux).
+/// Samples the resident memory of process `pid` every 100 ms until told to stop: (time since
+/// `started`, kB).
+async fn sample_rss(
+    pid: u32,
+    started: Instant,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<(Duration, u64)> {
+    let mut samples = Vec::new();
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Some(kb) = rss_kb(pid) {
+                    samples.push((started.elapsed(), kb));
+                }
+            }
+            _ = &mut stop => return samples,
+        }
+    }
+}
+
+/// The largest sample in each tenth of `total` (tenths without a sample are left out).
+fn by_tenth(samples: &[(Duration, u64)], total: Duration) -> Vec<u64> {
+    let mut tenths = [None::<u64>; 10];
+    for &(at, kb) in samples {
+        let tenth = ((at.as_secs_f64() / total.as_secs_f64().max(f64::MIN_POSITIVE)) * 10.0)
+            .floor()
+            .clamp(0.0, 9.0) as usize;
+        tenths[tenth] = Some(tenths[tenth].map_or(kb, |max| max.max(kb)));
+    }
+    tenths.into_iter().flatten().collect()
+}
+
 fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -572,4 +618,25 @@ fn percentiles(values: &mut [Duration]) -> (f64, f64, f64) {
         |q: f64| values[((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     (ms(at(0.50)), ms(at(0.99)), ms(values[values.len() - 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_samples_are_summarized_by_their_largest_in_each_tenth() {
+        let s = Duration::from_secs;
+        let samples = [
+            (s(0), 10),
+            (s(5), 30),
+            (s(9), 20),
+            (s(55), 40),
+            (s(100), 50),
+        ];
+        // Tenths 0, 5 and 9 (the last sample, at the very end, counts in the last tenth).
+        assert_eq!(by_tenth(&samples, s(100)), vec![30, 40, 50]);
+        assert_eq!(by_tenth(&[], s(100)), Vec::<u64>::new());
+        assert_eq!(by_tenth(&[(s(0), 7)], Duration::ZERO), vec![7]);
+    }
 }

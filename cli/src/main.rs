@@ -211,7 +211,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dev { config } => dev(*config).await,
         Command::Migrate { common } => {
-            common.init_telemetry();
+            let _telemetry = common.init_telemetry();
             common.open_store().await?;
             println!("migrated {}", redact(&common.database_url()));
             Ok(())
@@ -420,7 +420,8 @@ async fn api_key(action: ApiKeyAction, common: &CommonConfig) -> anyhow::Result<
 }
 
 async fn dev(config: DevConfig) -> anyhow::Result<()> {
-    config.common.init_telemetry();
+    // Dropped last, so that the spans of the whole shutdown are exported.
+    let _telemetry = config.common.init_telemetry();
     let database = redact(&config.common.database_url());
     let storage = config.common.storage_uri()?;
     let running = runway_cli::dev::start(config).await?;

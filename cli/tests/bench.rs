@@ -40,6 +40,13 @@ fn closed_loop_on_sqlite_in_its_own_process() {
     // The service's own figures: start-up, memory, and the mock jobs' callback round trips.
     assert!(figure(&printed, "start to ready").ends_with("ms"));
     assert!(figure(&printed, "service RSS").starts_with("idle "));
+    // Its memory over the run, a figure for each tenth of it that was sampled.
+    let tenths: Vec<f64> = figure(&printed, "service RSS by tenth of the run (MB, largest)")
+        .split_whitespace()
+        .map(|mb| mb.parse().expect("megabytes"))
+        .collect();
+    assert!((1..=10).contains(&tenths.len()), "{printed}");
+    assert!(tenths.iter().all(|&mb| mb > 1.0), "{printed}");
     assert!(figure(&printed, "callback").split_whitespace().count() == 3);
 }
 

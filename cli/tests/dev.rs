@@ -369,23 +369,7 @@ fn debug_logs_are_cloud_logging_json_and_hold_no_secret() {
             ids.push(created["id"].as_str().expect("id").to_owned());
         }
         for id in &ids {
-            let mut state = String::new();
-            for _ in 0..300 {
-                let run: serde_json::Value = http
-                    .get(format!("{}/v1/runs/{id}", dev.launcher))
-                    .send()
-                    .await
-                    .expect("get")
-                    .json()
-                    .await
-                    .expect("json");
-                state = run["state"].as_str().unwrap_or_default().to_owned();
-                if state == "completed" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert_eq!(state, "completed", "run {id}");
+            common::wait_completed(&http, &dev.launcher, id).await;
         }
         // A callback with a forged token is refused (and the token not logged).
         let refused = http
@@ -507,5 +491,176 @@ fn debug_logs_are_cloud_logging_json_and_hold_no_secret() {
             !logs.contains(secret.as_str()),
             "{what} appears in the logs"
         );
+    }
+}
+
+/// One span as an OTLP/HTTP receiver got it: ids as lowercase hex, attributes as text.
+#[derive(Debug, Clone)]
+struct Received {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// A collector's `POST /v1/traces` on a free 127.0.0.1 port, keeping every span it decodes;
+/// returns its base URL (what `OTEL_EXPORTER_OTLP_ENDPOINT` names) and the spans.
+async fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Received>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+    use std::sync::{Arc, Mutex};
+
+    let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let spans = spans.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                use axum::http::StatusCode;
+                let protobuf = headers
+                    .get("content-type")
+                    .is_some_and(|v| v == "application/x-protobuf");
+                let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                    return (StatusCode::BAD_REQUEST, Vec::new());
+                };
+                if !protobuf {
+                    return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
+                }
+                let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let decoded = request
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .flat_map(|s| &s.spans)
+                    .map(|span| Received {
+                        name: span.name.clone(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        attributes: span
+                            .attributes
+                            .iter()
+                            .map(|kv| {
+                                let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                                    Some(Any::StringValue(s)) => s.clone(),
+                                    Some(Any::IntValue(i)) => i.to_string(),
+                                    Some(Any::BoolValue(b)) => b.to_string(),
+                                    Some(Any::DoubleValue(d)) => d.to_string(),
+                                    other => format!("{other:?}"),
+                                };
+                                (kv.key.clone(), value)
+                            })
+                            .collect(),
+                    });
+                spans.lock().unwrap().extend(decoded);
+                (
+                    StatusCode::OK,
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    (url, spans)
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set (and logs terse: `RUST_LOG=warn`), `runway dev`
+/// exports a run's spans as one tree in the trace its create request named: the create request
+/// under the caller's span, each attempt's dispatch under the create request, the backend
+/// launch under the dispatch, and the job's callback (its `TRACEPARENT` names the dispatch)
+/// with its finalize under that; stopping the service sends what was still batched.
+#[test]
+fn a_runs_spans_are_exported_as_one_trace() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (endpoint, received) = runtime.block_on(otlp_receiver());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start(dir.path(), &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let run = runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let created = http
+            .post(format!("{}/v1/runs", dev.launcher))
+            .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+            .json(&common::energyplus_run(common::MODEL))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(created.status(), 201);
+        let created: serde_json::Value = created.json().await.expect("json");
+        assert_eq!(created["trace_id"], trace, "{created}");
+        let id = created["id"].as_str().expect("id");
+        let run = common::wait_completed(&http, &dev.launcher, id).await;
+        assert_eq!(run["result"], "passed", "{run}");
+        run
+    });
+    // The batch exporter sends every few seconds; the rest goes out as the service stops.
+    assert!(dev.stop(), "runway dev did not exit cleanly on SIGTERM");
+
+    let spans = received.lock().unwrap().clone();
+    let run_id = run["id"].as_str().expect("id");
+    let in_trace: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace).collect();
+    let names: Vec<(&str, &str)> = in_trace
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.attributes.get("path").map_or("", String::as_str),
+            )
+        })
+        .collect();
+    let one = |what: &str, pick: &dyn Fn(&Received) -> bool| -> Received {
+        let found: Vec<&&Received> = in_trace.iter().filter(|s| pick(s)).collect();
+        assert_eq!(found.len(), 1, "{what} among {names:?}");
+        (*found[0]).clone()
+    };
+    let attr = |s: &Received, key: &str| s.attributes.get(key).cloned().unwrap_or_default();
+    let create = one("the create request", &|s| {
+        s.name == "request" && attr(s, "method") == "POST" && attr(s, "path") == "/v1/runs"
+    });
+    let dispatch = one("the dispatch", &|s| s.name == "dispatch");
+    let launch = one("the backend launch", &|s| s.name == "backend launch");
+    let callback_request = one("the callback request", &|s| {
+        s.name == "request" && attr(s, "path") == "/v1/callbacks"
+    });
+    let callback = one("the callback", &|s| s.name == "callback");
+    let finalize = one("the finalize", &|s| s.name == "finalize");
+
+    assert_eq!(create.parent_span_id, caller_span, "the caller's span");
+    assert_eq!(create.attributes["trace_id"], trace);
+    assert_eq!(dispatch.parent_span_id, create.span_id, "{dispatch:?}");
+    assert_eq!(dispatch.attributes["run.id"], run_id);
+    assert_eq!(
+        dispatch.attributes["attempt.id"],
+        run["attempts"][0]["id"].as_str().expect("attempt id"),
+        "{run}"
+    );
+    assert_eq!(launch.parent_span_id, dispatch.span_id);
+    assert_eq!(
+        callback_request.parent_span_id, dispatch.span_id,
+        "the job's TRACEPARENT names the launcher's dispatch span"
+    );
+    assert_eq!(callback.parent_span_id, callback_request.span_id);
+    assert_eq!(callback.attributes["run.id"], run_id);
+    assert_eq!(finalize.parent_span_id, callback.span_id);
+    // One tree: every other span of the trace (the job's heartbeats, say) hangs from one
+    // received in it; only the create request's parent is the caller's.
+    let ids: std::collections::HashSet<&str> =
+        in_trace.iter().map(|s| s.span_id.as_str()).collect();
+    for span in &in_trace {
+        if span.span_id != create.span_id {
+            assert!(
+                ids.contains(span.parent_span_id.as_str()),
+                "{span:?} hangs outside the tree: {names:?}"
+            );
+        }
     }
 }

@@ -192,6 +192,13 @@ impl Dispatcher {
                 attempt.id = %claimed.attempt.id,
                 trace_id = tracing::field::Empty,
             );
+            // Exported under the run's trace, as its creating request's child (see
+            // `spec::dispatch_parent`), whatever task claimed it.
+            if let Some((trace_id, parent)) =
+                crate::spec::dispatch_parent(claimed.run.id, &claimed.run.spec)
+            {
+                runway_service::telemetry::adopt_trace(&span, &trace_id, &parent);
+            }
             in_flight.spawn(
                 async move {
                     if let Err(e) = this.dispatch(claimed).await {

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    config.common.init_telemetry();
+    // Dropped last, so that the spans of the whole shutdown are exported.
+    let _telemetry = config.common.init_telemetry();
     let registry = config.launcher.registry()?;
     let nonce_key = config.launcher.nonce_key(&config.common)?;
     let deps = Dependencies {

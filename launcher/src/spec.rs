@@ -44,14 +44,47 @@ pub struct RunSpec {
     /// run's log lines, from create to callback, share one trace. Not part of the envelope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The exported span of the request that created the run (16 lowercase hex digits), when
+    /// spans are exported: every attempt's `dispatch` span is its child, so a run is one tree.
+    /// Not part of the envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
-/// The trace a new run belongs to: the one `headers` name (`traceparent`, or Cloud Run's
-/// `X-Cloud-Trace-Context`), or a new one.
-pub fn trace_for(headers: &axum::http::HeaderMap) -> String {
+/// The trace a new run belongs to, and the span it starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTrace {
+    /// [`RunSpec::trace_id`].
+    pub trace_id: String,
+    /// [`RunSpec::span_id`].
+    pub span_id: Option<String>,
+}
+
+/// The trace a run created by the current request belongs to: the one `headers` name
+/// (`traceparent`, or Cloud Run's `X-Cloud-Trace-Context`), else, when spans are exported, the
+/// request span's own, else a new one. The request's span is the run's root when it is in
+/// that trace (the API's middleware adopts the caller's).
+pub fn trace_for(headers: &axum::http::HeaderMap) -> RunTrace {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    runway_service::telemetry::trace_id(header("traceparent"), header("x-cloud-trace-context"))
-        .unwrap_or_else(new_trace_id)
+    let named =
+        runway_service::telemetry::trace_id(header("traceparent"), header("x-cloud-trace-context"));
+    let current = runway_service::telemetry::exported_ids(&tracing::Span::current());
+    match (named, current) {
+        (Some(trace_id), current) => RunTrace {
+            span_id: current
+                .filter(|ids| ids.trace_id == trace_id)
+                .map(|ids| ids.span_id),
+            trace_id,
+        },
+        (None, Some(ids)) => RunTrace {
+            trace_id: ids.trace_id,
+            span_id: Some(ids.span_id),
+        },
+        (None, None) => RunTrace {
+            trace_id: new_trace_id(),
+            span_id: None,
+        },
+    }
 }
 
 /// A new trace id: 32 random lowercase hex digits.
@@ -59,11 +92,37 @@ pub fn new_trace_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// The `traceparent` a job of a run in trace `trace_id` carries: the trace, a fresh span id
-/// (the job's), sampled.
+/// The `traceparent` a job of a run in trace `trace_id` carries: the trace, sampled, and as
+/// parent the current span (the attempt's `dispatch` span) when spans are exported, so the
+/// job's callbacks are its children; otherwise a fresh span id (the job's).
 pub fn job_traceparent(trace_id: &str) -> String {
-    let span = uuid::Uuid::new_v4().simple().to_string();
-    format!("00-{trace_id}-{}-01", &span[..16])
+    let span = runway_service::telemetry::exported_ids(&tracing::Span::current())
+        .filter(|ids| ids.trace_id == trace_id)
+        .map(|ids| ids.span_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+    format!("00-{trace_id}-{span}-01")
+}
+
+/// Where the exported spans of dispatching an attempt of `run` hang (`dispatch`'s parent): the
+/// creating request's span, or — for a run created while spans were not exported — a stand-in
+/// span id derived from the run id (the last 16 hex digits of its UUID), the same for
+/// every attempt, so that the attempts are siblings in the run's trace under a parent the
+/// collector never received. `None` when the spec names no trace (or is unreadable, which the
+/// dispatch itself reports).
+pub fn dispatch_parent(run: RunId, spec: &str) -> Option<(String, String)> {
+    /// The two fields, read without the rest of the spec.
+    #[derive(Deserialize)]
+    struct Trace {
+        #[serde(default)]
+        trace_id: Option<String>,
+        #[serde(default)]
+        span_id: Option<String>,
+    }
+    let trace: Trace = serde_json::from_str(spec).ok()?;
+    let span_id = trace
+        .span_id
+        .unwrap_or_else(|| run.as_uuid().simple().to_string()[16..].to_owned());
+    Some((trace.trace_id?, span_id))
 }
 
 /// One input file as stored: its declared metadata and the storage receipt of its bytes.
@@ -155,6 +214,8 @@ struct StoredSpec<'a> {
     retry_of: Option<RunId>,
     #[serde(default)]
     trace_id: Option<String>,
+    #[serde(default)]
+    span_id: Option<String>,
 }
 
 /// Why a stored spec cannot be read back.
@@ -187,6 +248,7 @@ impl RunSpec {
             tags: stored.tags,
             retry_of: stored.retry_of,
             trace_id: stored.trace_id,
+            span_id: stored.span_id,
         })
     }
 
@@ -286,6 +348,7 @@ mod tests {
             tags: vec!["t".into()],
             retry_of: Some(RunId::new()),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+            span_id: Some("00f067aa0ba902b7".to_owned()),
         };
         let back = RunSpec::from_json(&spec.to_json()).expect("parses");
         assert_eq!(back, spec);
@@ -303,5 +366,47 @@ mod tests {
             required_port(ValidatorType::Energyplus),
             Some("primary_model")
         );
+        // The dispatch hangs under the creating request's span.
+        let run = RunId::new();
+        assert_eq!(
+            dispatch_parent(run, &spec.to_json()),
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+                "00f067aa0ba902b7".to_owned()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_run_without_a_stored_span_hangs_its_dispatches_under_one_from_its_id() {
+        let run = RunId::from_uuid(
+            uuid::Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8057").expect("uuid"),
+        );
+        let spec = serde_json::json!({"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"});
+        assert_eq!(
+            dispatch_parent(run, &spec.to_string()),
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+                "bcceb302099a8057".to_owned()
+            ))
+        );
+        assert_eq!(dispatch_parent(run, "{}"), None, "no trace, no parent");
+        assert_eq!(dispatch_parent(run, "not json"), None);
+    }
+
+    /// Without exported spans, a job's `traceparent` is the run's trace, a fresh span, sampled.
+    #[test]
+    fn a_jobs_traceparent_continues_the_runs_trace() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let (first, second) = (job_traceparent(trace), job_traceparent(trace));
+        let parts: Vec<&str> = first.split('-').collect();
+        assert_eq!(parts.len(), 4, "{first}");
+        assert_eq!((parts[0], parts[1], parts[3]), ("00", trace, "01"));
+        assert_eq!(parts[2].len(), 16);
+        assert_eq!(
+            runway_service::telemetry::trace_id(Some(&first), None).as_deref(),
+            Some(trace)
+        );
+        assert_ne!(first, second, "each job has its own span");
     }
 }

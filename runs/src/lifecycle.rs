@@ -786,7 +786,13 @@ pub(crate) async fn finalize_attempt(
         detail: None,
     })
     .await?;
-    let attempts = tx.attempts_of(run.id).await?;
+    // A first attempt is its run's only one (a retry is made only once an attempt has ended),
+    // so the common case needs no read.
+    let attempts = if ended.number == 1 {
+        vec![ended]
+    } else {
+        tx.attempts_of(run.id).await?
+    };
     tx.commit().await?;
     Ok(FinalizeOutcome::Finalized(RunWithAttempts {
         run,

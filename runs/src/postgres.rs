@@ -77,6 +77,24 @@ impl PostgresStore {
     }
 }
 
+/// Begins a transaction with `statement` in a task of its own, so that a caller dropped while
+/// `BEGIN` is in flight (a client that hung up, a timeout, an aborted task) cannot hand its
+/// connection back to the pool inside an open transaction. sqlx 0.8 counts a transaction only once
+/// `BEGIN` has answered; dropping its future before then leaves the session in a transaction
+/// nothing ends, and the next borrower's statements run in it (transact-rs/sqlx#4393, where
+/// `SET TRANSACTION` then failed with 25001). In its own task the begin always completes, and a
+/// transaction nobody takes is dropped there, which rolls it back.
+async fn begin(
+    pool: &PgPool,
+    statement: &'static str,
+) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
+        .map_err(StoreError::from)
+}
+
 // --- Encoding: native `uuid` and `timestamptz`; counts as `integer`, durations as `bigint` ---
 
 fn enc_id(id: Uuid) -> Uuid {
@@ -383,15 +401,16 @@ impl PostgresStore {
 #[async_trait]
 impl RunStore for PostgresStore {
     async fn begin(&self) -> Result<Box<dyn WriteTx>, StoreError> {
-        Ok(Box::new(PgTx(self.pool.begin().await?)))
+        Ok(Box::new(PgTx(begin(&self.pool, "BEGIN").await?)))
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError> {
         // One snapshot for the run and its attempts.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = begin(
+            &self.pool,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        )
+        .await?;
         let Some(run) = fetch_run(&mut tx, id).await? else {
             return Ok(None);
         };
@@ -596,7 +615,7 @@ impl RunStore for PostgresStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin(&self.pool, "BEGIN").await?;
 
         let with_work: Vec<String> = sqlx::query_scalar(VALIDATORS_WITH_DUE_WORK)
             .bind(now)

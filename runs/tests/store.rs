@@ -1866,6 +1866,77 @@ async fn concurrent_claimers_claim_each_attempt_once_within_caps(db: &Db) {
     assert_eq!(page.runs.len(), ATTEMPTS);
 }
 
+/// A read or write dropped while its `BEGIN` is in flight (a client that hung up) must not hand
+/// its connection back inside an open transaction: with one pooled connection, every later
+/// transaction would run inside the stale one (sqlx 0.8 alone fails the next snapshot read with
+/// 25001, "SET TRANSACTION ISOLATION LEVEL must be called before any query").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_dropped_while_beginning_leaves_no_open_transaction() {
+    let database = runway_tests::PostgresDatabase::create("runway_cancel").await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database.url)
+        .await
+        .expect("connect");
+    let store = store::PostgresStore::from_pool(pool.clone())
+        .await
+        .expect("open postgres store");
+    let created = create(&store, new_run("v-1", "org-1", t0())).await;
+    let id = created.run.id;
+
+    // Each read or write is polled once (which sends its BEGIN) and dropped. After each, the
+    // next borrower runs a plain statement, and an observer looks whether that statement was
+    // left inside a transaction it did not begin. (A transaction that did begin, in a task of its
+    // own, and was dropped is idle in transaction with `BEGIN` as its last statement until the
+    // connection's next use sends the ROLLBACK sqlx queued; that one is harmless.)
+    let mut observer = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url)
+        .await
+        .expect("connect observer");
+    let (mut dropped, mut stale) = (0, 0);
+    for step in 0..200 {
+        let cancelled = if step % 2 == 0 {
+            dropped_after_one_poll(store.get_run(id)).await
+        } else {
+            dropped_after_one_poll(store.begin()).await
+        };
+        if !cancelled {
+            continue;
+        }
+        dropped += 1;
+        sqlx::raw_sql("SELECT 'next borrower'")
+            .execute(&pool)
+            .await
+            .expect("a plain read");
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%' AND query = 'SELECT ''next borrower'''",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .expect("pg_stat_activity");
+        stale += open;
+    }
+    assert!(dropped > 0, "no begin was ever dropped");
+    assert_eq!(
+        stale, 0,
+        "{stale} of {dropped} dropped begins left a transaction open"
+    );
+    let run = store
+        .get_run(id)
+        .await
+        .expect("a snapshot read")
+        .expect("the run");
+    assert_eq!(run.attempts.len(), 1);
+    drop(store);
+    pool.close().await;
+    database.drop_database().await;
+}
+
+/// Polls `work` once and drops it; true if it had not finished.
+async fn dropped_after_one_poll<T>(work: impl std::future::Future<Output = T>) -> bool {
+    futures::poll!(std::pin::pin!(work)).is_pending()
+}
+
 #[tokio::test]
 async fn unknown_url_scheme_is_named_in_the_error() {
     let err = store::connect("mysql://localhost/runway")

@@ -55,14 +55,16 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
-    /// Installs logging as configured (format, filter, the project traces link to).
-    pub fn init_telemetry(&self) {
+    /// Installs logging and span export as configured (format, filter, the project traces link
+    /// to, the OTLP endpoint). Keep the result until the service has stopped: dropping it sends
+    /// the last spans.
+    pub fn init_telemetry(&self) -> crate::telemetry::Telemetry {
         crate::telemetry::init(
             self.log_format,
             self.log_filter.as_deref(),
             self.log_project.as_deref(),
             self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
-        );
+        )
     }
 
     /// The run store URL, defaulted from the data directory.

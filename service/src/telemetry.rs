@@ -10,6 +10,13 @@
 //! `logging.googleapis.com/spanId` (the innermost span's id, 16 hex digits). The
 //! event's own fields and those of every enclosing span (`request_id`, `run.id`,
 //! `attempt.id`, …) are added as keys, the innermost winning.
+//!
+//! With the `otlp` feature and an endpoint, spans at info level and above (whatever the log
+//! filter says) are also exported over OTLP/HTTP, in W3C traces: [`adopt_trace`] makes a span
+//! the child of a remote one (a caller's `traceparent`, a run's stored trace) and
+//! [`exported_ids`] names a span's place in its trace, for passing on. Both are no-ops without
+//! the feature, so callers need not know whether spans are exported. [`Telemetry`], which
+//! [`init`] returns, flushes the export when dropped.
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,20 +52,34 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive, `project` the
-/// Google Cloud project whose traces JSON lines link to and `otlp` the OTLP/HTTP endpoint spans
-/// are exported to (the caller's config reads all three); a second call is a no-op, so tests
-/// may call it freely.
-pub fn init(format: LogFormat, filter: Option<&str>, project: Option<&str>, otlp: Option<&str>) {
+/// Installs the global subscriber. `filter` is a `RUST_LOG`-style directive for log lines,
+/// `project` the Google Cloud project whose traces JSON lines link to and `otlp` the OTLP/HTTP
+/// endpoint spans are exported to (the caller's config reads all three); a second call is a
+/// no-op, so tests may call it freely. Keep the returned [`Telemetry`] until the service has
+/// stopped: dropping it sends the spans not yet exported.
+pub fn init(
+    format: LogFormat,
+    filter: Option<&str>,
+    project: Option<&str>,
+    otlp: Option<&str>,
+) -> Telemetry {
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter = filter
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    // Per layer, so that terse logs (`RUST_LOG=warn`) do not silence the exported spans.
+    let filter = || {
+        filter
+            .and_then(|f| EnvFilter::try_new(f).ok())
+            .unwrap_or_else(|| EnvFilter::new("info"))
+    };
     let (text, json) = match format {
         LogFormat::Text => (
-            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter()),
+            ),
             None,
         ),
         LogFormat::Json => (
@@ -67,13 +88,13 @@ pub fn init(format: LogFormat, filter: Option<&str>, project: Option<&str>, otlp
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     .fmt_fields(JsonFields::new())
-                    .event_format(CloudLogging::new(project)),
+                    .event_format(CloudLogging::new(project))
+                    .with_filter(filter()),
             ),
         ),
     };
-    let (otel, otel_error) = otlp_layer(otlp);
+    let (otel, telemetry, otel_error) = otlp_layer(otlp);
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(text)
         .with(json)
         .with(otel)
@@ -82,14 +103,44 @@ pub fn init(format: LogFormat, filter: Option<&str>, project: Option<&str>, otlp
     if let (true, Some(error)) = (installed, otel_error) {
         tracing::warn!("{error}");
     }
+    telemetry
 }
 
-/// The layer exporting spans to `endpoint` over OTLP/HTTP, or why there is none.
+/// What [`init`] installed that needs stopping: the OTLP exporter, when there is one. Dropping
+/// it exports the spans still batched (waiting at most [`SHUTDOWN_TIMEOUT`]) and stops the
+/// export; spans that end later are not exported.
+#[derive(Debug, Default)]
+#[must_use = "dropping it stops the span export"]
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+/// How long stopping waits for the last spans to be sent: a collector that is down must not
+/// hold up a service that was asked to stop (Cloud Run kills it 10 s after SIGTERM).
+pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        // The batch processor exports every few seconds: without this, the last spans of a
+        // short-lived process (and a stopping service's last ones) would be lost.
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+        {
+            tracing::warn!(error = %e, "exporting the last spans failed");
+        }
+    }
+}
+
+/// The span layer exporting to `endpoint` over OTLP/HTTP (every span at info level and above),
+/// the provider to stop, or why there is none.
 #[cfg(feature = "otlp")]
 fn otlp_layer<S>(
     endpoint: Option<&str>,
 ) -> (
-    Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>,
+    Option<impl tracing_subscriber::Layer<S>>,
+    Telemetry,
     Option<String>,
 )
 where
@@ -97,9 +148,10 @@ where
 {
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::WithExportConfig;
+    use tracing_subscriber::Layer;
 
     let Some(endpoint) = endpoint else {
-        return (None, None);
+        return (None, Telemetry::default(), None);
     };
     // The standard variable names the collector's base URL; traces go to its /v1/traces.
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
@@ -109,30 +161,112 @@ where
         .build()
     {
         Ok(exporter) => exporter,
-        Err(e) => return (None, Some(format!("OTLP export is off: {e}"))),
+        Err(e) => {
+            return (
+                None,
+                Telemetry::default(),
+                Some(format!("OTLP export is off: {e}")),
+            );
+        }
     };
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .build();
-    let tracer = provider.tracer("runway");
-    (
-        Some(tracing_opentelemetry::layer().with_tracer(tracer)),
-        None,
-    )
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("runway"))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let telemetry = Telemetry {
+        provider: Some(provider),
+    };
+    (Some(layer), telemetry, None)
 }
 
 /// Without the `otlp` feature there is no exporter; a configured endpoint only gets a warning.
 #[cfg(not(feature = "otlp"))]
 fn otlp_layer(
     endpoint: Option<&str>,
-) -> (Option<tracing_subscriber::layer::Identity>, Option<String>) {
+) -> (
+    Option<tracing_subscriber::layer::Identity>,
+    Telemetry,
+    Option<String>,
+) {
     let error = endpoint.map(|e| {
         format!(
             "OTEL_EXPORTER_OTLP_ENDPOINT is {e:?} but this build has no OTLP export \
              (build with the otlp feature)"
         )
     });
-    (None, error)
+    (None, Telemetry::default(), error)
+}
+
+/// A span's place in its exported trace: 32 and 16 lowercase hex digits, as in a `traceparent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanIds {
+    /// The trace.
+    pub trace_id: String,
+    /// The span.
+    pub span_id: String,
+}
+
+/// Where `span` is in its exported trace, so that work it hands on (a job's `TRACEPARENT`, a
+/// stored run) can name it as parent; `None` when spans are not exported. This starts the
+/// span's exported counterpart: call [`adopt_trace`] on it first, if at all.
+pub fn exported_ids(span: &tracing::Span) -> Option<SpanIds> {
+    #[cfg(feature = "otlp")]
+    {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        let context = span.context();
+        let otel = context.span();
+        let ids = otel.span_context();
+        ids.is_valid().then(|| SpanIds {
+            trace_id: ids.trace_id().to_string(),
+            span_id: ids.span_id().to_string(),
+        })
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        let _ = span;
+        None
+    }
+}
+
+/// Makes `span` a child of span `parent_span_id` (16 hex digits) in trace `trace_id` (32) in
+/// the exported traces, so that a run's spans form one trace across requests, tasks and
+/// processes. Call it before `span` is first entered; malformed ids (or no export) leave it as
+/// it was. The parent is taken as sampled whatever the caller's flags said: a run's later
+/// stages (dispatch, callback) happen without the caller, and its trace is exported whole.
+pub fn adopt_trace(span: &tracing::Span, trace_id: &str, parent_span_id: &str) {
+    #[cfg(feature = "otlp")]
+    {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        };
+        use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
+
+        let (Ok(trace), Ok(parent)) = (
+            TraceId::from_hex(trace_id),
+            SpanId::from_hex(parent_span_id),
+        ) else {
+            return;
+        };
+        let parent = SpanContext::new(trace, parent, TraceFlags::SAMPLED, true, TraceState::NONE);
+        if !parent.is_valid() {
+            return;
+        }
+        // No layer (no endpoint) or a span filtered out: nothing is exported, nothing to do.
+        let adopted =
+            span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+        debug_assert!(
+            !matches!(adopted, Err(SetParentError::AlreadyStarted)),
+            "adopt_trace on a span already started"
+        );
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        let _ = (span, trace_id, parent_span_id);
+    }
 }
 
 /// The JSON event format Cloud Logging reads as structured entries (see the module docs).
@@ -264,10 +398,23 @@ impl Visit for JsonVisitor {
     }
 }
 
-/// The trace id of a request, from its W3C `traceparent` header (`00-TRACE-SPAN-FLAGS`) or
-/// Google's `X-Cloud-Trace-Context` (`TRACE/SPAN;o=1`, which Cloud Run's front end adds):
-/// 32 lowercase hex digits, not all zero. Anything malformed is no trace id.
-pub fn trace_id(traceparent: Option<&str>, cloud_trace_context: Option<&str>) -> Option<String> {
+/// Where a request's caller is in a distributed trace, from its W3C `traceparent` header
+/// (`00-TRACE-SPAN-FLAGS`) or Google's `X-Cloud-Trace-Context` (`TRACE/SPAN;o=1`, which Cloud
+/// Run's front end adds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteParent {
+    /// The trace: 32 lowercase hex digits, not all zero.
+    pub trace_id: String,
+    /// The caller's span, 16 lowercase hex digits, when the header names one (not all zero).
+    pub span_id: Option<String>,
+}
+
+/// The caller's place in a trace as a request's headers name it (see [`RemoteParent`]); a
+/// well-formed `traceparent` wins. Anything malformed is no trace.
+pub fn remote_parent(
+    traceparent: Option<&str>,
+    cloud_trace_context: Option<&str>,
+) -> Option<RemoteParent> {
     let valid = |id: &str| {
         id.len() == 32
             && id
@@ -284,11 +431,35 @@ pub fn trace_id(traceparent: Option<&str>, cloud_trace_context: Option<&str>) ->
             && span.bytes().all(|b| b.is_ascii_hexdigit())
             && flags.len() == 2
         {
-            return Some(trace.to_owned());
+            return Some(RemoteParent {
+                trace_id: trace.to_owned(),
+                span_id: span
+                    .bytes()
+                    .any(|b| b != b'0')
+                    .then(|| span.to_ascii_lowercase()),
+            });
         }
     }
-    let trace = cloud_trace_context?.split('/').next()?.to_ascii_lowercase();
-    valid(&trace).then_some(trace)
+    let (trace, rest) = match cloud_trace_context?.split_once('/') {
+        Some((trace, rest)) => (trace, Some(rest)),
+        None => (cloud_trace_context?.split(';').next()?, None),
+    };
+    let trace = trace.to_ascii_lowercase();
+    // Its span id is decimal.
+    let span_id = rest
+        .and_then(|r| r.split(';').next())
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&s| s != 0)
+        .map(|s| format!("{s:016x}"));
+    valid(&trace).then_some(RemoteParent {
+        trace_id: trace,
+        span_id,
+    })
+}
+
+/// The trace id of a request (see [`remote_parent`]).
+pub fn trace_id(traceparent: Option<&str>, cloud_trace_context: Option<&str>) -> Option<String> {
+    remote_parent(traceparent, cloud_trace_context).map(|p| p.trace_id)
 }
 
 #[cfg(test)]
@@ -352,5 +523,121 @@ mod tests {
             Some(trace)
         );
         assert_eq!(trace_id(None, Some("xyz/1")), None);
+    }
+
+    #[test]
+    fn a_remote_parent_names_the_callers_span_as_16_hex_digits() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let parent = |span: Option<&str>| RemoteParent {
+            trace_id: trace.to_owned(),
+            span_id: span.map(str::to_owned),
+        };
+        let header = format!("00-{trace}-00F067AA0BA902B7-01");
+        assert_eq!(
+            remote_parent(Some(&header), None),
+            Some(parent(Some("00f067aa0ba902b7")))
+        );
+        // An all-zero span id names no span (W3C), but the trace stands.
+        let header = format!("00-{trace}-0000000000000000-01");
+        assert_eq!(remote_parent(Some(&header), None), Some(parent(None)));
+        // X-Cloud-Trace-Context's span id is decimal.
+        let cloud = format!("{trace}/15744730036339290807;o=1");
+        assert_eq!(
+            remote_parent(None, Some(&cloud)),
+            Some(parent(Some("da80848c846d32b7")))
+        );
+        for cloud in [
+            format!("{trace}/0;o=1"),
+            format!("{trace}/x"),
+            trace.to_owned(),
+        ] {
+            assert_eq!(
+                remote_parent(None, Some(&cloud)),
+                Some(parent(None)),
+                "{cloud}"
+            );
+        }
+    }
+
+    /// Without an exporter installed (as in these tests, whatever the features), spans have no
+    /// exported ids and adopting a trace leaves them alone.
+    #[test]
+    fn without_an_exporter_spans_have_no_exported_ids() {
+        let span = tracing::info_span!("s");
+        adopt_trace(
+            &span,
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00f067aa0ba902b7",
+        );
+        assert_eq!(exported_ids(&span), None);
+    }
+
+    /// The exporting side, against the SDK with an exporter that keeps what it gets.
+    #[cfg(feature = "otlp")]
+    mod exported {
+        use super::super::*;
+        use opentelemetry::trace::{SpanId, TracerProvider as _};
+        use opentelemetry_sdk::error::OTelSdkResult;
+        use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Debug, Clone, Default)]
+        struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+        impl SpanExporter for Kept {
+            async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+                self.0.lock().expect("lock").extend(batch);
+                Ok(())
+            }
+        }
+
+        #[test]
+        fn an_adopted_span_hangs_under_its_remote_parent_and_names_its_place() {
+            let kept = Kept::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(kept.clone())
+                .build();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+            let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let (adopted, child, malformed) = tracing::subscriber::with_default(subscriber, || {
+                let adopted = tracing::info_span!("adopted");
+                adopt_trace(&adopted, trace, "00f067aa0ba902b7");
+                let child = adopted.in_scope(|| exported_ids(&tracing::info_span!("child")));
+                let malformed = tracing::info_span!("malformed");
+                adopt_trace(&malformed, "not a trace", "00f067aa0ba902b7");
+                adopt_trace(&malformed, trace, "0000000000000000");
+                (exported_ids(&adopted), child, exported_ids(&malformed))
+            });
+            provider.shutdown().expect("shutdown");
+            let (adopted, child, malformed) = (
+                adopted.expect("ids"),
+                child.expect("ids"),
+                malformed.expect("ids"),
+            );
+            assert_eq!(adopted.trace_id, trace);
+            assert_eq!(child.trace_id, trace, "children stay in the adopted trace");
+            assert_ne!(malformed.trace_id, trace, "malformed ids are not adopted");
+
+            let spans = kept.0.lock().expect("lock");
+            let span = |name: &str| {
+                spans
+                    .iter()
+                    .find(|s| s.name == name)
+                    .unwrap_or_else(|| panic!("{name} was exported"))
+            };
+            let exported = span("adopted");
+            assert_eq!(exported.span_context.span_id().to_string(), adopted.span_id);
+            assert_eq!(exported.parent_span_id.to_string(), "00f067aa0ba902b7");
+            assert!(exported.parent_span_is_remote);
+            assert!(exported.span_context.is_sampled());
+            assert_eq!(
+                span("child").parent_span_id.to_string(),
+                adopted.span_id,
+                "exported_ids names the span its children hang under"
+            );
+            assert_eq!(span("malformed").parent_span_id, SpanId::INVALID);
+        }
     }
 }

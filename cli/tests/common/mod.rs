@@ -117,19 +117,7 @@ impl System {
 
     /// Polls the run until it is completed (or panics after 30 s).
     pub async fn wait_completed(&self, id: &str) -> Value {
-        let start = Instant::now();
-        loop {
-            let (status, run) = self.get(&format!("/v1/runs/{id}")).await;
-            assert_eq!(status, 200, "{run}");
-            if run["state"] == "completed" {
-                return run;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "run {id} never completed: {run}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_completed(&self.http, &self.running.launcher_url, id).await
     }
 
     /// A callback exactly as a job would send it, with a token for `audience`.
@@ -207,6 +195,29 @@ impl System {
 
     pub async fn shutdown(self) {
         self.running.shutdown().await.expect("clean shutdown");
+    }
+}
+
+/// Polls `GET {launcher}/v1/runs/{id}` until the run is completed (or panics after 30 s).
+pub async fn wait_completed(http: &reqwest::Client, launcher: &str, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let response = http
+            .get(format!("{launcher}/v1/runs/{id}"))
+            .send()
+            .await
+            .expect("send");
+        let status = response.status().as_u16();
+        let run: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{run}");
+        if run["state"] == "completed" {
+            return run;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "run {id} never completed: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -67,7 +67,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::envelope::{self, EnvelopeAttempt};
 use crate::registry::{Registry, ValidatorConfig, is_valid_id};
-use crate::spec::{ResourceMeta, RunSpec, StoredFile, default_role, required_port};
+use crate::spec::{ResourceMeta, RunSpec, RunTrace, StoredFile, default_role, required_port};
 
 /// Largest JSON request body (inline files included), in bytes: 16 MiB.
 pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -250,8 +250,8 @@ struct Checked {
     inputs: ValidatorInputs,
     files: Vec<FileMeta>,
     tags: Vec<String>,
-    /// The trace the run belongs to (`spec::trace_for` the request's headers).
-    trace_id: Option<String>,
+    /// The trace the run belongs to (`spec::trace_for` the request).
+    trace: Option<RunTrace>,
 }
 
 /// One declared file, with where its bytes come from.
@@ -322,15 +322,15 @@ pub(crate) async fn create_run(
     request: Request,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(request.headers())?;
-    let trace_id = crate::spec::trace_for(request.headers());
+    let trace = crate::spec::trace_for(request.headers());
     let caller = request
         .extensions()
         .get::<Caller>()
         .cloned()
         .unwrap_or(Caller::Open);
     match encoding(request.headers())? {
-        Encoding::Json => from_json(&state, &caller, key, trace_id, request).await,
-        Encoding::Multipart => from_multipart(&state, &caller, key, trace_id, request).await,
+        Encoding::Json => from_json(&state, &caller, key, trace, request).await,
+        Encoding::Multipart => from_multipart(&state, &caller, key, trace, request).await,
     }
 }
 
@@ -338,13 +338,13 @@ async fn from_json(
     state: &AppState,
     caller: &Caller,
     key: Option<String>,
-    trace_id: String,
+    trace: RunTrace,
     request: Request,
 ) -> Result<Response, ApiError> {
     let body = read_json_body(request).await?;
     let parsed = parse_request(&body, "the request body")?;
     let mut checked = check(&state.registry, parsed, Encoding::Json)?;
-    checked.trace_id = Some(trace_id);
+    checked.trace = Some(trace);
     caller.check_org(&checked.org.id)?;
     drop(body);
     let run_id = run_id_for(&checked.org.id, key.as_deref());
@@ -398,7 +398,7 @@ async fn from_multipart(
     state: &AppState,
     caller: &Caller,
     key: Option<String>,
-    trace_id: String,
+    trace: RunTrace,
     request: Request,
 ) -> Result<Response, ApiError> {
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
@@ -441,7 +441,7 @@ async fn from_multipart(
     drop(first);
     let parsed = parse_request(&request_bytes, "the `request` form part")?;
     let mut checked = check(&state.registry, parsed, Encoding::Multipart)?;
-    checked.trace_id = Some(trace_id);
+    checked.trace = Some(trace);
     // Before any file is uploaded: a refused request leaves nothing behind.
     caller.check_org(&checked.org.id)?;
     let run_id = run_id_for(&checked.org.id, key.as_deref());
@@ -669,7 +669,8 @@ fn spec_of(checked: &Checked, files: Vec<StoredFile>) -> RunSpec {
         timeout_seconds: validator.timeout_seconds,
         tags: checked.tags.clone(),
         retry_of: None,
-        trace_id: checked.trace_id.clone(),
+        trace_id: checked.trace.as_ref().map(|t| t.trace_id.clone()),
+        span_id: checked.trace.as_ref().and_then(|t| t.span_id.clone()),
     }
 }
 
@@ -1215,7 +1216,7 @@ fn check(
         inputs,
         files,
         tags: request.tags,
-        trace_id: None,
+        trace: None,
     })
 }
 

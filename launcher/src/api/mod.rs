@@ -6,7 +6,9 @@
 //! [`ROUTES`] is the single list of what is served: [`router`] is built from it, and a test
 //! checks it against the generated OpenAPI document both ways. Every request runs in a `request` span carrying
 //! its `request_id` (the client's `x-request-id`, or a fresh one), echoed in the response, and
-//! the `trace_id` of its `traceparent` or `X-Cloud-Trace-Context` header when it has one.
+//! the `trace_id` of its `traceparent` or `X-Cloud-Trace-Context` header when it has one. When
+//! spans are exported, that span is the caller's span's child, or the root of a new trace whose
+//! id it records.
 
 mod create;
 pub mod doc;
@@ -26,7 +28,7 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
-use runway_service::health;
+use runway_service::{health, telemetry};
 use tracing::Instrument;
 
 pub use create::StoredRun;
@@ -172,18 +174,32 @@ async fn request_context(request: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // The trace the caller's (or Cloud Run's front end's) header names, so JSON log lines of
-    // this request group under it in Cloud Logging.
-    let trace_id = {
+    // this request group under it in Cloud Logging and its exported span is the caller's child.
+    let parent = {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        runway_service::telemetry::trace_id(header("traceparent"), header("x-cloud-trace-context"))
+        telemetry::remote_parent(header("traceparent"), header("x-cloud-trace-context"))
     };
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %request.method(),
         path = %request.uri().path(),
-        trace_id = trace_id.as_deref(),
+        trace_id = tracing::field::Empty,
     );
+    match &parent {
+        Some(parent) => {
+            if let Some(span_id) = &parent.span_id {
+                telemetry::adopt_trace(&span, &parent.trace_id, span_id);
+            }
+            span.record("trace_id", parent.trace_id.as_str());
+        }
+        // When spans are exported, a request without a trace starts one: its lines name it.
+        None => {
+            if let Some(ids) = telemetry::exported_ids(&span) {
+                span.record("trace_id", ids.trace_id.as_str());
+            }
+        }
+    }
     async move {
         let started = Instant::now();
         let mut response = next.run(request).await;

@@ -146,6 +146,9 @@ pub async fn retry(
         for (index, file) in spec.files.iter().enumerate() {
             files.push(staged.copy(index, file).await?);
         }
+        // A new run, in the trace of the request that retried it when spans are exported (the
+        // run's spans then hang under that request's), else in a new one.
+        let trace = crate::spec::trace_for(&HeaderMap::new());
         let retried = RunSpec {
             validator: ValidatorInfo {
                 id: validator.id.clone(),
@@ -155,8 +158,8 @@ pub async fn retry(
             files,
             timeout_seconds: validator.timeout_seconds,
             retry_of: Some(run_id),
-            // A new run, in a trace of its own.
-            trace_id: Some(crate::spec::new_trace_id()),
+            trace_id: Some(trace.trace_id),
+            span_id: trace.span_id,
             ..spec
         };
         let stored =
