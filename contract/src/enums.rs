@@ -44,6 +44,7 @@ macro_rules! wire_enum {
 
 /// Which kind of validator runs (and so which typed `inputs`/`outputs` an envelope carries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ValidatorType {
     /// Built-in basic checks.
@@ -86,6 +87,7 @@ wire_enum!(ValidatorType {
 
 /// The MIME types an input file may declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum MimeType {
     /// `application/xml`
     #[serde(rename = "application/xml")]

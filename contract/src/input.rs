@@ -80,6 +80,7 @@ pub struct ValidatorInfo {
 
 /// The organization the run belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationInfo {
     /// Organization id.
@@ -90,6 +91,7 @@ pub struct OrganizationInfo {
 
 /// The workflow step this run executes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowInfo {
     /// Workflow id.

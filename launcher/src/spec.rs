@@ -153,7 +153,7 @@ pub struct StoredFile {
 }
 
 /// What makes a stored file a resource file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceMeta {
     /// The resource's id (the web app's; the file name when the request gives none).

@@ -1238,7 +1238,10 @@ async fn openapi_document_matches_routes(app: &App) {
         .iter()
         .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
         .collect();
-    assert_eq!(documented, served, "openapi.json and ROUTES disagree");
+    assert_eq!(
+        documented, served,
+        "the generated OpenAPI document and ROUTES disagree"
+    );
 
     // Every listed route is really served: no route-not-found, no method-not-allowed.
     for (method, path) in ROUTES {
@@ -1474,7 +1477,8 @@ async fn api_keys_and_id_tokens_scope_what_callers_see(postgres: bool) {
     let (app, issuer, audience) = spawn_required(postgres).await;
     let store = app.store.clone();
 
-    // No credentials: 401 with a sentence, and the challenge; health and the document stay open.
+    // No credentials: 401 with a sentence, and the challenge; health, the document and its
+    // reference page stay open.
     let response = app
         .client
         .get(app.url("/v1/runs"))
@@ -1492,6 +1496,8 @@ async fn api_keys_and_id_tokens_scope_what_callers_see(postgres: bool) {
     );
     assert_eq!(app.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(app.get("/openapi.json").await.0, StatusCode::OK);
+    let docs = app.client.get(app.url("/docs")).send().await.expect("GET");
+    assert_eq!(docs.status(), StatusCode::OK);
 
     let (acme_key, acme) = runway_launcher::auth::create_api_key(store.as_ref(), "acme", "web")
         .await

@@ -164,6 +164,7 @@ macro_rules! string_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vdoc])* $variant),+
@@ -320,6 +321,7 @@ string_enum!(
 /// Which job a backend started for an attempt: the backend, and its own id for the job
 /// (execution name, container id, process group…).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct BackendRef {
     /// The backend that started it.
     pub kind: BackendKind,
@@ -854,6 +856,11 @@ pub struct RunPage {
 /// How many runs are in each state, and completed runs with each result: the live counts of
 /// [`RunStore::count_runs`](super::RunStore::count_runs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(
+    feature = "utoipa",
+    derive(utoipa::ToSchema),
+    schema(description = "How many runs are in each state, and completed runs with each result.")
+)]
 pub struct RunCounts {
     /// Runs waiting for a dispatch (first try or a scheduled retry).
     pub queued: u64,

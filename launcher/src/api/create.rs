@@ -61,7 +61,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::view::RunView;
 use crate::AppState;
 use crate::auth::Caller;
@@ -90,47 +90,80 @@ const REQUEST_PART: &str = "request";
 const MIB: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
-// Wire shapes (the edge only).
+// Wire shapes (the edge only). Their `///` comments are the API's documentation (the schemas of
+// `GET /openapi.json`); the checks themselves are in `check`.
 
-#[derive(Debug, Deserialize)]
+/// A run to start: the JSON body, or the multipart body's `request` part. The JSON body is at
+/// most 16 MiB. Unknown fields are refused.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRunRequest {
+    /// A validator id from `GET /v1/validators`.
     validator: String,
     org: OrgRequest,
     workflow: WorkflowRequest,
-    /// Kept as text until the validator's type is known, then parsed straight into its typed
-    /// inputs.
+    /// The typed inputs of the validator's type (required for ENERGYPLUS and FMU; e.g.
+    /// `timestep_per_hour` 1–60 for ENERGYPLUS). Stored with defaults filled in.
+    // Kept as text until the validator's type is known, then parsed straight into its typed
+    // inputs.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     inputs: Option<Box<RawValue>>,
+    /// The input files: inline as `content_base64` in a JSON body, or each naming the form
+    /// `part` that carries its bytes in a multipart body.
     #[serde(default)]
+    #[schema(max_items = 100)]
     files: Vec<FileRequest>,
+    /// Free tags, each 1–128 characters.
     #[serde(default)]
+    #[schema(max_items = 50)]
     tags: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The organization the run is for (an API key's own; another is 403 `wrong_org`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrgRequest {
+    /// 1–128 of `[A-Za-z0-9._-]`, not `.` or `..`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     id: String,
+    /// Human-readable, for logs.
+    #[schema(max_length = 1024)]
     name: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// The workflow step the run executes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WorkflowRequest {
+    /// 1–128 of `[A-Za-z0-9._-]`, not `.` or `..`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     id: String,
+    /// 1–128 of `[A-Za-z0-9._-]`, not `.` or `..`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     step_id: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     step_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One input file: exactly one of `content_base64` (JSON bodies) and `part` (multipart bodies).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = FileUpload)]
 #[serde(deny_unknown_fields)]
 struct FileRequest {
+    /// A safe leaf name: no `/`, `\`, NUL or control characters, not `.` or `..`; unique
+    /// within the run.
+    #[schema(max_length = 255)]
     name: String,
+    /// One of the contract's MIME types.
+    #[schema(value_type = MimeType)]
     mime_type: String,
+    /// The file port it fills; unique within the run.
+    #[schema(min_length = 1, max_length = 255)]
     port_key: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     role: Option<String>,
     /// Makes the file a resource file of this type (e.g. `energyplus_weather`).
     #[serde(default)]
@@ -138,10 +171,65 @@ struct FileRequest {
     /// The resource's id (default: the file name); only with `resource_type`.
     #[serde(default)]
     resource_id: Option<String>,
+    /// The file's bytes, base64 (JSON bodies only).
     #[serde(default)]
+    #[schema(content_encoding = "base64")]
     content_base64: Option<String>,
+    /// The form part carrying this file's bytes (multipart bodies only; not `request`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
     part: Option<String>,
+}
+
+/// The multipart body's schema: a `request` part (a [`CreateRunRequest`], as JSON), then one part
+/// per file under the name its `part` gives — names OpenAPI can only describe as "any other
+/// property", so this schema is written out rather than derived (the handler reads the parts as
+/// a stream, in order, and never into a struct).
+#[derive(Debug)]
+struct CreateRunForm;
+
+impl utoipa::PartialSchema for CreateRunForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .description(Some(
+                "The first part must be `request`; then one part per file, named by that file's \
+                 `part`, streamed to storage. The file parts may total at most 4 GiB; the \
+                 `request` part at most 1 MiB.",
+            ))
+            .property(
+                REQUEST_PART,
+                utoipa::openapi::schema::RefBuilder::new()
+                    .ref_location_from_schema_name(<CreateRunRequest as utoipa::ToSchema>::name())
+                    .description(Some(
+                        "The request, as JSON; each file names the part carrying its bytes.",
+                    )),
+            )
+            .required(REQUEST_PART)
+            .additional_properties(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/octet-stream")
+                    .description(Some("A file's bytes, in the part its `part` names.")),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CreateRunForm {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema as _;
+        schemas.push((
+            <CreateRunRequest as utoipa::ToSchema>::name().into_owned(),
+            CreateRunRequest::schema(),
+        ));
+        <CreateRunRequest as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,7 +282,41 @@ struct Received {
 // ---------------------------------------------------------------------------------------------
 // The handler.
 
-/// `POST /v1/runs`.
+/// Start a run.
+///
+/// Checks everything that needs no I/O first (validator, ids, typed inputs, file names, MIME
+/// types, required file ports, the size of the first input envelope), so a bad request stores
+/// nothing. Then stores the files create-only under
+/// `runs/<org>/<run>/files/<upload>/<index>-<name>`, then the run and its first attempt in one
+/// transaction, and wakes the dispatcher. A request refused after its first upload has its
+/// uploads removed before it is answered.
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    operation_id = "createRun",
+    tag = "runs",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "1–255 printable ASCII characters, unique per organization. A retry with the same key and the same request (what it asks for: the JSON body's fields, or the `request` part and each file's SHA-256) returns the same run with 200 and uploads and launches nothing; the same key with a different request is a 422 `idempotency_key_reused`."),
+    ),
+    request_body(
+        description = "The run to start, as JSON (files inline, base64) or as multipart/form-data (large files streamed).",
+        content(
+            (CreateRunRequest = "application/json"),
+            (CreateRunForm = "multipart/form-data", encoding(("request" = (content_type = "application/json")))),
+        ),
+    ),
+    responses(
+        (status = 201, description = "Created; `Location` is `/v1/runs/<id>`.", body = RunView, headers(("Location" = String, description = "`/v1/runs/<id>`."))),
+        (status = 200, description = "A retry of an earlier request with the same Idempotency-Key: the existing run.", body = RunView, headers(("Location" = String, description = "`/v1/runs/<id>`."))),
+        (status = 400, description = "Malformed: `invalid_json`, `invalid_request`, `unknown_validator`, `invalid_id`, `invalid_file` (name, MIME type, port, base64, part), `invalid_multipart`, `invalid_idempotency_key`, `invalid_body`.", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        (status = 403, description = "`wrong_org`: an API key's request for another org.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: the JSON body is over 16 MiB (send large files as multipart), the `request` part over 1 MiB, or the file parts over 4 GiB.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: neither application/json nor multipart/form-data.", body = ErrorBody),
+        (status = 422, description = "`invalid_inputs` (names the field), `missing_file` (a required file port is empty: `primary_model` for ENERGYPLUS, `fmu_model` for FMU), `idempotency_key_reused`.", body = ErrorBody),
+        (status = 500, description = "`internal`: logged with the request id.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn create_run(
     State(state): State<AppState>,
     request: Request,

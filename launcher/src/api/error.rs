@@ -8,7 +8,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,34 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+/// The body of every refusal: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// A refusal's reason.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable reason, snake_case (`run_not_found`, `invalid_parameter`, …).
+    pub code: &'static str,
+    /// A sentence naming the problem and the field.
+    pub message: String,
+}
+
+/// The body of a 409 about a run: the refusal, and the run as it stands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RunConflict)]
+pub struct ConflictBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+    /// The run, whose state refused the request (its result, when it already completed).
+    #[schema(value_type = super::view::RunView)]
+    pub run: Box<Value>,
+}
+
 /// The cause of a 500, carried to the request middleware to be logged once.
 #[derive(Debug, Clone)]
 pub(crate) struct InternalCause(pub(crate) Arc<anyhow::Error>);
@@ -156,11 +185,14 @@ impl IntoResponse for ApiError {
         let code = self.code();
         match self {
             Self::Internal(cause) => {
-                let body = json!({"error": {
-                    "code": code,
-                    "message": "an internal error occurred; it has been logged \
-                                (quote the x-request-id response header when reporting it)",
-                }});
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        code,
+                        message: "an internal error occurred; it has been logged \
+                                  (quote the x-request-id response header when reporting it)"
+                            .to_owned(),
+                    },
+                };
                 let mut response = (status, Json(body)).into_response();
                 response
                     .extensions_mut()
@@ -173,14 +205,19 @@ impl IntoResponse for ApiError {
                 ..
             } => (
                 status,
-                Json(json!({"error": {"code": code, "message": message}, "run": run})),
+                Json(ConflictBody {
+                    error: ErrorDetail { code, message },
+                    run,
+                }),
             )
                 .into_response(),
             other => {
                 let message = other.to_string();
                 let mut response = (
                     status,
-                    Json(json!({"error": {"code": code, "message": message}})),
+                    Json(ErrorBody {
+                        error: ErrorDetail { code, message },
+                    }),
                 )
                     .into_response();
                 if status == StatusCode::UNAUTHORIZED {

@@ -30,7 +30,7 @@ use runway_runs::{
 };
 use serde::Deserialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::runs::{caller_of, run_id, run_not_found};
 use crate::AppState;
 use crate::auth::Caller;
@@ -43,20 +43,46 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events read from the store at once.
 const PAGE: u32 = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunStreamParams {
+    /// Resume after this event id (the `id` of the last event received); `Last-Event-ID`
+    /// takes precedence.
     after: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OrgStreamParams {
+    /// The organization; an API key's own when left out (required otherwise).
+    #[param(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     org: Option<String>,
+    /// Resume after this event id (the `id` of the last event received); `Last-Event-ID`
+    /// takes precedence.
     after: Option<String>,
 }
 
-/// `GET /v1/runs/{id}/events[?after=]`.
+/// Stream a run's events (server-sent events); ends after `run.completed`.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/events",
+    operation_id = "streamRunEvents",
+    tag = "runs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The run id (a UUID)."),
+        RunStreamParams,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "Resume after this event id, as SSE clients send on reconnecting."),
+    ),
+    responses(
+        (status = 200, description = "A stream of server-sent events, one per outbox event (`run.started`, `attempt.progress`, `attempt.failed`, `run.completed`): `event` is the type, `data` the event's JSON (as delivered to webhooks), `id` a cursor. Reconnect with `Last-Event-ID` (or `after`) to get exactly what followed.", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_run_id`, or `invalid_parameter` (an event id this stream did not give).", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        (status = 404, description = "`run_not_found` (also another org's run).", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn run_events(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -84,7 +110,24 @@ pub(crate) async fn run_events(
     .await
 }
 
-/// `GET /v1/events?org=…[&after=]`: an API key's own org when `org` is left out.
+/// Stream every event of an organization's runs (server-sent events); does not end.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "streamOrgEvents",
+    tag = "runs",
+    params(
+        OrgStreamParams,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "Resume after this event id, as SSE clients send on reconnecting."),
+    ),
+    responses(
+        (status = 200, description = "A stream of server-sent events, one per outbox event (`run.started`, `attempt.progress`, `attempt.failed`, `run.completed`): `event` is the type, `data` the event's JSON (as delivered to webhooks), `id` a cursor. Reconnect with `Last-Event-ID` (or `after`) to get exactly what followed.", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_parameter` (a bad or missing org, an event id this stream did not give).", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        (status = 403, description = "`wrong_org`: an API key of another org.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn org_events(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,

@@ -1,15 +1,17 @@
-//! The launcher's HTTP API: the run API (`/v1/runs`), the validator list, the OpenAPI document,
-//! the Prometheus metrics and the shared health routes; the router also mounts the dashboard's
-//! pages ([`crate::dashboard`]), whose routes are listed here with the rest.
+//! The launcher's HTTP API: the run API (`/v1/runs`), the validator list, the OpenAPI document
+//! and its rendered reference ([`doc`]), the Prometheus metrics and the shared health routes; the
+//! router also mounts the dashboard's pages ([`crate::dashboard`]), whose routes are listed here
+//! with the rest.
 //!
 //! [`ROUTES`] is the single list of what is served: [`router`] is built from it, and a test
-//! checks it against `openapi.json` both ways. Every request runs in a `request` span carrying
+//! checks it against the generated OpenAPI document both ways. Every request runs in a `request` span carrying
 //! its `request_id` (the client's `x-request-id`, or a fresh one), echoed in the response, and
 //! the `trace_id` of its `traceparent` or `X-Cloud-Trace-Context` header when it has one. When
 //! spans are exported, that span is the caller's span's child, or the root of a new trace whose
 //! id it records.
 
 mod create;
+pub mod doc;
 mod error;
 pub(crate) mod events;
 mod metrics;
@@ -24,7 +26,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
 use runway_service::{health, telemetry};
 use tracing::Instrument;
@@ -38,11 +40,13 @@ use crate::AppState;
 pub(crate) use error::InternalCause;
 
 /// Every `(method, path)` the launcher serves, in the router's path syntax (which is also
-/// OpenAPI's). The router is built from this list and `openapi.json` must describe exactly it.
+/// OpenAPI's). The router is built from this list and the OpenAPI document ([`doc`]) must
+/// describe exactly it.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
+    ("GET", "/docs"),
     ("GET", "/metrics"),
     ("GET", "/v1/validators"),
     ("POST", "/v1/runs"),
@@ -75,8 +79,11 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// required: the metrics, which an open network must not read.
 const AUTHENTICATED_OUTSIDE_V1: &str = "/metrics";
 
-/// The OpenAPI 3.1 document describing [`ROUTES`].
-pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+/// Whether the route at `path` takes the API's credentials (and refuses a request without
+/// usable ones when they are required): everything under `/v1`, and the metrics.
+pub(crate) fn takes_api_credentials(path: &str) -> bool {
+    path.starts_with("/v1/") || path == AUTHENTICATED_OUTSIDE_V1
+}
 
 /// The request-id header, read from the client or generated, and always echoed.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -85,7 +92,8 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
     Some(match (method, path) {
         ("GET", "/healthz" | "/readyz") => return None,
-        ("GET", "/openapi.json") => get(openapi),
+        ("GET", "/openapi.json") => get(doc::openapi_json),
+        ("GET", "/docs") => get(doc::docs),
         ("GET", "/metrics") => get(metrics::metrics),
         ("GET", "/v1/validators") => get(runs::list_validators),
         // The create handler enforces its own limits (JSON and multipart differ).
@@ -112,7 +120,7 @@ pub fn router(state: AppState) -> Router {
     let mut api = Router::new();
     for &(method, path) in ROUTES {
         if let Some(handler) = handler(method, path) {
-            if path.starts_with("/v1/") || path == AUTHENTICATED_OUTSIDE_V1 {
+            if takes_api_credentials(path) {
                 v1 = v1.route(path, handler);
             } else if path.starts_with("/dashboard") {
                 dashboard = dashboard.route(path, handler);
@@ -134,17 +142,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .merge(health::router(deps))
         .layer(middleware::from_fn(request_context))
-}
-
-async fn openapi() -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        OPENAPI_JSON,
-    )
-        .into_response()
 }
 
 async fn route_not_found(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -24,15 +24,41 @@ use runway_runs::{Idempotency, RunId, RunState};
 use sha2::{Digest as _, Sha256};
 
 use super::create::{self, Staged, StoredRun};
-use super::error::ApiError;
+use super::error::{ApiError, ConflictBody, ErrorBody};
 use super::runs::{caller_of, run_id, run_not_found};
 use super::view::RunView;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::spec::RunSpec;
 
-/// `POST /v1/runs/{id}/retry`: 201 with the new run; 200 with the run an earlier retry under
-/// the same `Idempotency-Key` made.
+/// Run an ended run again, as a new run.
+///
+/// An ended run (any result) is never reopened: the retry is a new run of the same validator
+/// (as configured now) with the same org, workflow, inputs, tags and files, whose `retry_of`
+/// names the original. Its files are copied create-only into the new run's own folder
+/// (`runs/<org>/<new run>/files/<upload>/<index>-<name>`), each checked against the size and
+/// SHA-256 the original recorded; then the run and its first attempt are stored as a create
+/// stores them. A refused retry stores nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/retry",
+    operation_id = "retryRun",
+    tag = "runs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The id of the run to retry (a UUID)."),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, description = "1–255 printable ASCII characters, unique per organization (shared with `POST /v1/runs`). Retrying the same run again with the same key returns the run the first retry made with 200 and copies and launches nothing; the key used for anything else is a 422 `idempotency_key_reused`."),
+    ),
+    responses(
+        (status = 201, description = "The new run (`retry_of` is the original's id); `Location` is `/v1/runs/<id>`.", body = RunView, headers(("Location" = String, description = "`/v1/runs/<id>`."))),
+        (status = 200, description = "A repeat of an earlier retry with the same Idempotency-Key: the run it made.", body = RunView, headers(("Location" = String, description = "`/v1/runs/<id>`."))),
+        (status = 400, description = "`invalid_run_id`, `invalid_idempotency_key`.", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        (status = 404, description = "`run_not_found` (also another org's run).", body = ErrorBody),
+        (status = 409, description = "`run_active`: the run has not ended (queued or running); `run` carries it.", body = ConflictBody),
+        (status = 422, description = "`unknown_validator` (the run's validator is no longer offered), `input_file_missing` or `input_file_changed` (a file is gone from storage or no longer matches its digest), `idempotency_key_reused`.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn retry_run(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,

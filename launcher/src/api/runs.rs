@@ -6,11 +6,12 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use runway_runs::{CancelOutcome, RunCursor, RunFilter, RunId, RunState, StoreError};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use runway_contract::ValidatorType;
+use runway_runs::{BackendKind, CancelOutcome, RunCursor, RunFilter, RunId, RunState, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ConflictBody, ErrorBody};
 use super::view::RunView;
 use crate::AppState;
 use crate::auth::Caller;
@@ -21,27 +22,78 @@ pub const DEFAULT_LIST_LIMIT: u32 = 50;
 /// Largest page size of `GET /v1/runs`.
 pub const MAX_LIST_LIMIT: u32 = 200;
 
-/// `GET /v1/validators`: the registry, without backend details (images, job names).
-pub(crate) async fn list_validators(State(state): State<AppState>) -> Json<Value> {
-    let validators: Vec<Value> = state
-        .registry
-        .iter()
-        .map(|v| {
-            json!({
-                "id": v.id,
-                "type": v.kind,
-                "version": v.version,
-                "backend": v.backend,
-                "timeout_seconds": v.timeout_seconds,
-                "max_concurrency": v.max_concurrency,
-                "max_attempts": v.max_attempts,
-            })
-        })
-        .collect();
-    Json(json!({ "validators": validators }))
+/// `GET /v1/validators`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ValidatorList {
+    validators: Vec<Validator>,
 }
 
-/// `GET /v1/runs/{id}`.
+/// A validator this launcher runs, without backend details (images, job names, service
+/// accounts).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Validator {
+    /// The id `POST /v1/runs` names.
+    id: String,
+    #[serde(rename = "type")]
+    kind: ValidatorType,
+    version: String,
+    /// Where its jobs run.
+    backend: BackendKind,
+    /// Its jobs' deadline.
+    #[schema(minimum = 1)]
+    timeout_seconds: u32,
+    /// At most this many active attempts at once; null when uncapped.
+    #[schema(required = true, minimum = 1)]
+    max_concurrency: Option<u32>,
+    /// Attempts per run, retries included. Launch errors, lost jobs and jobs that end without a
+    /// usable output are retried; validation failures never are.
+    #[schema(minimum = 1)]
+    max_attempts: u32,
+}
+
+/// The validators this launcher runs.
+#[utoipa::path(
+    get,
+    path = "/v1/validators",
+    operation_id = "listValidators",
+    tag = "validators",
+    responses(
+        (status = 200, description = "The registry, without backend details such as images or job names.", body = ValidatorList),
+        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn list_validators(State(state): State<AppState>) -> Json<ValidatorList> {
+    let validators = state
+        .registry
+        .iter()
+        .map(|v| Validator {
+            id: v.id.clone(),
+            kind: v.kind,
+            version: v.version.clone(),
+            backend: v.backend,
+            timeout_seconds: v.timeout_seconds,
+            max_concurrency: v.max_concurrency,
+            max_attempts: v.max_attempts,
+        })
+        .collect();
+    Json(ValidatorList { validators })
+}
+
+/// One run with its attempts.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    operation_id = "getRun",
+    tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "The run id (a UUID).")),
+    responses(
+        (status = 200, description = "The run.", body = RunView),
+        (status = 400, description = "`invalid_run_id`: not a UUID.", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        (status = 404, description = "`run_not_found` (also another org's run).", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn get_run(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -60,22 +112,61 @@ pub(crate) async fn get_run(
     Ok(Json(RunView::full(&run)?.to_value()))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The filters and paging of a run listing (`GET /v1/runs`, the dashboard's runs page). Read as
+/// text and parsed by [`run_filter`] and [`page_limit`], so a bad value is refused with a
+/// sentence naming it.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListParams {
+    /// Only runs in this state.
+    #[param(value_type = Option<RunState>)]
     pub(crate) state: Option<String>,
+    /// Only runs of this validator id.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub(crate) validator: Option<String>,
+    /// Only runs of this organization id (an API key sees its own org only; another is 403
+    /// `wrong_org`).
+    #[param(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub(crate) org: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub(crate) limit: Option<String>,
+    /// A previous page's `next_cursor`.
     pub(crate) cursor: Option<String>,
 }
 
-/// `GET /v1/runs?state=&validator=&org=&limit=&cursor=`: newest first.
+/// One page of `GET /v1/runs`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RunPage {
+    /// Run summaries (no `attempts`), newest first.
+    #[schema(value_type = Vec<RunView>)]
+    pub(crate) runs: Vec<Value>,
+    /// The next page's `cursor`; null on the last page.
+    #[schema(required = true)]
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// Runs, newest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    operation_id = "listRuns",
+    tag = "runs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page; `next_cursor` is null on the last page. Rows are run summaries (no `attempts`).", body = RunPage),
+        (status = 400, description = "`invalid_parameter`, naming the parameter (unknown state, bad id, limit outside 1–200, foreign cursor, unknown parameter).", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        (status = 403, description = "`wrong_org`: an API key asked for another org.", body = ErrorBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn list_runs(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
     query: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunPage>, ApiError> {
     let caller = caller_of(caller.as_ref());
     let Query(params) = query.map_err(|e| {
         ApiError::bad_request(
@@ -111,10 +202,10 @@ pub(crate) async fn list_runs(
         .iter()
         .map(|r| RunView::summary(r).map(|v| v.to_value()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Json(json!({
-        "runs": runs,
-        "next_cursor": page.next_cursor.map(|c| c.to_string()),
-    })))
+    Ok(Json(RunPage {
+        runs,
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+    }))
 }
 
 fn bad(name: &str, why: String) -> ApiError {
@@ -170,8 +261,26 @@ pub(crate) fn run_filter(caller: &Caller, params: &ListParams) -> Result<RunFilt
     Ok(filter)
 }
 
-/// `POST /v1/runs/{id}/cancel`: a queued run ends `canceled` at once (200); a running one is
-/// flagged for the reconciler (202); a completed one is a 409 carrying its result.
+/// Cancel a run.
+///
+/// A queued run ends `canceled` at once (200); a running one is flagged for the reconciler,
+/// which stops its job (202); a completed one is a 409 carrying its result.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    operation_id = "cancelRun",
+    tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "The run id (a UUID).")),
+    responses(
+        (status = 200, description = "The run was queued and is now completed with result `canceled`.", body = RunView),
+        (status = 202, description = "The run is running; its attempt is flagged `cancel_requested` and the reconciler stops it.", body = RunView),
+        (status = 400, description = "`invalid_run_id`.", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        (status = 404, description = "`run_not_found` (also another org's run).", body = ErrorBody),
+        (status = 409, description = "`run_already_completed`: the run already finished; `run` carries its result.", body = ConflictBody),
+        (status = 500, description = "`internal`.", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn cancel_run(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,

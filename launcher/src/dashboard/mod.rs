@@ -47,10 +47,39 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
      base-uri 'none'";
 
+/// The dashboard's routes that ask for no caller: signing in and out, and the assets. The
+/// others take the API's credentials or the session cookie ([`guard`]; the document's
+/// `security`, [`crate::api::doc`]).
+pub(crate) const PUBLIC_PATHS: &[&str] = &[
+    "/dashboard/login",
+    "/dashboard/logout",
+    "/dashboard/assets/{file}",
+];
+
+/// The dashboard's part of the launcher's OpenAPI document: every page's handler.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(
+    home,
+    runs::list,
+    runs::counts,
+    runs::detail,
+    runs::events,
+    runs::cancel,
+    runs::retry,
+    runs::envelope,
+    ops::validators,
+    ops::reconciler,
+    session::login_page,
+    session::login,
+    session::logout,
+    asset,
+))]
+pub(crate) struct DashboardApi;
+
 /// The handler of one dashboard entry of [`crate::api::ROUTES`].
 pub(crate) fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
     match (method, path) {
-        ("GET", "/dashboard") => get(|| async { Redirect::to("/dashboard/runs") }),
+        ("GET", "/dashboard") => get(home),
         ("GET", "/dashboard/runs") => get(runs::list),
         ("GET", "/dashboard/runs/counts") => get(runs::counts),
         ("GET", "/dashboard/runs/{id}") => get(runs::detail),
@@ -75,12 +104,10 @@ pub(crate) fn guard(routes: Router<AppState>, state: AppState) -> Router<AppStat
 }
 
 async fn check(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let public = request.extensions().get::<MatchedPath>().is_some_and(|p| {
-        matches!(
-            p.as_str(),
-            "/dashboard/login" | "/dashboard/logout" | "/dashboard/assets/{file}"
-        )
-    });
+    let public = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| PUBLIC_PATHS.contains(&p.as_str()));
     if !matches!(*request.method(), Method::GET | Method::HEAD)
         && let Err(why) = same_origin(request.headers())
     {
@@ -160,7 +187,36 @@ fn secured(mut response: Response) -> Response {
     response
 }
 
-/// `GET /dashboard/assets/{file}`: the stylesheet and the script.
+/// The dashboard: redirects to the runs page.
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    operation_id = "dashboardHome",
+    tag = "dashboard",
+    responses(
+        (status = 303, description = "To `/dashboard/runs`."),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+    ),
+)]
+async fn home() -> Redirect {
+    Redirect::to("/dashboard/runs")
+}
+
+/// The dashboard's stylesheet and script.
+#[utoipa::path(
+    get,
+    path = "/dashboard/assets/{file}",
+    operation_id = "dashboardAsset",
+    tag = "dashboard",
+    params(("file" = String, Path, pattern = "^(style\\.css|live\\.js)$", description = "`style.css` or `live.js`.")),
+    responses(
+        (status = 200, description = "The file.", content(
+            (String = "text/css; charset=utf-8"),
+            (String = "text/javascript; charset=utf-8"),
+        )),
+        (status = 404, description = "`asset_not_found`: no such file.", body = String, content_type = "text/html"),
+    ),
+)]
 async fn asset(Path(file): Path<String>) -> Response {
     let (content_type, body) = match file.as_str() {
         "style.css" => ("text/css; charset=utf-8", STYLE_CSS),

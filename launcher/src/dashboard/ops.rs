@@ -19,15 +19,31 @@ use crate::auth::Caller;
 const WINDOWS: &[(&str, i64)] = &[("15m", 15), ("1h", 60), ("6h", 360), ("24h", 1440)];
 const DEFAULT_WINDOW: &str = "1h";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct WindowQuery {
+    /// `15m`, `1h` (default), `6h` or `24h`.
     window: Option<String>,
 }
 
-/// `GET /dashboard/validators?window=15m|1h|6h|24h`: every validator of the registry (and any
-/// other that has recent attempts) with its cap, attempts in flight and queued, and over the
-/// window its ended attempts, error rate and p50/p95 duration. An org's API key sees its org's
-/// attempts only.
+/// Validators page: each validator's cap, attempts in flight and queued, and over a recent
+/// window its ended attempts, error rate and p50/p95 duration.
+///
+/// Every validator of the registry, and any other that has recent attempts. An org's API key
+/// sees its org's attempts only.
+#[utoipa::path(
+    get,
+    path = "/dashboard/validators",
+    operation_id = "dashboardValidators",
+    tag = "dashboard",
+    params(WindowQuery),
+    responses(
+        (status = 200, description = "The page.", body = String, content_type = "text/html"),
+        (status = 400, description = "`invalid_parameter`: an unknown window.", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn validators(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -114,8 +130,21 @@ pub(super) async fn validators(
     Ok(page("Validators", Nav::Validators, Some(&caller), body))
 }
 
-/// `GET /dashboard/reconciler`: what the reconciler of this process did lately, newest first.
+/// Reconciler page: this process's reconciler's recent actions, newest first.
+///
 /// Its actions name every org's runs, so an org's API key may not see it (403).
+#[utoipa::path(
+    get,
+    path = "/dashboard/reconciler",
+    operation_id = "dashboardReconciler",
+    tag = "dashboard",
+    responses(
+        (status = 200, description = "The page.", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 403, description = "`operators_only`: an org's API key.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn reconciler(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -27,12 +27,18 @@ use crate::auth::Caller;
 const COUNTS_REFRESH_MS: u32 = 3_000;
 
 /// The runs page's filters, as its form sends them (an empty field is no filter).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RunsQuery {
+    /// `queued`, `running` or `completed`; empty for any.
     state: Option<String>,
+    /// A validator id.
     validator: Option<String>,
+    /// An org id (an API key sees its own org only).
     org: Option<String>,
+    /// Page size, 1 to 200.
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -57,7 +63,21 @@ fn bad_query(e: &QueryRejection) -> PageError {
     ))
 }
 
-/// `GET /dashboard/runs?state=&validator=&org=&limit=&cursor=`.
+/// Runs page: the runs newest first with filters, and counts by state refreshed live.
+#[utoipa::path(
+    get,
+    path = "/dashboard/runs",
+    operation_id = "dashboardRuns",
+    tag = "dashboard",
+    params(RunsQuery),
+    responses(
+        (status = 200, description = "The page.", body = String, content_type = "text/html"),
+        (status = 400, description = "A filter is invalid (as `GET /v1/runs` says).", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 403, description = "`wrong_org`: an API key asked for another org.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -78,7 +98,7 @@ pub(super) async fn list(
         Ok(Query(params)),
     )
     .await?;
-    let runs = listing["runs"].as_array().cloned().unwrap_or_default();
+    let runs = listing.runs;
     let scope = [
         ("validator", filter.validator_id.as_deref()),
         (
@@ -87,7 +107,7 @@ pub(super) async fn list(
         ),
     ];
     let counts_url = format!("/dashboard/runs/counts{}", query(&scope));
-    let next = listing["next_cursor"].as_str().map(|cursor| {
+    let next = listing.next_cursor.as_deref().map(|cursor| {
         format!(
             "/dashboard/runs{}",
             query(&[
@@ -174,7 +194,23 @@ fn count_cells(c: &RunCounts) -> [(&'static str, &'static str, u64); 8] {
     ]
 }
 
-/// `GET /dashboard/runs/counts?validator=&org=`: the runs page's live numbers.
+/// The runs page's live numbers: runs by state and result.
+///
+/// Takes the runs page's filters; `limit` and `cursor` are ignored.
+#[utoipa::path(
+    get,
+    path = "/dashboard/runs/counts",
+    operation_id = "dashboardRunCounts",
+    tag = "dashboard",
+    params(RunsQuery),
+    responses(
+        (status = 200, description = "Counts.", body = RunCounts),
+        (status = 400, description = "A filter is invalid.", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 403, description = "`wrong_org`.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn counts(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -191,12 +227,30 @@ pub(super) async fn counts(
     Ok(Json(counts))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DetailQuery {
+    /// `canceled`, `cancel-requested` or `retried`, after an action.
     notice: Option<String>,
 }
 
-/// `GET /dashboard/runs/{id}`.
+/// Run page: state, result, the attempts' timeline (times, backend job, exit code, log tail or
+/// Cloud Run log link, envelope links), input files, messages, metrics, outputs, and the cancel
+/// and retry actions.
+#[utoipa::path(
+    get,
+    path = "/dashboard/runs/{id}",
+    operation_id = "dashboardRun",
+    tag = "dashboard",
+    params(("id" = uuid::Uuid, Path, description = "The run id (a UUID)."), DetailQuery),
+    responses(
+        (status = 200, description = "The page.", body = String, content_type = "text/html"),
+        (status = 400, description = "`invalid_run_id`.", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 404, description = "`run_not_found` (also another org's run).", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn detail(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -408,8 +462,26 @@ async fn last_event(state: &AppState, run: RunId) -> Result<Option<String>, Page
     }
 }
 
-/// `GET /dashboard/runs/{id}/events?after=`: the run's event stream (`GET
-/// /v1/runs/{id}/events`) for a page whose session is a cookie.
+/// The run's event stream (as `GET /v1/runs/{id}/events`), for a page signed in with the
+/// session cookie.
+#[utoipa::path(
+    get,
+    path = "/dashboard/runs/{id}/events",
+    operation_id = "dashboardRunEvents",
+    tag = "dashboard",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The run id (a UUID)."),
+        RunStreamParams,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "Resume after this event id, as SSE clients send on reconnecting."),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events.", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_run_id` or `invalid_parameter`.", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 404, description = "`run_not_found`.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -431,7 +503,25 @@ pub(super) async fn events(
     }
 }
 
-/// `POST /dashboard/runs/{id}/cancel`: `POST /v1/runs/{id}/cancel`, then back to the run.
+/// The cancel button: `POST /v1/runs/{id}/cancel`, then back to the run page.
+///
+/// Must come from a dashboard page (Origin or Referer of this host).
+#[utoipa::path(
+    post,
+    path = "/dashboard/runs/{id}/cancel",
+    operation_id = "dashboardCancelRun",
+    tag = "dashboard",
+    params(("id" = uuid::Uuid, Path, description = "The run id (a UUID).")),
+    responses(
+        (status = 303, description = "To the run page, with `notice=canceled` (it was queued) or `notice=cancel-requested` (it was running)."),
+        (status = 400, description = "`invalid_run_id`.", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 403, description = "`cross_site_request`: no Origin or Referer of this host.", body = String, content_type = "text/html"),
+        (status = 404, description = "`run_not_found`.", body = String, content_type = "text/html"),
+        (status = 409, description = "`run_already_completed`.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -455,13 +545,34 @@ pub(super) async fn cancel(
 }
 
 /// The retry button's form: a key drawn when the page was drawn.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct RetryForm {
+    /// An idempotency key drawn when the page was drawn: a second submit finds the first retry.
     key: Option<String>,
 }
 
-/// `POST /dashboard/runs/{id}/retry`: the API's retry (an ended run again, as a new run), with
-/// the form's key as its `Idempotency-Key`, then to the new run.
+/// The retry button: `POST /v1/runs/{id}/retry` (an ended run again, as a new run) with the
+/// form's `key` as its `Idempotency-Key`, then to the new run's page.
+///
+/// Must come from a dashboard page (Origin or Referer of this host).
+#[utoipa::path(
+    post,
+    path = "/dashboard/runs/{id}/retry",
+    operation_id = "dashboardRetryRun",
+    tag = "dashboard",
+    params(("id" = uuid::Uuid, Path, description = "The run id (a UUID).")),
+    request_body(content = RetryForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "To the new run's page, with `notice=retried`."),
+        (status = 400, description = "`invalid_run_id`, `invalid_form`.", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 403, description = "`cross_site_request`: no Origin or Referer of this host.", body = String, content_type = "text/html"),
+        (status = 404, description = "`run_not_found`.", body = String, content_type = "text/html"),
+        (status = 409, description = "`run_active`: the run has not ended.", body = String, content_type = "text/html"),
+        (status = 422, description = "`unknown_validator`, `input_file_missing`, `input_file_changed`, or the key already used for another request.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn retry(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -488,9 +599,30 @@ pub(super) async fn retry(
     Ok((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response())
 }
 
-/// `GET /dashboard/runs/{id}/attempts/{attempt}/{input.json|output.json}`: an attempt's
-/// envelope from object storage, read with the contract's size caps, for whoever may see the
-/// run. Served as JSON that nothing executes (`nosniff`, the dashboard's CSP).
+/// An attempt's `input.json` or `output.json`, read from object storage with the contract's
+/// size caps.
+///
+/// For whoever may see the run. Served as JSON that nothing executes (`nosniff`, the
+/// dashboard's CSP).
+#[utoipa::path(
+    get,
+    path = "/dashboard/runs/{id}/attempts/{attempt}/{file}",
+    operation_id = "dashboardAttemptEnvelope",
+    tag = "dashboard",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The run id (a UUID)."),
+        ("attempt" = uuid::Uuid, Path, description = "The attempt id (a UUID)."),
+        ("file" = String, Path, pattern = "^(input|output)\\.json$", description = "`input.json` or `output.json`."),
+    ),
+    responses(
+        (status = 200, description = "The envelope as stored.", body = Object),
+        (status = 400, description = "`invalid_run_id`.", body = String, content_type = "text/html"),
+        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        (status = 404, description = "No such run (or another org's), attempt or file, or not written yet.", body = String, content_type = "text/html"),
+        (status = 422, description = "`too_large` or `not_a_file`.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn envelope(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -98,7 +98,14 @@ pub(super) fn login_form(refusal: Option<&str>) -> Markup {
     )
 }
 
-/// `GET /dashboard/login`.
+/// The sign-in form (in open mode: a note that none is needed).
+#[utoipa::path(
+    get,
+    path = "/dashboard/login",
+    operation_id = "dashboardLoginPage",
+    tag = "dashboard",
+    responses((status = 200, description = "The page.", body = String, content_type = "text/html")),
+)]
 pub(super) async fn login_page(State(state): State<AppState>) -> Markup {
     if state.auth.mode == AuthMode::Open {
         return page(
@@ -115,13 +122,31 @@ pub(super) async fn login_page(State(state): State<AppState>) -> Markup {
     login_form(None)
 }
 
-#[derive(Debug, Deserialize)]
+/// The sign-in form.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(super) struct LoginForm {
+    /// An API key (`rwk_…`) or an allow-listed ID token.
     credential: String,
 }
 
-/// `POST /dashboard/login`: checks the credential as a bearer header would be checked, and on
-/// success keeps it in the session cookie and goes to the runs.
+/// Signs in: the API key or ID token is checked as a bearer header would be and kept in an
+/// HttpOnly, SameSite=Strict, Secure session cookie (`runway_dashboard`, path `/dashboard`).
+///
+/// In open mode nothing is checked: it goes straight to the runs.
+#[utoipa::path(
+    post,
+    path = "/dashboard/login",
+    operation_id = "dashboardLogin",
+    tag = "dashboard",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "To `/dashboard/runs`, with the session cookie.", headers(("Set-Cookie" = String, description = "The session cookie."))),
+        (status = 400, description = "No credential, or one that cannot be an API key or token: the form again, saying why.", body = String, content_type = "text/html"),
+        (status = 401, description = "The credential was refused (unknown or revoked key, bad token): the form again, saying why.", body = String, content_type = "text/html"),
+        (status = 403, description = "`cross_site_request`: no Origin or Referer of this host.", body = String, content_type = "text/html"),
+        (status = 500, description = "`internal`.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn login(
     State(state): State<AppState>,
     form: Result<Form<LoginForm>, FormRejection>,
@@ -153,7 +178,17 @@ pub(super) async fn login(
     }
 }
 
-/// `POST /dashboard/logout`: forgets the session.
+/// Signs out: clears the session cookie.
+#[utoipa::path(
+    post,
+    path = "/dashboard/logout",
+    operation_id = "dashboardLogout",
+    tag = "dashboard",
+    responses(
+        (status = 303, description = "To `/dashboard/login`.", headers(("Set-Cookie" = String, description = "Clears the session cookie."))),
+        (status = 403, description = "`cross_site_request`: no Origin or Referer of this host.", body = String, content_type = "text/html"),
+    ),
+)]
 pub(super) async fn logout() -> Response {
     see_other("/dashboard/login", Some(clear_cookie()))
 }
