@@ -233,7 +233,10 @@ string_enum!(
 );
 
 string_enum!(
-    /// One attempt's lifecycle; see [`AttemptState::can_transition_to`] for the allowed edges.
+    /// One attempt's lifecycle: `pending` → `dispatching` → `running` (or `unknown` while the
+    /// launch's outcome is unresolved) → one of the terminal `completed`, `failed`, `canceled`
+    /// and `timed_out`. (The published API schema shows this text; the exact edges are
+    /// `can_transition_to`'s.)
     AttemptState {
         /// Waits for `not_before` and a free concurrency slot.
         Pending => "pending",
