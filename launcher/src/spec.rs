@@ -198,8 +198,12 @@ impl From<StoredFile> for InputFileItem {
 }
 
 /// The stored form, with `inputs` left as text until the validator's type is known.
+///
+/// Fields it does not know are ignored (while the ones it knows are read strictly): during a
+/// rolling deploy an older launcher dispatches runs that a newer one stored, and what newer
+/// launchers add to a spec is optional metadata (`retry_of`, `trace_id`, `span_id` were added
+/// so); refusing it would fail those runs' attempts.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StoredSpec<'a> {
     validator: ValidatorInfo,
     org: OrganizationInfo,
@@ -361,6 +365,13 @@ mod tests {
             RunSpec::from_json(&other_type.to_string()),
             Err(SpecError::Inputs(_))
         ));
+        // A spec a newer launcher stored, with a field this one does not know, still reads.
+        let mut newer: serde_json::Value = serde_json::from_str(&spec.to_json()).expect("json");
+        newer["added_by_a_newer_launcher"] = serde_json::json!({"any": "thing"});
+        assert_eq!(
+            RunSpec::from_json(&newer.to_string()).expect("still reads"),
+            spec
+        );
         assert_eq!(back.input_files()[0].port_key.as_str(), "fmu_model");
         assert_eq!(
             required_port(ValidatorType::Energyplus),
