@@ -5,7 +5,9 @@
 //! transaction already holds the database's write lock; on PostgreSQL the row is locked, and
 //! the run is only ever touched after its attempt, so the lock order is always attempt → run),
 //! decides in plain Rust what the new records are, writes them back with a compare-and-set on
-//! the state read, and commits. The decisions:
+//! the state read, and commits. It reads everything it needs before it writes: a store may
+//! hold writes until the next read and send them together (PostgreSQL's does), so reads after
+//! writes cost round trips. The decisions:
 //!
 //! - which attempt transitions exist: [`AttemptState::can_transition_to`];
 //! - which state a run is in, given its current attempt: [`run_state_for`];
@@ -65,9 +67,11 @@ pub trait WriteTx: Send {
     /// The run's attempts ordered by number.
     async fn attempts_of(&mut self, run_id: RunId) -> Result<Vec<Attempt>, StoreError>;
 
-    /// Inserts a new run; `false` (and nothing stored) when its organization already has a run
-    /// with its idempotency key.
-    async fn insert_run(&mut self, run: &Run) -> Result<bool, StoreError>;
+    /// Inserts a new run with its first attempt; `false` (and nothing stored) when its
+    /// organization already has a run with its idempotency key. As a transaction's first
+    /// write it may run at once as a statement of its own (PostgreSQL's does, saving the
+    /// `BEGIN` and `COMMIT`): commit right after it, and write nothing more.
+    async fn insert_run(&mut self, run: &Run, first: &Attempt) -> Result<bool, StoreError>;
 
     /// The run of `org_id` created with idempotency key `key`.
     async fn run_by_idempotency_key(
@@ -452,7 +456,19 @@ pub(crate) async fn create_run(
         idempotency_key: new.idempotency.as_ref().map(|i| i.key.clone()),
         request_sha256: new.idempotency.as_ref().map(|i| i.request_sha256.clone()),
     };
-    if !tx.insert_run(&run).await? {
+    let first = new_attempt(
+        &run,
+        new.first_attempt.id,
+        1,
+        paths.attempt(new.first_attempt.id.as_uuid()).to_string(),
+        JobIdentity {
+            callback_nonce_sha256: Some(new.first_attempt.callback_nonce_sha256),
+            caller_identity: new.first_attempt.caller_identity,
+        },
+        run.created_at,
+        run.created_at,
+    );
+    if !tx.insert_run(&run, &first).await? {
         // A concurrent twin on PostgreSQL waited on the unique index until the first insert
         // committed, so the lookup sees it.
         let Some(idem) = new.idempotency else {
@@ -481,19 +497,6 @@ pub(crate) async fn create_run(
             attempts,
         }));
     }
-    let first = new_attempt(
-        &run,
-        new.first_attempt.id,
-        1,
-        paths.attempt(new.first_attempt.id.as_uuid()).to_string(),
-        JobIdentity {
-            callback_nonce_sha256: Some(new.first_attempt.callback_nonce_sha256),
-            caller_identity: new.first_attempt.caller_identity,
-        },
-        run.created_at,
-        run.created_at,
-    );
-    tx.insert_attempt(&first).await?;
     tx.commit().await?;
     Ok(CreateOutcome::Created(RunWithAttempts {
         run,
@@ -545,8 +548,8 @@ pub(crate) async fn mark_running(
         image: mark.image.or_else(|| attempt.image.clone()),
         ..moved(&attempt, AttemptState::Running)?
     };
-    write_attempt(tx.as_mut(), &running, &attempt).await?;
     let run = run_of(tx.as_mut(), running.run_id).await?;
+    write_attempt(tx.as_mut(), &running, &attempt).await?;
     emit_started_once(tx.as_mut(), &run, &attempt, at).await?;
     tx.commit().await?;
     Ok(running)
@@ -592,8 +595,8 @@ pub(crate) async fn end_attempt(
         finished_at: Some(at),
         ..moved(&attempt, end.to)?
     };
-    write_attempt(tx.as_mut(), &ended, &attempt).await?;
     let run = run_of(tx.as_mut(), ended.run_id).await?;
+    write_attempt(tx.as_mut(), &ended, &attempt).await?;
 
     if retries(&ended, &end, &run) {
         let id = AttemptId::new();
@@ -768,8 +771,8 @@ pub(crate) async fn finalize_attempt(
         finished_at: Some(at),
         ..moved(&attempt, to)?
     };
-    write_attempt(tx.as_mut(), &ended, &attempt).await?;
     let run = run_of(tx.as_mut(), ended.run_id).await?;
+    write_attempt(tx.as_mut(), &ended, &attempt).await?;
     emit_started_once(tx.as_mut(), &run, &attempt, at).await?;
     emit_attempt_failed(tx.as_mut(), &run, &ended, None).await?;
     let run = complete_run(tx.as_mut(), &run, ended.id, result, at, Some(&finalize)).await?;

@@ -205,8 +205,248 @@ async fn fetch_attempts_of(
 
 // --- The write transaction -----------------------------------------------------------------
 
+/// A new run with its first attempt, in one statement: the attempt is inserted only if the run
+/// was (its idempotency key was free). Bind with `bind_run_insert!` then `bind_attempt!`.
+const INSERT_RUN_WITH_ATTEMPT: &str = concat!(
+    "WITH run AS (INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, \
+     workflow_id, spec, max_attempts, retry_initial_ms, retry_max_ms, state, idempotency_key, \
+     request_sha256) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+     RETURNING 1) \
+     INSERT INTO attempts (",
+    attempt_insert_columns!(),
+    ") SELECT $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
+     $30, $31, $32, $33, $34, $35 WHERE EXISTS (SELECT 1 FROM run)"
+);
+
+/// Records a job's heartbeat (and progress, which NULL leaves as it was).
+const SET_HEARTBEAT: &str =
+    "UPDATE attempts SET heartbeat_at = $2, progress = COALESCE($3, progress) WHERE id = $1";
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 /// One READ COMMITTED transaction; attempts are locked row by row.
-struct PgTx(Transaction<'static, Postgres>);
+///
+/// It costs as few round trips as it can, each being a statement PostgreSQL and this process
+/// both pay for: `BEGIN` is sent before the first read (a transaction that only writes never
+/// sends one), and writes are held until the next read or the commit and then sent together
+/// as one statement (the data-modifying parts of one `WITH`). A held compare-and-set answers
+/// `true` at once: it is only ever made under its row's lock (the lifecycle's rule), and the
+/// statement that sends it checks that it wrote its row, else the transaction fails as
+/// [`StoreError::Corrupt`]. Reads see every earlier write, since they send the held ones first.
+struct PgTx {
+    pool: PgPool,
+    tx: Option<Transaction<'static, Postgres>>,
+    held: Vec<Held>,
+    /// A new run went in as a statement of its own (committed): nothing more may be written.
+    alone: bool,
+}
+
+/// A write held until the transaction's next read or its commit.
+enum Held {
+    Attempt(Attempt),
+    AttemptUpdate(Attempt, AttemptState),
+    RunUpdate(Run, RunState),
+    Receipt(CallbackReceipt),
+    Outbox(OutboxEvent),
+    Heartbeat(AttemptId, DateTime<Utc>, Option<Value>),
+}
+
+impl Held {
+    /// Its statement and the table it writes.
+    fn statement(&self) -> (&'static str, &'static str) {
+        match self {
+            Held::Attempt(_) => (INSERT_ATTEMPT, "attempts"),
+            Held::AttemptUpdate(..) => (UPDATE_ATTEMPT, "attempts"),
+            Held::RunUpdate(..) => (UPDATE_RUN, "runs"),
+            Held::Receipt(_) => (INSERT_RECEIPT, "callback_receipts"),
+            Held::Outbox(_) => (INSERT_OUTBOX, "outbox"),
+            Held::Heartbeat(..) => (SET_HEARTBEAT, "attempts"),
+        }
+    }
+
+    /// Whether it changes an existing row (two changes of one row cannot share a statement).
+    fn updates(&self) -> bool {
+        matches!(
+            self,
+            Held::AttemptUpdate(..) | Held::RunUpdate(..) | Held::Heartbeat(..)
+        )
+    }
+
+    /// Whether it is a compare-and-set, which must write its row.
+    fn compares(&self) -> bool {
+        matches!(self, Held::AttemptUpdate(..) | Held::RunUpdate(..))
+    }
+
+    /// Why a compare-and-set that wrote no row is corruption, or `None` for any other write.
+    fn missed(&self) -> Option<String> {
+        match self {
+            Held::AttemptUpdate(a, from) => Some(format!(
+                "attempt {} was not {from} under its lock when writing it {}",
+                a.id, a.state
+            )),
+            Held::RunUpdate(r, from) => Some(format!(
+                "run {} changed state under its attempt's lock (expected {from})",
+                r.id
+            )),
+            _ => None,
+        }
+    }
+
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> Result<PgQuery<'q>, StoreError> {
+        Ok(match self {
+            Held::Attempt(a) => bind_attempt!(q, a),
+            Held::AttemptUpdate(a, from) => bind_attempt_update!(q, a, from),
+            Held::RunUpdate(r, from) => bind_run_update!(q, r, from),
+            Held::Receipt(r) => bind_receipt!(q, r),
+            Held::Outbox(e) => bind_outbox!(q, e),
+            Held::Heartbeat(id, at, progress) => q
+                .bind(enc_id(id.as_uuid()))
+                .bind(enc_ts(*at))
+                .bind(progress.as_ref().map(Json)),
+        })
+    }
+}
+
+/// One statement making every write of `held`: the write itself when there is one, else each
+/// as a part of one `WITH` (numbered `w0`, `w1`, …, their parameters renumbered to follow one
+/// another), the statement answering how many rows each part wrote.
+fn composed(held: &[Held]) -> String {
+    use std::fmt::Write as _;
+    if let [one] = held {
+        return one.statement().0.to_owned();
+    }
+    let mut sql = String::from("WITH ");
+    let mut offset = 0;
+    for (i, write) in held.iter().enumerate() {
+        let statement = write.statement().0;
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(
+            sql,
+            "{sep}w{i} AS ({} RETURNING 1)",
+            renumbered(statement, offset)
+        );
+        offset += parameters(statement);
+    }
+    sql.push_str(" SELECT ");
+    for i in 0..held.len() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(sql, "{sep}(SELECT count(*) FROM w{i})");
+    }
+    sql
+}
+
+/// `sql` with every parameter `$n` made `$(n + by)`.
+fn renumbered(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut n = 0_usize;
+        let mut digits = false;
+        while let Some(&(_, d)) = chars.peek() {
+            let Some(v) = d.to_digit(10) else { break };
+            n = n * 10 + v as usize;
+            digits = true;
+            chars.next();
+        }
+        if digits {
+            out.push_str(&(n + by).to_string());
+        }
+    }
+    out
+}
+
+/// How many parameters `sql` takes (its highest `$n`).
+fn parameters(sql: &str) -> usize {
+    sql.split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+impl PgTx {
+    fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            tx: None,
+            held: Vec::new(),
+            alone: false,
+        }
+    }
+
+    /// The transaction's connection for a read: begun, with every held write sent.
+    async fn read(&mut self) -> Result<&mut PgConnection, StoreError> {
+        if self.tx.is_none() {
+            self.tx = Some(begin(&self.pool, "BEGIN").await?);
+        }
+        self.send_held().await?;
+        Ok(self.tx.as_mut().expect("begun above"))
+    }
+
+    /// Holds `write` for the next statement.
+    async fn hold(&mut self, write: Held) -> Result<(), StoreError> {
+        if self.alone {
+            return Err(StoreError::Corrupt(
+                "a write after a run was inserted in a statement of its own".into(),
+            ));
+        }
+        let table = write.statement().1;
+        if write.updates() && self.held.iter().any(|h| h.statement().1 == table) {
+            self.read().await?;
+        }
+        self.held.push(write);
+        Ok(())
+    }
+
+    /// Sends the held writes as one statement: in the transaction if it has begun, else alone
+    /// (one statement is atomic by itself) unless one is a compare-and-set, whose miss must
+    /// undo the others: then the transaction begins first.
+    async fn send_held(&mut self) -> Result<(), StoreError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        if self.tx.is_none() && self.held.iter().any(Held::compares) {
+            self.tx = Some(begin(&self.pool, "BEGIN").await?);
+        }
+        let held = std::mem::take(&mut self.held);
+        let sql = composed(&held);
+        let mut query = sqlx::query(&sql);
+        for write in &held {
+            query = write.bind(query)?;
+        }
+        let mut pooled: Option<sqlx::pool::PoolConnection<Postgres>> = None;
+        let conn: &mut PgConnection = match self.tx.as_mut() {
+            Some(tx) => tx,
+            None => pooled.insert(self.pool.acquire().await?),
+        };
+        let written: Vec<i64> = if held.len() == 1 {
+            let n = query.execute(&mut *conn).await?.rows_affected();
+            vec![i64::try_from(n).unwrap_or(i64::MAX)]
+        } else {
+            let row = query.fetch_one(&mut *conn).await?;
+            (0..held.len())
+                .map(|i| row.try_get::<i64, _>(i))
+                .collect::<Result<_, _>>()?
+        };
+        for (write, n) in held.iter().zip(written) {
+            if n != 1
+                && let Some(why) = write.missed()
+            {
+                return Err(StoreError::Corrupt(why));
+            }
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl WriteTx for PgTx {
@@ -217,7 +457,7 @@ impl WriteTx for PgTx {
             " FROM attempts WHERE id = $1 FOR UPDATE"
         ))
         .bind(id.as_uuid())
-        .fetch_optional(&mut *self.0)
+        .fetch_optional(self.read().await?)
         .await?
         .as_ref()
         .map(attempt_from_row)
@@ -231,7 +471,7 @@ impl WriteTx for PgTx {
             " FROM attempts WHERE run_id = $1 ORDER BY number DESC LIMIT 1 FOR UPDATE"
         ))
         .bind(run_id.as_uuid())
-        .fetch_optional(&mut *self.0)
+        .fetch_optional(self.read().await?)
         .await?
         .as_ref()
         .map(attempt_from_row)
@@ -239,24 +479,31 @@ impl WriteTx for PgTx {
     }
 
     async fn run(&mut self, id: RunId) -> Result<Option<Run>, StoreError> {
-        fetch_run(&mut self.0, id).await
+        fetch_run(self.read().await?, id).await
     }
 
     async fn attempts_of(&mut self, run_id: RunId) -> Result<Vec<Attempt>, StoreError> {
-        fetch_attempts_of(&mut self.0, run_id).await
+        fetch_attempts_of(self.read().await?, run_id).await
     }
 
-    async fn insert_run(&mut self, run: &Run) -> Result<bool, StoreError> {
-        let query = sqlx::query(
-            "INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, \
-             workflow_id, spec, max_attempts, retry_initial_ms, retry_max_ms, state, \
-             idempotency_key, request_sha256) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
-             DO NOTHING",
+    /// The first write of a transaction runs at once as a statement of its own (the caller
+    /// commits right after it); a later one, in the transaction.
+    async fn insert_run(&mut self, run: &Run, first: &Attempt) -> Result<bool, StoreError> {
+        let query = bind_attempt!(
+            bind_run_insert!(sqlx::query(INSERT_RUN_WITH_ATTEMPT), run),
+            first
         );
-        let inserted = bind_run_insert!(query, run).execute(&mut *self.0).await?;
-        Ok(inserted.rows_affected() == 1)
+        if self.tx.is_none() && self.held.is_empty() && !self.alone {
+            let inserted = query.execute(&self.pool).await?.rows_affected() == 1;
+            self.alone = inserted;
+            return Ok(inserted);
+        }
+        if self.alone {
+            return Err(StoreError::Corrupt(
+                "a second run inserted in one transaction".into(),
+            ));
+        }
+        Ok(query.execute(self.read().await?).await?.rows_affected() == 1)
     }
 
     async fn run_by_idempotency_key(
@@ -271,7 +518,7 @@ impl WriteTx for PgTx {
         ))
         .bind(org_id)
         .bind(key)
-        .fetch_optional(&mut *self.0)
+        .fetch_optional(self.read().await?)
         .await?
         .as_ref()
         .map(run_from_row)
@@ -279,10 +526,7 @@ impl WriteTx for PgTx {
     }
 
     async fn insert_attempt(&mut self, a: &Attempt) -> Result<(), StoreError> {
-        bind_attempt!(sqlx::query(INSERT_ATTEMPT), a)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
+        self.hold(Held::Attempt(a.clone())).await
     }
 
     async fn update_attempt(
@@ -290,24 +534,17 @@ impl WriteTx for PgTx {
         a: &Attempt,
         from: AttemptState,
     ) -> Result<bool, StoreError> {
-        let updated = bind_attempt_update!(sqlx::query(UPDATE_ATTEMPT), a, from)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(updated.rows_affected() == 1)
+        self.hold(Held::AttemptUpdate(a.clone(), from)).await?;
+        Ok(true)
     }
 
     async fn update_run(&mut self, r: &Run, from: RunState) -> Result<bool, StoreError> {
-        let updated = bind_run_update!(sqlx::query(UPDATE_RUN), r, from)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(updated.rows_affected() == 1)
+        self.hold(Held::RunUpdate(r.clone(), from)).await?;
+        Ok(true)
     }
 
     async fn insert_receipt(&mut self, r: &CallbackReceipt) -> Result<(), StoreError> {
-        bind_receipt!(sqlx::query(INSERT_RECEIPT), r)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
+        self.hold(Held::Receipt(r.clone())).await
     }
 
     async fn count_receipts(
@@ -321,7 +558,7 @@ impl WriteTx for PgTx {
         )
         .bind(attempt_id.as_uuid())
         .bind(&outcomes)
-        .fetch_one(&mut *self.0)
+        .fetch_one(self.read().await?)
         .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -337,7 +574,7 @@ impl WriteTx for PgTx {
         )
         .bind(before)
         .bind(&outcomes)
-        .execute(&mut *self.0)
+        .execute(self.read().await?)
         .await?
         .rows_affected())
     }
@@ -348,26 +585,20 @@ impl WriteTx for PgTx {
         at: DateTime<Utc>,
         progress: Option<&Value>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE attempts SET heartbeat_at = $2, progress = COALESCE($3, progress) WHERE id = $1",
-        )
-        .bind(enc_id(attempt_id.as_uuid()))
-        .bind(enc_ts(at))
-        .bind(progress.map(Json))
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
+        self.hold(Held::Heartbeat(attempt_id, at, progress.cloned()))
+            .await
     }
 
     async fn insert_outbox(&mut self, e: &OutboxEvent) -> Result<(), StoreError> {
-        bind_outbox!(sqlx::query(INSERT_OUTBOX), e)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
+        self.hold(Held::Outbox(e.clone())).await
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        Ok(self.0.commit().await?)
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.send_held().await?;
+        match self.tx.take() {
+            Some(tx) => Ok(tx.commit().await?),
+            None => Ok(()),
+        }
     }
 }
 
@@ -401,7 +632,7 @@ impl PostgresStore {
 #[async_trait]
 impl RunStore for PostgresStore {
     async fn begin(&self) -> Result<Box<dyn WriteTx>, StoreError> {
-        Ok(Box::new(PgTx(begin(&self.pool, "BEGIN").await?)))
+        Ok(Box::new(PgTx::new(self.pool.clone())))
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError> {
@@ -1010,4 +1241,63 @@ fn parse_event_cursor(cursor: &str) -> Result<(String, Uuid), StoreError> {
     tx.parse::<u64>().map_err(|_| invalid())?;
     let id = Uuid::parse_str(id).map_err(|_| invalid())?;
     Ok((tx.to_owned(), id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_renumbered_past_the_earlier_parts() {
+        assert_eq!(
+            renumbered("a = $1 AND b = $12, c = $2", 10),
+            "a = $11 AND b = $22, c = $12"
+        );
+        assert_eq!(
+            renumbered("no parameters, one $ alone", 3),
+            "no parameters, one $ alone"
+        );
+        assert_eq!(parameters(UPDATE_ATTEMPT), 17);
+        assert_eq!(parameters(INSERT_OUTBOX), 7);
+        assert_eq!(parameters("SELECT 1"), 0);
+    }
+
+    #[test]
+    fn held_writes_become_one_statement_counting_each_part() {
+        let outbox = OutboxEvent {
+            id: OutboxId::new(),
+            run_id: RunId::new(),
+            event: "run.started".into(),
+            payload: serde_json::json!({}),
+            created_at: Utc::now(),
+            attempts: 0,
+            next_attempt_at: Utc::now(),
+            delivered_at: None,
+            dead_at: None,
+            last_error: None,
+        };
+        let at = Utc::now();
+        let one = [Held::Outbox(outbox.clone())];
+        assert_eq!(composed(&one), INSERT_OUTBOX);
+        let two = [
+            Held::Heartbeat(AttemptId::new(), at, None),
+            Held::Outbox(outbox),
+        ];
+        let sql = composed(&two);
+        assert!(
+            sql.starts_with(
+                "WITH w0 AS (UPDATE attempts SET heartbeat_at = $2, progress = COALESCE($3, \
+                 progress) WHERE id = $1 RETURNING 1), w1 AS (INSERT INTO outbox"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("VALUES ($4, $5, $6, $7, $8, $9, $10) RETURNING 1)"),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(" SELECT (SELECT count(*) FROM w0), (SELECT count(*) FROM w1)"),
+            "{sql}"
+        );
+    }
 }

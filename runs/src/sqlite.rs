@@ -253,7 +253,7 @@ impl WriteTx for SqliteTx {
         fetch_attempts_of(&mut self.0, run_id).await
     }
 
-    async fn insert_run(&mut self, run: &Run) -> Result<bool, StoreError> {
+    async fn insert_run(&mut self, run: &Run, first: &Attempt) -> Result<bool, StoreError> {
         let query = sqlx::query(
             "INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, \
              workflow_id, spec, max_attempts, retry_initial_ms, retry_max_ms, state, \
@@ -263,7 +263,11 @@ impl WriteTx for SqliteTx {
              DO NOTHING",
         );
         let inserted = bind_run_insert!(query, run).execute(&mut *self.0).await?;
-        Ok(inserted.rows_affected() == 1)
+        if inserted.rows_affected() != 1 {
+            return Ok(false);
+        }
+        self.insert_attempt(first).await?;
+        Ok(true)
     }
 
     async fn run_by_idempotency_key(

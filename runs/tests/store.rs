@@ -1897,7 +1897,9 @@ async fn a_transaction_dropped_while_beginning_leaves_no_open_transaction() {
         let cancelled = if step % 2 == 0 {
             dropped_after_one_poll(store.get_run(id)).await
         } else {
-            dropped_after_one_poll(store.begin()).await
+            // A write transaction begins at its first read: the lock.
+            dropped_after_one_poll(store.commit_nonce(created.attempts[0].id, &"ab".repeat(32)))
+                .await
         };
         if !cancelled {
             continue;
@@ -1930,6 +1932,92 @@ async fn a_transaction_dropped_while_beginning_leaves_no_open_transaction() {
     drop(store);
     pool.close().await;
     database.drop_database().await;
+}
+
+/// PostgreSQL's write transaction holds writes until its next read or its commit: a read sees
+/// them, a transaction dropped unfinished leaves nothing, and a compare-and-set that misses
+/// fails the commit without writing the other held rows.
+#[tokio::test]
+async fn held_writes_are_read_back_rolled_back_and_checked_on_postgres() {
+    let db = Db::postgres().await;
+    let store = db.store();
+    let created = create(store, new_run("v-1", "org-1", t0())).await;
+    let pending = created.attempts[0].clone();
+    let dispatching = Attempt {
+        state: AttemptState::Dispatching,
+        error: Some("held".into()),
+        ..pending.clone()
+    };
+
+    // Read back inside the transaction, then dropped: nothing stays.
+    let mut tx = store.begin().await.expect("begin");
+    let locked = tx
+        .lock_attempt(pending.id)
+        .await
+        .expect("lock")
+        .expect("the attempt");
+    assert_eq!(locked.state, AttemptState::Pending);
+    assert!(
+        tx.update_attempt(&dispatching, AttemptState::Pending)
+            .await
+            .expect("held")
+    );
+    let seen = tx.attempts_of(created.run.id).await.expect("read back");
+    assert_eq!(seen[0].state, AttemptState::Dispatching);
+    assert_eq!(seen[0].error.as_deref(), Some("held"));
+    drop(tx);
+    let stored = store
+        .get_attempt(pending.id)
+        .await
+        .expect("read")
+        .expect("the attempt");
+    assert_eq!(stored, pending, "a dropped transaction left a write behind");
+
+    // A compare-and-set that misses (the attempt is not `running`) fails the commit, and the
+    // outbox row held with it is not written either.
+    let outbox_before = store
+        .outbox_for_run(created.run.id)
+        .await
+        .expect("outbox")
+        .len();
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_outbox(&store::OutboxEvent {
+        id: store::OutboxId::new(),
+        run_id: created.run.id,
+        event: "run.started".into(),
+        payload: json!({"held": true}),
+        created_at: t0(),
+        attempts: 0,
+        next_attempt_at: t0(),
+        delivered_at: None,
+        dead_at: None,
+        last_error: None,
+    })
+    .await
+    .expect("held");
+    assert!(
+        tx.update_attempt(&dispatching, AttemptState::Running)
+            .await
+            .expect("held")
+    );
+    let err = tx.commit().await.expect_err("the compare-and-set missed");
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert_eq!(
+        store
+            .outbox_for_run(created.run.id)
+            .await
+            .expect("outbox")
+            .len(),
+        outbox_before,
+        "a failed commit wrote its other rows"
+    );
+    let stored = store
+        .get_attempt(pending.id)
+        .await
+        .expect("read")
+        .expect("the attempt");
+    assert_eq!(stored, pending);
+    db.finish().await;
 }
 
 /// Polls `work` once and drops it; true if it had not finished.
