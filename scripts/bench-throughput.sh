@@ -10,6 +10,7 @@
 #   scripts/bench-throughput.sh              # 2,000 runs each
 #   RUNS=100000 scripts/bench-throughput.sh  # the drain test
 #   RATE=500 PGBENCH_SECONDS=20 scripts/bench-throughput.sh
+#   SETTLE_SECONDS=0 scripts/bench-throughput.sh   # no pause before each bench (see settle)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -61,11 +62,21 @@ SQL
   | tee "$work/pgbench.txt" | grep -E "tps|latency average"
 tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | head -n1)"
 
+# Each bench removes its temp dir (thousands of files and folders) when it ends. On ext4 without
+# a journal (this machine's root), allocating an inode skips the ones freed in the last ~35 s,
+# one buffer-cache lookup each, so a bench started right after another's cleanup spends up to
+# twice the CPU per run (`perf`: `recently_deleted` under `ext4_mkdir`/`ext4_create`). Wait it out.
+settle="${SETTLE_SECONDS:-40}"
+settle() { sleep "$settle"; }
+
 echo "== runway bench: Postgres (same cluster)"
+settle
 "$runway" bench --runs "$runs" --concurrency "$clients" --database-url "$url/runway_bench" | tee "$work/pg.txt"
 echo "== runway bench: SQLite"
+settle
 "$runway" bench --runs "$runs" --concurrency "$clients" | tee "$work/sqlite.txt"
 echo "== runway bench: open loop at $rate runs/s, Postgres"
+settle
 "$runway" bench --runs "$(( rate * 10 ))" --rate "$rate" --database-url "$url/runway_bench" | tee "$work/open.txt"
 
 pg_rps="$(sed -n 's/.*(\([0-9.]*\) runs\/s end to end).*/\1/p' "$work/pg.txt")"
