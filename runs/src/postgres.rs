@@ -220,12 +220,6 @@ const INSERT_RUN_WITH_ATTEMPT: &str = concat!(
      $30, $31, $32, $33, $34, $35 WHERE EXISTS (SELECT 1 FROM run)"
 );
 
-/// Records a job's heartbeat (and progress, which NULL leaves as it was).
-const SET_HEARTBEAT: &str =
-    "UPDATE attempts SET heartbeat_at = $2, progress = COALESCE($3, progress) WHERE id = $1";
-
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
 /// One READ COMMITTED transaction; attempts are locked row by row.
 ///
 /// It costs as few round trips as it can, each being a statement PostgreSQL and this process
@@ -243,91 +237,21 @@ struct PgTx {
     alone: bool,
 }
 
-/// A write held until the transaction's next read or its commit.
-enum Held {
-    Attempt(Attempt),
-    AttemptUpdate(Attempt, AttemptState),
-    RunUpdate(Run, RunState),
-    Receipt(CallbackReceipt),
-    Outbox(OutboxEvent),
-    Heartbeat(AttemptId, DateTime<Utc>, Option<Value>),
-}
-
-impl Held {
-    /// Its statement and the table it writes.
-    fn statement(&self) -> (&'static str, &'static str) {
-        match self {
-            Held::Attempt(_) => (INSERT_ATTEMPT, "attempts"),
-            Held::AttemptUpdate(..) => (UPDATE_ATTEMPT, "attempts"),
-            Held::RunUpdate(..) => (UPDATE_RUN, "runs"),
-            Held::Receipt(_) => (INSERT_RECEIPT, "callback_receipts"),
-            Held::Outbox(_) => (INSERT_OUTBOX, "outbox"),
-            Held::Heartbeat(..) => (SET_HEARTBEAT, "attempts"),
-        }
-    }
-
-    /// Whether it changes an existing row (two changes of one row cannot share a statement).
-    fn updates(&self) -> bool {
-        matches!(
-            self,
-            Held::AttemptUpdate(..) | Held::RunUpdate(..) | Held::Heartbeat(..)
-        )
-    }
-
-    /// Whether it is a compare-and-set, which must write its row.
-    fn compares(&self) -> bool {
-        matches!(self, Held::AttemptUpdate(..) | Held::RunUpdate(..))
-    }
-
-    /// Why a compare-and-set that wrote no row is corruption, or `None` for any other write.
-    fn missed(&self) -> Option<String> {
-        match self {
-            Held::AttemptUpdate(a, from) => Some(format!(
-                "attempt {} was not {from} under its lock when writing it {}",
-                a.id, a.state
-            )),
-            Held::RunUpdate(r, from) => Some(format!(
-                "run {} changed state under its attempt's lock (expected {from})",
-                r.id
-            )),
-            _ => None,
-        }
-    }
-
-    fn bind<'q>(&'q self, q: PgQuery<'q>) -> Result<PgQuery<'q>, StoreError> {
-        Ok(match self {
-            Held::Attempt(a) => bind_attempt!(q, a),
-            Held::AttemptUpdate(a, from) => bind_attempt_update!(q, a, from),
-            Held::RunUpdate(r, from) => bind_run_update!(q, r, from),
-            Held::Receipt(r) => bind_receipt!(q, r),
-            Held::Outbox(e) => bind_outbox!(q, e),
-            Held::Heartbeat(id, at, progress) => q
-                .bind(enc_id(id.as_uuid()))
-                .bind(enc_ts(*at))
-                .bind(progress.as_ref().map(Json)),
-        })
-    }
-}
-
 /// One statement making every write of `held`: the write itself when there is one, else each
-/// as a part of one `WITH` (numbered `w0`, `w1`, …, their parameters renumbered to follow one
-/// another), the statement answering how many rows each part wrote.
+/// as a part of one `WITH` (numbered `w0`, `w1`, …), the statement answering how many rows each
+/// part wrote.
 fn composed(held: &[Held]) -> String {
     use std::fmt::Write as _;
     if let [one] = held {
-        return one.statement().0.to_owned();
+        return one.statement(INSERT_OUTBOX).0.to_owned();
     }
     let mut sql = String::from("WITH ");
-    let mut offset = 0;
-    for (i, write) in held.iter().enumerate() {
-        let statement = write.statement().0;
+    for (i, part) in renumbered_statements(held, INSERT_OUTBOX)
+        .iter()
+        .enumerate()
+    {
         let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(
-            sql,
-            "{sep}w{i} AS ({} RETURNING 1)",
-            renumbered(statement, offset)
-        );
-        offset += parameters(statement);
+        let _ = write!(sql, "{sep}w{i} AS ({part} RETURNING 1)");
     }
     sql.push_str(" SELECT ");
     for i in 0..held.len() {
@@ -335,42 +259,6 @@ fn composed(held: &[Held]) -> String {
         let _ = write!(sql, "{sep}(SELECT count(*) FROM w{i})");
     }
     sql
-}
-
-/// `sql` with every parameter `$n` made `$(n + by)`.
-fn renumbered(sql: &str, by: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut chars = sql.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
-        out.push(c);
-        if c != '$' {
-            continue;
-        }
-        let mut n = 0_usize;
-        let mut digits = false;
-        while let Some(&(_, d)) = chars.peek() {
-            let Some(v) = d.to_digit(10) else { break };
-            n = n * 10 + v as usize;
-            digits = true;
-            chars.next();
-        }
-        if digits {
-            out.push_str(&(n + by).to_string());
-        }
-    }
-    out
-}
-
-/// How many parameters `sql` takes (its highest `$n`).
-fn parameters(sql: &str) -> usize {
-    sql.split('$')
-        .skip(1)
-        .filter_map(|rest| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse::<usize>().ok()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 impl PgTx {
@@ -399,8 +287,7 @@ impl PgTx {
                 "a write after a run was inserted in a statement of its own".into(),
             ));
         }
-        let table = write.statement().1;
-        if write.updates() && self.held.iter().any(|h| h.statement().1 == table) {
+        if write.shares_a_statement_badly(&self.held) {
             self.read().await?;
         }
         self.held.push(write);
@@ -421,7 +308,7 @@ impl PgTx {
         let sql = composed(&held);
         let mut query = sqlx::query(&sql);
         for write in &held {
-            query = write.bind(query)?;
+            query = bind_held!(query, write);
         }
         let mut pooled: Option<sqlx::pool::PoolConnection<Postgres>> = None;
         let conn: &mut PgConnection = match self.tx.as_mut() {

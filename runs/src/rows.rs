@@ -8,6 +8,11 @@
 //! `enc_millis` (encoding). Types differ (SQLite keeps UUIDs as text and times as integer
 //! microseconds; PostgreSQL has `uuid` and `timestamptz`); the shapes do not.
 
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::{Attempt, AttemptId, AttemptState, CallbackReceipt, OutboxEvent, Run, RunState};
+
 /// The attempt columns, in the order [`bind_attempt`] binds them.
 macro_rules! attempt_insert_columns {
     () => {
@@ -554,7 +559,139 @@ macro_rules! webhook_queries {
     };
 }
 
+/// Binds a [`Held`] write's parameters, in its statement's order.
+macro_rules! bind_held {
+    ($q:expr, $h:expr) => {{
+        let q = $q;
+        match $h {
+            Held::Attempt(a) => bind_attempt!(q, a),
+            Held::AttemptUpdate(a, from) => bind_attempt_update!(q, a, from),
+            Held::RunUpdate(r, from) => bind_run_update!(q, r, from),
+            Held::Receipt(r) => bind_receipt!(q, r),
+            Held::Outbox(e) => bind_outbox!(q, e),
+            Held::Heartbeat(id, at, progress) => q
+                .bind(enc_id(id.as_uuid()))
+                .bind(enc_ts(*at))
+                .bind(progress.as_ref().map(Json)),
+        }
+    }};
+}
+
 pub(crate) use {
-    api_key_queries, bind_attempt, bind_attempt_update, bind_outbox, bind_receipt, bind_run_insert,
-    bind_run_update, decoders, webhook_queries,
+    api_key_queries, bind_attempt, bind_attempt_update, bind_held, bind_outbox, bind_receipt,
+    bind_run_insert, bind_run_update, decoders, webhook_queries,
 };
+
+// --- Held writes ---------------------------------------------------------------------------
+
+/// Records a job's heartbeat (and progress, which NULL leaves as it was).
+pub(crate) const SET_HEARTBEAT: &str =
+    "UPDATE attempts SET heartbeat_at = $2, progress = COALESCE($3, progress) WHERE id = $1";
+
+/// A write a transaction holds until its next read or its commit, to send it with the others
+/// in one round trip. Every one of them writes exactly one row when it succeeds.
+pub(crate) enum Held {
+    Attempt(Attempt),
+    AttemptUpdate(Attempt, AttemptState),
+    RunUpdate(Run, RunState),
+    Receipt(CallbackReceipt),
+    Outbox(OutboxEvent),
+    Heartbeat(AttemptId, DateTime<Utc>, Option<Value>),
+}
+
+impl Held {
+    /// Its statement (`outbox`: the database's outbox insert) and the table it writes.
+    pub(crate) fn statement(&self, outbox: &'static str) -> (&'static str, &'static str) {
+        match self {
+            Held::Attempt(_) => (INSERT_ATTEMPT, "attempts"),
+            Held::AttemptUpdate(..) => (UPDATE_ATTEMPT, "attempts"),
+            Held::RunUpdate(..) => (UPDATE_RUN, "runs"),
+            Held::Receipt(_) => (INSERT_RECEIPT, "callback_receipts"),
+            Held::Outbox(_) => (outbox, "outbox"),
+            Held::Heartbeat(..) => (SET_HEARTBEAT, "attempts"),
+        }
+    }
+
+    /// Whether it must be sent apart from `held`: it changes an existing row of a table one of
+    /// them writes (PostgreSQL's parts of one `WITH` do not see one another's rows, and two
+    /// changes of one row cannot share a statement).
+    pub(crate) fn shares_a_statement_badly(&self, held: &[Held]) -> bool {
+        let updates = matches!(
+            self,
+            Held::AttemptUpdate(..) | Held::RunUpdate(..) | Held::Heartbeat(..)
+        );
+        let table = self.statement("").1;
+        updates && held.iter().any(|h| h.statement("").1 == table)
+    }
+
+    /// Whether it is a compare-and-set, which must write its row.
+    pub(crate) fn compares(&self) -> bool {
+        matches!(self, Held::AttemptUpdate(..) | Held::RunUpdate(..))
+    }
+
+    /// Why a compare-and-set that wrote no row is corruption, or `None` for any other write.
+    pub(crate) fn missed(&self) -> Option<String> {
+        match self {
+            Held::AttemptUpdate(a, from) => Some(format!(
+                "attempt {} was not {from} under its lock when writing it {}",
+                a.id, a.state
+            )),
+            Held::RunUpdate(r, from) => Some(format!(
+                "run {} changed state under its attempt's lock (expected {from})",
+                r.id
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The statements of `held`, their parameters renumbered to follow one another (the first
+/// write's are `$1…`, the next one's continue from there), for one round trip that binds them
+/// all in order.
+pub(crate) fn renumbered_statements(held: &[Held], outbox: &'static str) -> Vec<String> {
+    let mut offset = 0;
+    held.iter()
+        .map(|write| {
+            let statement = write.statement(outbox).0;
+            let part = renumbered(statement, offset);
+            offset += parameters(statement);
+            part
+        })
+        .collect()
+}
+
+/// `sql` with every parameter `$n` made `$(n + by)`.
+pub(crate) fn renumbered(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut n = 0_usize;
+        let mut digits = false;
+        while let Some(&(_, d)) = chars.peek() {
+            let Some(v) = d.to_digit(10) else { break };
+            n = n * 10 + v as usize;
+            digits = true;
+            chars.next();
+        }
+        if digits {
+            out.push_str(&(n + by).to_string());
+        }
+    }
+    out
+}
+
+/// How many parameters `sql` takes (its highest `$n`).
+pub(crate) fn parameters(sql: &str) -> usize {
+    sql.split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}

@@ -128,6 +128,7 @@ store_cases!(
     another_connections_writes_wake_a_listener,
     counts_group_unfinished_recent_and_due_work,
     counts_by_state_and_validator_activity_in_a_window,
+    held_writes_are_read_back_rolled_back_and_checked,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1934,12 +1935,10 @@ async fn a_transaction_dropped_while_beginning_leaves_no_open_transaction() {
     database.drop_database().await;
 }
 
-/// PostgreSQL's write transaction holds writes until its next read or its commit: a read sees
-/// them, a transaction dropped unfinished leaves nothing, and a compare-and-set that misses
-/// fails the commit without writing the other held rows.
-#[tokio::test]
-async fn held_writes_are_read_back_rolled_back_and_checked_on_postgres() {
-    let db = Db::postgres().await;
+/// A write transaction holds writes until its next read or its commit: a read sees them, a
+/// transaction dropped unfinished leaves nothing, and a compare-and-set that misses fails the
+/// commit without writing the other held rows.
+async fn held_writes_are_read_back_rolled_back_and_checked(db: &Db) {
     let store = db.store();
     let created = create(store, new_run("v-1", "org-1", t0())).await;
     let pending = created.attempts[0].clone();
@@ -2017,7 +2016,6 @@ async fn held_writes_are_read_back_rolled_back_and_checked_on_postgres() {
         .expect("read")
         .expect("the attempt");
     assert_eq!(stored, pending);
-    db.finish().await;
 }
 
 /// Polls `work` once and drops it; true if it had not finished.
