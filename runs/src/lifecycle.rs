@@ -84,7 +84,9 @@ pub trait WriteTx: Send {
     async fn insert_attempt(&mut self, attempt: &Attempt) -> Result<(), StoreError>;
 
     /// Writes back every mutable column of `attempt` if its stored state is still `from`;
-    /// `false` (nothing written) otherwise.
+    /// `false` (nothing written) otherwise. A store that holds writes (both do) answers `true`
+    /// at once and, if the row was not in `from` when the write is sent, fails the transaction
+    /// as [`StoreError::Corrupt`]: the lifecycle makes it only under the row's lock.
     async fn update_attempt(
         &mut self,
         attempt: &Attempt,
@@ -92,7 +94,7 @@ pub trait WriteTx: Send {
     ) -> Result<bool, StoreError>;
 
     /// Writes back every mutable column of `run` if its stored state is still `from`; `false`
-    /// (nothing written) otherwise.
+    /// (nothing written) otherwise, or held as [`update_attempt`](WriteTx::update_attempt) is.
     async fn update_run(&mut self, run: &Run, from: RunState) -> Result<bool, StoreError>;
 
     /// Inserts a callback receipt.
