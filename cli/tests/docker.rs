@@ -288,8 +288,13 @@ async fn cancel_kills_a_running_container() {
     let run = completed(&sys, &id, Duration::from_secs(30)).await;
     assert_eq!(run["result"], "canceled", "{run}");
     let start = Instant::now();
-    while docker(&["inspect", &container]).0 && inspect(&container, "{{.State.Running}}") == "true"
-    {
+    // One look at a time: the container may be removed between two `docker inspect`s, and a
+    // container that is gone has been killed.
+    loop {
+        let (exists, running) = docker(&["inspect", "-f", "{{.State.Running}}", &container]);
+        if !exists || running.trim() != "true" {
+            break;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "container survived cancel"
