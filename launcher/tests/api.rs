@@ -964,6 +964,15 @@ async fn bad_requests_store_nothing(app: &App) {
             "files[0].name",
         ),
         (
+            // Within the API's 255 bytes, but stored as `0-<name>`: 256 bytes, longer than a file
+            // name may be (it was a 500 and left the upload's folders behind).
+            "name too long to store",
+            with("/files/0/name", json!(format!("{}.idf", "m".repeat(250)))),
+            StatusCode::BAD_REQUEST,
+            "invalid_file",
+            "at most 255 bytes",
+        ),
+        (
             "control char in name",
             with("/files/0/name", json!("a\nb.idf")),
             StatusCode::BAD_REQUEST,

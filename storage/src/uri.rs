@@ -4,8 +4,9 @@
 //! `memory://name`); objects inside it are named by an [`ObjectKey`], a relative `/`-separated
 //! path. The key rules are the only thing standing between a caller-supplied name and the file
 //! system on `file://`, so they are strict and identical on every backend: no empty, `.` or `..`
-//! segments, no leading `/`, no backslash, no NUL or other control characters, and no segment
-//! starting with [`RESERVED_SEGMENT_PREFIX`] (the file store's in-flight temporary files).
+//! segments, no leading `/`, no backslash, no NUL or other control characters, no segment longer
+//! than 255 bytes (the longest file name Linux file systems store), and no segment starting with
+//! [`RESERVED_SEGMENT_PREFIX`] (the file store's in-flight temporary files).
 //!
 //! URIs are compared textually: a store accepts a full URI only if it starts with its own base
 //! followed by `/`, and the rest parses as a key. Parsing never touches the network or disk.
@@ -18,6 +19,9 @@ use super::StorageError;
 pub const RESERVED_SEGMENT_PREFIX: &str = ".runway-";
 
 const MAX_KEY_BYTES: usize = 1024;
+/// The longest segment: a file name on ext4, XFS and tmpfs (`NAME_MAX`). Checked on every backend,
+/// so that a key that works on one works on all.
+pub const MAX_SEGMENT_BYTES: usize = 255;
 
 /// The kind of store a URI points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +88,9 @@ impl ObjectKey {
                 "." | ".." => return Err(bad("a key must not contain '.' or '..' segments")),
                 s if s.starts_with(RESERVED_SEGMENT_PREFIX) => {
                     return Err(bad("segments starting with '.runway-' are reserved"));
+                }
+                s if s.len() > MAX_SEGMENT_BYTES => {
+                    return Err(bad("a key's segments must be at most 255 bytes each"));
                 }
                 _ => {}
             }
@@ -344,6 +351,7 @@ mod tests {
             "a\0b",
             "a\nb",
             ".runway-tmp",
+            &format!("a/{}", "x".repeat(256)),
         ] {
             assert!(ObjectKey::parse(bad).is_err(), "{bad:?} should be rejected");
         }
@@ -353,6 +361,7 @@ mod tests {
             "runs/o/r/attempts/1/output.json",
             "a..b",
             "..a",
+            &format!("a/{}", "x".repeat(255)),
         ] {
             assert!(
                 ObjectKey::parse(good).is_ok(),

@@ -153,7 +153,8 @@ struct WorkflowRequest {
 #[serde(deny_unknown_fields)]
 struct FileRequest {
     /// A safe leaf name: no `/`, `\`, NUL or control characters, not `.` or `..`; unique
-    /// within the run.
+    /// within the run. It is stored as `<index>-<name>` (its 0-based position in `files`), which
+    /// must fit a file name's 255 bytes: the first file's name may have 253 bytes.
     #[schema(max_length = 255)]
     name: String,
     /// One of the contract's MIME types.
@@ -1044,10 +1045,17 @@ fn check(
             run.upload(uuid::Uuid::nil())
                 .input_file(index, name.as_str())
         });
-        if stored_as.is_err() {
+        if let Err(e) = stored_as {
+            let why = match e {
+                StorageError::InvalidKey { reason, .. } => reason,
+                other => other.to_string(),
+            };
             return Err(bad(
                 "name",
-                format!("{:?} cannot be stored as a file name", file.name),
+                format!(
+                    "{:?} cannot be stored as a file name (it is stored as `{index}-<name>`; {why})",
+                    file.name
+                ),
             ));
         }
         if !names.insert(file.name.clone()) {
