@@ -1,11 +1,14 @@
 //! `file://`: objects are files below a root directory, one path segment per key segment.
 //!
-//! A write streams into a temporary file (`.runway-tmp-<uuid>`) in the destination directory,
-//! fsyncs it, and publishes it with `link(2)`, which fails with `EEXIST` instead of replacing:
-//! that is what makes writes create-only between concurrent writers and processes, and what
-//! guarantees readers see either nothing or the complete object. The temporary file is removed
-//! on every path, including a dropped future; a crash can leave one behind, never a partial
-//! object at the key. Key validation ([`ObjectKey`]) keeps every path below the root.
+//! A write streams into a file with no name yet, in the destination directory (`O_TMPFILE`),
+//! fsyncs it, and publishes it with `link(2)` (through `/proc/self/fd`), which fails with
+//! `EEXIST` instead of replacing: that is what makes writes create-only between concurrent
+//! writers and processes, and what guarantees readers see either nothing or the complete
+//! object. A file that is never published has no name to remove: an error, a dropped future
+//! and a crash all leave nothing behind. Where the file system has no `O_TMPFILE` (or `/proc` is
+//! not mounted), the file is written under a temporary name (`.runway-tmp-<uuid>`) instead,
+//! removed on every path but a crash, which can leave one behind (never a partial object at the
+//! key). Key validation ([`ObjectKey`]) keeps every path below the root.
 //!
 //! Jobs of the process and Docker backends share this file system, so a read trusts nothing
 //! under the root but the names: it opens the key one segment at a time (`openat` with
@@ -35,6 +38,8 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct FileStore {
     base: StorageUri,
     root: PathBuf,
+    /// Whether an unnamed file can be given a name (`/proc/self/fd` is there to link from).
+    unnamed: bool,
 }
 
 impl FileStore {
@@ -44,7 +49,12 @@ impl FileStore {
         tokio::fs::create_dir_all(&root)
             .await
             .map_err(|e| StorageError::io(base.to_string(), e))?;
-        Ok(Self { base, root })
+        let unnamed = Path::new(PROC_FDS).is_dir();
+        Ok(Self {
+            base,
+            root,
+            unnamed,
+        })
     }
 
     fn path_for(&self, key: &ObjectKey) -> PathBuf {
@@ -163,6 +173,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StorageError::io(uri, e))
 }
 
+/// Where a process's open files are named, to link an unnamed file from.
+const PROC_FDS: &str = "/proc/self/fd";
+
 /// Whether [`publish`] gave the object its name.
 #[derive(Debug, PartialEq, Eq)]
 enum Published {
@@ -170,16 +183,61 @@ enum Published {
     Exists,
 }
 
-/// Publishes the synced temporary file at `path` with `link(2)` (which never replaces), drops
-/// the temporary name, and syncs the directory: the new entry is durable only once the
-/// directory itself is synced.
-fn publish(temp: TempFile, path: &Path, dir: &Path) -> io::Result<Published> {
-    match std::fs::hard_link(&temp.0, path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Published::Exists),
-        Err(e) => return Err(e),
+/// A file being written before it is published.
+enum Staged {
+    /// No name at all (`O_TMPFILE`): if it is never published, closing it frees it.
+    Unnamed,
+    /// A temporary name in the destination directory, removed when this is dropped.
+    Named(TempFile),
+}
+
+/// Opens a new file to write in `dir` (which exists): unnamed if `unnamed` allows and the file
+/// system supports it, otherwise under a temporary name.
+fn stage(dir: &Path, unnamed: bool) -> io::Result<(std::fs::File, Staged)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::io::Errno;
+    if unnamed {
+        let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+        match rustix::fs::open(dir, flags, Mode::from_raw_mode(0o666)) {
+            Ok(fd) => return Ok((std::fs::File::from(fd), Staged::Unnamed)),
+            // The file system has no O_TMPFILE (EISDIR: the kernel predates it).
+            Err(Errno::OPNOTSUPP | Errno::ISDIR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    drop(temp);
+    let temp = TempFile(dir.join(format!(
+        "{RESERVED_SEGMENT_PREFIX}tmp-{}",
+        uuid::Uuid::new_v4().simple()
+    )));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp.0)?;
+    Ok((file, Staged::Named(temp)))
+}
+
+/// Publishes the synced `file` at `path` with `link(2)` (which never replaces), drops a
+/// temporary name, and syncs the directory: the new entry is durable only once the directory
+/// itself is synced.
+fn publish(file: std::fs::File, staged: Staged, path: &Path, dir: &Path) -> io::Result<Published> {
+    use rustix::fs::{AtFlags, CWD};
+    let linked = match &staged {
+        Staged::Unnamed => {
+            use std::os::fd::AsRawFd;
+            let from = format!("{PROC_FDS}/{}", file.as_raw_fd());
+            rustix::fs::linkat(CWD, from.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW)
+        }
+        Staged::Named(temp) => {
+            rustix::fs::linkat(CWD, temp.0.as_path(), CWD, path, AtFlags::empty())
+        }
+    };
+    match linked {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST) => return Ok(Published::Exists),
+        Err(e) => return Err(e.into()),
+    }
+    drop(file);
+    drop(staged);
     std::fs::File::open(dir)?.sync_all()?;
     Ok(Published::Published)
 }
@@ -233,10 +291,7 @@ impl ObjectStore for FileStore {
                 io::Error::other("object path has no parent"),
             ));
         };
-        let temp = TempFile(dir.join(format!(
-            "{RESERVED_SEGMENT_PREFIX}tmp-{}",
-            uuid::Uuid::new_v4().simple()
-        )));
+        let unnamed = self.unnamed;
         let (published, (size_bytes, sha256)) = match body {
             // A body in memory is checked first, then written, synced and published in one
             // trip to the blocking pool (each tokio::fs call is a trip of its own).
@@ -249,14 +304,10 @@ impl ObjectStore for FileStore {
                     if std::fs::symlink_metadata(&path).is_ok() {
                         return Ok(Published::Exists);
                     }
-                    let mut file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&temp.0)?;
+                    let (mut file, staged) = stage(&dir, unnamed)?;
                     io::Write::write_all(&mut file, &bytes)?;
                     file.sync_all()?;
-                    drop(file);
-                    publish(temp, &path, &dir)
+                    publish(file, staged, &path, &dir)
                 })
                 .await?;
                 (published, digested)
@@ -269,12 +320,9 @@ impl ObjectStore for FileStore {
                 if tokio::fs::symlink_metadata(&path).await.is_ok() {
                     return Err(StorageError::AlreadyExists { uri });
                 }
-                let mut file = tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&temp.0)
-                    .await
-                    .map_err(|e| StorageError::io(&uri, e))?;
+                let staging_dir = dir.clone();
+                let (file, staged) = blocking(&uri, move || stage(&staging_dir, unnamed)).await?;
+                let mut file = tokio::fs::File::from_std(file);
                 let mut digest = BodyDigest::default();
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|source| StorageError::Body {
@@ -291,8 +339,7 @@ impl ObjectStore for FileStore {
                 let digested = digest.finish(&uri, &expected)?;
                 let published = blocking(&uri, move || {
                     file.sync_all()?;
-                    drop(file);
-                    publish(temp, &path, &dir)
+                    publish(file, staged, &path, &dir)
                 })
                 .await?;
                 (published, digested)
@@ -483,22 +530,90 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    #[tokio::test]
-    async fn failed_body_leaves_no_object_and_no_temp_file() {
+    /// A store in a new temp dir, writing unnamed files or (`unnamed: false`, as on a file system
+    /// without `O_TMPFILE`) temporary names.
+    async fn store(unnamed: bool) -> (tempfile::TempDir, FileStore) {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = StorageUri::parse(&format!("file://{}", dir.path().display())).expect("uri");
-        let store = FileStore::open(base).await.expect("open");
-        let key = ObjectKey::parse("a/b.bin").expect("key");
-        let body = Body::from_stream(futures::stream::iter([
-            Ok(Bytes::from_static(b"partial")),
-            Err(io::Error::other("client went away")),
-        ]));
-        let err = store.put_new(&key, body).await.expect_err("body failed");
-        assert!(matches!(err, StorageError::Body { .. }), "{err}");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+        let mut store = FileStore::open(base).await.expect("open");
+        assert!(store.unnamed, "this machine has /proc/self/fd");
+        store.unnamed = unnamed;
+        (dir, store)
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
             .expect("dir exists")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
-        assert!(store.head("a/b.bin").await.expect("head").is_none());
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn failed_body_leaves_no_object_and_no_temp_file() {
+        for unnamed in [true, false] {
+            let (dir, store) = store(unnamed).await;
+            let key = ObjectKey::parse("a/b.bin").expect("key");
+            let body = Body::from_stream(futures::stream::iter([
+                Ok(Bytes::from_static(b"partial")),
+                Err(io::Error::other("client went away")),
+            ]));
+            let err = store.put_new(&key, body).await.expect_err("body failed");
+            assert!(matches!(err, StorageError::Body { .. }), "{err}");
+            assert!(
+                names_in(&dir.path().join("a")).is_empty(),
+                "unnamed: {unnamed}"
+            );
+            assert!(store.head("a/b.bin").await.expect("head").is_none());
+        }
+    }
+
+    /// While its body is still coming, a write has no name in the folder at all (unnamed), or
+    /// only a reserved temporary one (the fallback); either way it ends as the one object.
+    #[tokio::test]
+    async fn a_write_in_flight_has_no_name_where_the_file_system_allows() {
+        for unnamed in [true, false] {
+            let (dir, store) = store(unnamed).await;
+            std::fs::create_dir(dir.path().join("a")).expect("mkdir");
+            let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
+            let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }));
+            let key = ObjectKey::parse("a/b.bin").expect("key");
+            let put = async { store.put_new(&key, body).await };
+            let feed = async {
+                tx.send(Ok(Bytes::from_static(b"first half, ")))
+                    .await
+                    .expect("send");
+                // The first chunk is written once the second can be queued.
+                tx.send(Ok(Bytes::from_static(b"second half")))
+                    .await
+                    .expect("send");
+                let during = names_in(&dir.path().join("a"));
+                drop(tx);
+                during
+            };
+            let (put, during) = tokio::join!(put, feed);
+            let receipt = put.expect("stored");
+            if unnamed {
+                assert_eq!(during, Vec::<String>::new(), "a name while writing");
+            } else {
+                assert_eq!(during.len(), 1, "{during:?}");
+                assert!(during[0].starts_with(RESERVED_SEGMENT_PREFIX), "{during:?}");
+            }
+            assert_eq!(names_in(&dir.path().join("a")), ["b.bin"]);
+            assert_eq!(receipt.size_bytes, 23);
+            let bytes = store.read_bytes("a/b.bin", 100).await.expect("read");
+            assert_eq!(&bytes[..], b"first half, second half");
+            let again = store
+                .put_new(&key, Body::from(b"other".to_vec()))
+                .await
+                .expect_err("create-only");
+            assert!(
+                matches!(again, StorageError::AlreadyExists { .. }),
+                "{again}"
+            );
+        }
     }
 }
