@@ -232,8 +232,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(ready) = figures.ready_in {
         match figures.first_ready_in {
             Some(first) => println!(
-                "  start to ready  {:>8.1} ms  (a restart; the first start, with a new signing key \
-                 and the schema: {:.1} ms)",
+                "  start to ready  {:>8.1} ms restart, {:.1} ms first start (new signing key, \
+                 schema)",
                 ready.as_secs_f64() * 1000.0,
                 first.as_secs_f64() * 1000.0
             ),
