@@ -47,8 +47,8 @@ const ALGORITHM: jsonwebtoken::Algorithm = jsonwebtoken::Algorithm::RS256;
 /// Makes `jsonwebtoken` use AWS-LC (the same library rustls and `google-cloud-auth` use here).
 /// `jsonwebtoken` picks a backend on its own only when exactly one backend feature is enabled in
 /// the build, and a crate in the tree may enable the pure-Rust one too; installing explicitly
-/// keeps signing and verifying from panicking in such a build. AWS-LC verifies an RS256 token in
-/// a fraction of the pure-Rust backend's time (about 0.2 ms of CPU each).
+/// keeps signing and verifying from panicking in such a build. With the pure-Rust backend, RSA
+/// was 2.5 % of all CPU samples in a profile of `runway bench`; with AWS-LC it is 0.3 %.
 #[cfg(feature = "issuer")]
 fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
