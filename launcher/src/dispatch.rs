@@ -12,9 +12,9 @@
 //! 3. write `input.json` create-only (an identical existing object is accepted, so a repeated
 //!    dispatch is harmless; a different one is an error);
 //! 4. build the [`JobSpec`] and ask the validator's backend to start the job;
-//! 5. record the outcome: `running` with the backend's reference and the deadline, a retry or
-//!    a failed run for a refused launch, `unknown` for an ambiguous one (the reconciler
-//!    resolves it).
+//! 5. record the outcome: `running` with the backend's reference and the deadline (launches
+//!    recorded at the same time share one transaction: [`RunningMarks`]), a retry or a failed
+//!    run for a refused launch, `unknown` for an ambiguous one (the reconciler resolves it).
 //!
 //! No storage or backend I/O happens inside a store transaction. On shutdown the loop stops
 //! claiming and waits for in-flight dispatches, so none is left half-done.
@@ -29,7 +29,7 @@ use runway_contract::HttpUrl;
 use runway_identity::nonce::NonceKey;
 use runway_runs::{
     Attempt, AttemptState, BackendKind, BackendRef, Claimed, EndAttempt, MarkRunning, Run,
-    RunStore, StoreError,
+    RunStore, RunningMarks, StoreError,
 };
 use runway_storage::{Body, ObjectStore, StorageError};
 use tokio::sync::{Notify, Semaphore};
@@ -94,6 +94,8 @@ pub struct Dispatcher {
     metrics: Arc<crate::metrics::LauncherMetrics>,
     settings: DispatchSettings,
     permits: Arc<Semaphore>,
+    /// Records accepted launches, concurrent ones in one transaction.
+    marks: RunningMarks,
 }
 
 /// What a dispatcher is built from.
@@ -122,6 +124,7 @@ impl Dispatcher {
     pub fn new(parts: DispatcherParts, settings: DispatchSettings) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+            marks: RunningMarks::new(parts.store.clone()),
             store: parts.store,
             storage: parts.storage,
             registry: parts.registry,
@@ -256,7 +259,7 @@ impl Dispatcher {
             Ok(Launched { id, image }) => {
                 self.metrics
                     .dispatched(&validator.id, attempt.not_before, self.clock.now());
-                self.store
+                self.marks
                     .mark_running(MarkRunning {
                         attempt_id: attempt.id,
                         backend: BackendRef {

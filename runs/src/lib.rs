@@ -35,6 +35,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 pub mod counts;
 mod fair;
+mod group;
 pub mod lifecycle;
 mod model;
 pub mod postgres;
@@ -43,6 +44,7 @@ pub mod sqlite;
 pub mod verify;
 
 pub use counts::StoreCounts;
+pub use group::RunningMarks;
 pub use lifecycle::WriteTx;
 pub use model::*;
 pub use postgres::PostgresStore;
@@ -363,6 +365,17 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// The backend accepted the attempt: `dispatching | unknown → running`.
     async fn mark_running(&self, mark: MarkRunning) -> Result<Attempt, StoreError> {
         lifecycle::mark_running(self.begin().await?, mark).await
+    }
+
+    /// Several launches in one transaction, each as [`mark_running`](RunStore::mark_running)
+    /// decides it: its result, in order. A mark refused as a [`StoreError::Conflict`] or
+    /// [`StoreError::NotFound`] writes nothing and does not stop the others; any other error
+    /// fails them all (nothing written). [`RunningMarks`] groups concurrent launches this way.
+    async fn mark_running_all(
+        &self,
+        marks: &[MarkRunning],
+    ) -> Result<Vec<Result<Attempt, StoreError>>, StoreError> {
+        lifecycle::mark_running_all(self.begin().await?, marks).await
     }
 
     /// The backend call's outcome is ambiguous: `dispatching → unknown`. The deadline is set as

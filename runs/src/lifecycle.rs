@@ -21,6 +21,8 @@
 //! - cancel: a pending attempt is canceled and its run completed at once; an active one is
 //!   flagged for the reconciler.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use runway_contract::ValidationStatus;
@@ -63,6 +65,28 @@ pub trait WriteTx: Send {
 
     /// The run (not locked: it is only changed under its current attempt's lock).
     async fn run(&mut self, id: RunId) -> Result<Option<Run>, StoreError>;
+
+    /// The attempts of `ids` that exist, locked until the transaction ends, in id order (the
+    /// order they are locked in). A store with round trips does it in one.
+    async fn lock_attempts(&mut self, ids: &[AttemptId]) -> Result<Vec<Attempt>, StoreError> {
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut locked = Vec::with_capacity(sorted.len());
+        for id in sorted {
+            locked.extend(self.lock_attempt(id).await?);
+        }
+        Ok(locked)
+    }
+
+    /// The runs of `ids` that exist (not locked, as [`run`](WriteTx::run)), in any order.
+    async fn runs(&mut self, ids: &[RunId]) -> Result<Vec<Run>, StoreError> {
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            runs.extend(self.run(*id).await?);
+        }
+        Ok(runs)
+    }
 
     /// The run's attempts ordered by number.
     async fn attempts_of(&mut self, run_id: RunId) -> Result<Vec<Attempt>, StoreError>;
@@ -541,19 +565,86 @@ pub(crate) async fn mark_running(
     mut tx: Box<dyn WriteTx>,
     mark: MarkRunning,
 ) -> Result<Attempt, StoreError> {
-    let attempt = locked(tx.as_mut(), mark.attempt_id).await?;
-    let at = stored(mark.at);
-    let running = Attempt {
-        backend: Some(mark.backend),
-        deadline_at: mark.deadline_at.map(stored).or(attempt.deadline_at),
-        started_at: Some(at),
-        image: mark.image.or_else(|| attempt.image.clone()),
-        ..moved(&attempt, AttemptState::Running)?
-    };
-    let run = run_of(tx.as_mut(), running.run_id).await?;
-    write_attempt(tx.as_mut(), &running, &attempt).await?;
-    emit_started_once(tx.as_mut(), &run, &attempt, at).await?;
+    let running = running(tx.as_mut(), &mark).await?;
     tx.commit().await?;
+    Ok(running)
+}
+
+/// Several launches recorded in one transaction, one commit for all, each decided as
+/// [`mark_running`] decides it. Their attempts are locked, and their runs read, all at once. A
+/// mark the lifecycle refuses (its attempt moved on or is gone) gets its error and writes
+/// nothing, and the others are still written; any other error fails them all, and nothing is
+/// written.
+pub(crate) async fn mark_running_all(
+    mut tx: Box<dyn WriteTx>,
+    marks: &[MarkRunning],
+) -> Result<Vec<Result<Attempt, StoreError>>, StoreError> {
+    let ids: Vec<AttemptId> = marks.iter().map(|m| m.attempt_id).collect();
+    let attempts: HashMap<AttemptId, Attempt> = tx
+        .lock_attempts(&ids)
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a))
+        .collect();
+    let decided: Vec<Result<(Attempt, Attempt), StoreError>> = marks
+        .iter()
+        .map(|mark| {
+            let attempt = attempts
+                .get(&mark.attempt_id)
+                .ok_or_else(|| StoreError::not_found("attempt", mark.attempt_id))?;
+            Ok((attempt.clone(), running_record(attempt, mark)?))
+        })
+        .collect();
+    let run_ids: Vec<RunId> = decided
+        .iter()
+        .flatten()
+        .map(|(_, running)| running.run_id)
+        .collect();
+    let runs: HashMap<RunId, Run> = tx
+        .runs(&run_ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let mut results = Vec::with_capacity(marks.len());
+    for (mark, decision) in marks.iter().zip(decided) {
+        let (attempt, running) = match decision {
+            Ok(decided) => decided,
+            Err(refused) => {
+                results.push(Err(refused));
+                continue;
+            }
+        };
+        let Some(run) = runs.get(&running.run_id) else {
+            results.push(Err(StoreError::not_found("run", running.run_id)));
+            continue;
+        };
+        write_attempt(tx.as_mut(), &running, &attempt).await?;
+        emit_started_once(tx.as_mut(), run, &attempt, stored(mark.at)).await?;
+        results.push(Ok(running));
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// The attempt `mark` makes of `attempt`: `dispatching | unknown → running`.
+fn running_record(attempt: &Attempt, mark: &MarkRunning) -> Result<Attempt, StoreError> {
+    Ok(Attempt {
+        backend: Some(mark.backend.clone()),
+        deadline_at: mark.deadline_at.map(stored).or(attempt.deadline_at),
+        started_at: Some(stored(mark.at)),
+        image: mark.image.clone().or_else(|| attempt.image.clone()),
+        ..moved(attempt, AttemptState::Running)?
+    })
+}
+
+/// `dispatching | unknown → running`, written in `tx`.
+async fn running(tx: &mut dyn WriteTx, mark: &MarkRunning) -> Result<Attempt, StoreError> {
+    let attempt = locked(tx, mark.attempt_id).await?;
+    let running = running_record(&attempt, mark)?;
+    let run = run_of(tx, running.run_id).await?;
+    write_attempt(tx, &running, &attempt).await?;
+    emit_started_once(tx, &run, &attempt, stored(mark.at)).await?;
     Ok(running)
 }
 

@@ -220,6 +220,9 @@ const INSERT_RUN_WITH_ATTEMPT: &str = concat!(
      $30, $31, $32, $33, $34, $35 WHERE EXISTS (SELECT 1 FROM run)"
 );
 
+/// Most held writes sent as one statement that is prepared and kept (see `send_held`).
+const PREPARED_WRITES: usize = 6;
+
 /// One READ COMMITTED transaction; attempts are locked row by row.
 ///
 /// It costs as few round trips as it can, each being a statement PostgreSQL and this process
@@ -306,7 +309,11 @@ impl PgTx {
         }
         let held = std::mem::take(&mut self.held);
         let sql = composed(&held);
-        let mut query = sqlx::query(&sql);
+        // A lifecycle transaction composes a few writes, in a few shapes, each worth preparing
+        // once per connection; a grouped one (launches recorded together) up to two per launch,
+        // in as many shapes as there are group sizes, which would crowd the others out of the
+        // connection's statement cache: those are planned each time instead.
+        let mut query = sqlx::query(&sql).persistent(held.len() <= PREPARED_WRITES);
         for write in &held {
             query = bind_held!(query, write);
         }
@@ -367,6 +374,36 @@ impl WriteTx for PgTx {
 
     async fn run(&mut self, id: RunId) -> Result<Option<Run>, StoreError> {
         fetch_run(self.read().await?, id).await
+    }
+
+    async fn lock_attempts(&mut self, ids: &[AttemptId]) -> Result<Vec<Attempt>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        sqlx::query(concat!(
+            "SELECT ",
+            attempt_columns!(),
+            " FROM attempts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        ))
+        .bind(ids)
+        .fetch_all(self.read().await?)
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect()
+    }
+
+    async fn runs(&mut self, ids: &[RunId]) -> Result<Vec<Run>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        sqlx::query(concat!(
+            "SELECT ",
+            run_columns!("spec::text AS spec"),
+            " FROM runs WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(self.read().await?)
+        .await?
+        .iter()
+        .map(run_from_row)
+        .collect()
     }
 
     async fn attempts_of(&mut self, run_id: RunId) -> Result<Vec<Attempt>, StoreError> {

@@ -10,6 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::{Attempt, AttemptId, AttemptState, CallbackReceipt, OutboxEvent, Run, RunState};
 
@@ -612,16 +613,28 @@ impl Held {
         }
     }
 
-    /// Whether it must be sent apart from `held`: it changes an existing row of a table one of
-    /// them writes (PostgreSQL's parts of one `WITH` do not see one another's rows, and two
-    /// changes of one row cannot share a statement).
+    /// Whether it must be sent apart from `held`: it changes an existing row that one of them
+    /// writes too (PostgreSQL's parts of one `WITH` do not see one another's rows, and two
+    /// changes of one row cannot share a statement). Changes of different rows of one table
+    /// can: each part finds its row by its key.
     pub(crate) fn shares_a_statement_badly(&self, held: &[Held]) -> bool {
         let updates = matches!(
             self,
             Held::AttemptUpdate(..) | Held::RunUpdate(..) | Held::Heartbeat(..)
         );
-        let table = self.statement("").1;
-        updates && held.iter().any(|h| h.statement("").1 == table)
+        updates && held.iter().any(|h| h.row() == self.row())
+    }
+
+    /// The table it writes and the key of the row it writes there.
+    fn row(&self) -> (&'static str, Uuid) {
+        let key = match self {
+            Held::Attempt(a) | Held::AttemptUpdate(a, _) => a.id.as_uuid(),
+            Held::RunUpdate(r, _) => r.id.as_uuid(),
+            Held::Receipt(r) => r.id.as_uuid(),
+            Held::Outbox(e) => e.id.as_uuid(),
+            Held::Heartbeat(id, ..) => id.as_uuid(),
+        };
+        (self.statement("").1, key)
     }
 
     /// Whether it is a compare-and-set, which must write its row.

@@ -13,7 +13,8 @@ use runway_runs::{
     self as store, Attempt, AttemptId, AttemptState, BackendKind, BackendRef, CancelOutcome,
     Claimed, CreateOutcome, EndAttempt, EndOutcome, Finalize, FinalizeOutcome, FinalizedBy,
     Idempotency, MarkRunning, NewAttempt, NewReceipt, NewRun, ReceiptOutcome, RetryPolicy,
-    RunCursor, RunFilter, RunId, RunResult, RunState, RunStore, RunWithAttempts, StoreError,
+    RunCursor, RunFilter, RunId, RunResult, RunState, RunStore, RunWithAttempts, RunningMarks,
+    StoreError,
 };
 use serde_json::json;
 
@@ -129,6 +130,7 @@ store_cases!(
     counts_group_unfinished_recent_and_due_work,
     counts_by_state_and_validator_activity_in_a_window,
     held_writes_are_read_back_rolled_back_and_checked,
+    launches_recorded_together_are_each_decided_alone,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2667,4 +2669,102 @@ async fn counts_by_state_and_validator_activity_in_a_window(db: &Db) {
             .expect("activity")
             .is_empty()
     );
+}
+
+/// Launches recorded in one transaction (`mark_running_all`, and `RunningMarks` grouping
+/// concurrent callers) are each decided as `mark_running` alone decides: a refused one writes
+/// nothing and does not stop the others.
+async fn launches_recorded_together_are_each_decided_alone(db: &Db) {
+    let store = db.store();
+    for _ in 0..3 {
+        create(store, new_run("v-1", "org-1", t0())).await;
+    }
+    let claimed = ids(&attempts(
+        store
+            .claim_due(t0(), 10, &HashMap::new())
+            .await
+            .expect("claim"),
+    ));
+    assert_eq!(claimed.len(), 3);
+    let queued = create(store, new_run("v-1", "org-1", t0() + secs(3600))).await;
+    let pending = queued.attempts[0].clone();
+    let missing = AttemptId::new();
+    let mark = |id: AttemptId, n: u32| MarkRunning {
+        attempt_id: id,
+        backend: backend(&format!("exec-{n}")),
+        deadline_at: Some(t0() + secs(600)),
+        at: t0() + secs(i64::from(n)),
+        image: Some(format!("image-{n}")),
+    };
+    let marks = [
+        mark(claimed[0], 1),
+        mark(pending.id, 2),
+        mark(claimed[1], 3),
+        mark(missing, 4),
+        mark(claimed[2], 5),
+    ];
+    let results = store
+        .mark_running_all(&marks)
+        .await
+        .expect("one transaction");
+    assert_eq!(results.len(), marks.len(), "one result per mark, in order");
+    for (i, n) in [(0, 1), (2, 3), (4, 5)] {
+        let running = results[i].as_ref().expect("a dispatching attempt starts");
+        let stored = attempt(store, marks[i].attempt_id).await;
+        assert_eq!(&stored, running, "the answer is what was stored");
+        assert_eq!(stored.state, AttemptState::Running);
+        assert_eq!(stored.backend, Some(backend(&format!("exec-{n}"))));
+        assert_eq!(stored.started_at, Some(t0() + secs(i64::from(n))));
+        assert_eq!(stored.image.as_deref(), Some(format!("image-{n}").as_str()));
+        event_types(store, stored.run_id, &["run.started"]).await;
+    }
+    assert!(matches!(
+        &results[1],
+        Err(StoreError::Conflict {
+            current: AttemptState::Pending,
+            wanted: AttemptState::Running,
+            ..
+        })
+    ));
+    assert!(matches!(&results[3], Err(StoreError::NotFound { .. })));
+    // The refused mark wrote nothing.
+    assert_eq!(attempt(store, pending.id).await, pending);
+    event_types(store, queued.run.id, &[]).await;
+
+    // Concurrent callers grouped: each gets its own answer, a repeated launch its conflict.
+    for _ in 0..20 {
+        create(store, new_run("v-1", "org-1", t0())).await;
+    }
+    let due = ids(&attempts(
+        store
+            .claim_due(t0(), 50, &HashMap::new())
+            .await
+            .expect("claim"),
+    ));
+    assert_eq!(due.len(), 20);
+    let grouped = Arc::new(RunningMarks::new(db.store.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, id) in due.iter().copied().chain([due[0]]).enumerate() {
+        let grouped = grouped.clone();
+        let mark = mark(id, u32::try_from(n).expect("small") + 10);
+        tasks.spawn(async move { (id, grouped.mark_running(mark).await) });
+    }
+    let mut started = HashSet::new();
+    let mut refused = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task") {
+            (id, Ok(running)) => {
+                assert_eq!(running.id, id);
+                assert_eq!(attempt(store, id).await, running);
+                assert!(started.insert(id), "one start per attempt");
+            }
+            (id, Err(StoreError::Conflict { current, .. })) => {
+                assert_eq!((id, current), (due[0], AttemptState::Running));
+                refused += 1;
+            }
+            (_, Err(e)) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(started.len(), 20);
+    assert_eq!(refused, 1, "the repeated launch is refused");
 }
