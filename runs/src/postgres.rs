@@ -220,9 +220,6 @@ const INSERT_RUN_WITH_ATTEMPT: &str = concat!(
      $30, $31, $32, $33, $34, $35 WHERE EXISTS (SELECT 1 FROM run)"
 );
 
-/// Most held writes sent as one statement that is prepared and kept (see `send_held`).
-const PREPARED_WRITES: usize = 6;
-
 /// One READ COMMITTED transaction; attempts are locked row by row.
 ///
 /// It costs as few round trips as it can, each being a statement PostgreSQL and this process
@@ -309,11 +306,7 @@ impl PgTx {
         }
         let held = std::mem::take(&mut self.held);
         let sql = composed(&held);
-        // A lifecycle transaction composes a few writes, in a few shapes, each worth preparing
-        // once per connection; a grouped one (launches recorded together) up to two per launch,
-        // in as many shapes as there are group sizes, which would crowd the others out of the
-        // connection's statement cache: those are planned each time instead.
-        let mut query = sqlx::query(&sql).persistent(held.len() <= PREPARED_WRITES);
+        let mut query = sqlx::query(&sql).persistent(Held::kept_prepared(&held));
         for write in &held {
             query = bind_held!(query, write);
         }

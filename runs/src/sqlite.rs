@@ -292,7 +292,7 @@ impl SqliteTx {
         }
         let held = std::mem::take(&mut self.held);
         let sql = renumbered_statements(&held, INSERT_OUTBOX_IN_SEQUENCE).join("; ");
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).persistent(Held::kept_prepared(&held));
         for write in &held {
             query = bind_held!(query, write);
         }
