@@ -225,9 +225,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("  passed          {}/{}", timings.passed, args.runs);
     if let (Some(before), Some(after)) = (commits_before, commits_after) {
         // Leaving out the bench's own reads (and the counter's first read).
-        let per_run =
-            after.saturating_sub(before).saturating_sub(reads + 2) as f64 / args.runs as f64;
+        let per_run = after
+            .commits
+            .saturating_sub(before.commits)
+            .saturating_sub(reads + 2) as f64
+            / args.runs as f64;
         println!("  commits per run {per_run:>8.2}  (pg_stat_database.xact_commit)");
+        // Most commits only read (the callback's lookup, the listener's wake-ups) and flush no
+        // WAL; those that wrote were each given a transaction id. Cluster-wide: other
+        // databases' writes during the bench count too.
+        let writing = after.next_xid.saturating_sub(before.next_xid) as f64 / args.runs as f64;
+        println!("  writes per run  {writing:>8.2}  (commits that wrote: transaction ids used)");
     }
     if let Some(ready) = figures.ready_in {
         match figures.first_ready_in {
@@ -631,7 +639,9 @@ impl CommitCounter {
         Ok(Self(Some(pool)))
     }
 
-    async fn read(&self) -> anyhow::Result<Option<u64>> {
+    /// The database's committed transactions, and the cluster's transaction ids assigned so
+    /// far (one per transaction that wrote: the commits that flush WAL).
+    async fn read(&self) -> anyhow::Result<Option<Counts>> {
         let Some(pool) = &self.0 else {
             return Ok(None);
         };
@@ -640,13 +650,24 @@ impl CommitCounter {
         sqlx::query("SELECT pg_stat_clear_snapshot()")
             .execute(pool)
             .await?;
-        let (commits,): (i64,) = sqlx::query_as(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        let (commits, next_xid): (i64, i64) = sqlx::query_as(
+            "SELECT xact_commit, pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
+             FROM pg_stat_database WHERE datname = current_database()",
         )
         .fetch_one(pool)
         .await?;
-        Ok(Some(u64::try_from(commits).unwrap_or(0)))
+        Ok(Some(Counts {
+            commits: u64::try_from(commits).unwrap_or(0),
+            next_xid: u64::try_from(next_xid).unwrap_or(0),
+        }))
     }
+}
+
+/// What [`CommitCounter::read`] reads.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    commits: u64,
+    next_xid: u64,
 }
 
 /// p50, p99 and max in milliseconds.

@@ -73,6 +73,15 @@ async fn open_loop_on_postgres_counts_commits_per_run() {
         .expect("a number");
     // Create, claim, launch and finalize are a transaction each; the claim is shared.
     assert!((2.0..12.0).contains(&commits), "{commits} commits per run");
+    // Those that wrote: at least each run's create, and the launches' and finalizations'
+    // shared transactions. Counted over the whole cluster, which other tests write to at the
+    // same time, so only the lower bound is certain here.
+    let writes: f64 = figure(&printed, "writes per run")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number");
+    assert!(writes >= 1.0, "{writes} writes per run, {commits} commits");
     // A second bench on the same database counts only its own runs.
     let again = bench(&[
         "--runs",
