@@ -4,8 +4,9 @@
 //! and one commit each, while dozens of dispatches run at once. [`RunningMarks`] queues them
 //! instead: whoever's turn comes first writes everything queued so far in one transaction
 //! ([`RunStore::mark_running_all`]), and the callers who queued meanwhile find their answers
-//! ready (they stop waiting for their turn as soon as theirs is). Nothing waits for a batch to fill: an idle store writes a lone launch at once, and a
-//! busy one writes, in each transaction, the launches that came while the last one committed.
+//! ready (a caller stops waiting for its turn as soon as another turn has written its launch).
+//! Nothing waits for a batch to fill: an idle store writes a lone launch at once, and a busy
+//! one writes, in each transaction, the launches that came while the last ones committed.
 //! Each launch is decided exactly as alone; a batch the store fails (not a refused mark) is
 //! written again launch by launch, so one launch's failure is not another's.
 
