@@ -2671,21 +2671,29 @@ async fn counts_by_state_and_validator_activity_in_a_window(db: &Db) {
     );
 }
 
+/// `n` new runs due now, claimed: their attempts, `dispatching`. The store must hold no other
+/// due attempt.
+async fn created_and_claimed(store: &dyn RunStore, n: usize) -> Vec<AttemptId> {
+    for _ in 0..n {
+        create(store, new_run("v-1", "org-1", t0())).await;
+    }
+    let limit = u32::try_from(n).expect("small") + 10;
+    let claimed = ids(&attempts(
+        store
+            .claim_due(t0(), limit, &HashMap::new())
+            .await
+            .expect("claim"),
+    ));
+    assert_eq!(claimed.len(), n, "exactly the new attempts are due");
+    claimed
+}
+
 /// Launches recorded in one transaction (`mark_running_all`, and `RunningMarks` grouping
 /// concurrent callers) are each decided as `mark_running` alone decides: a refused one writes
 /// nothing and does not stop the others.
 async fn launches_recorded_together_are_each_decided_alone(db: &Db) {
     let store = db.store();
-    for _ in 0..3 {
-        create(store, new_run("v-1", "org-1", t0())).await;
-    }
-    let claimed = ids(&attempts(
-        store
-            .claim_due(t0(), 10, &HashMap::new())
-            .await
-            .expect("claim"),
-    ));
-    assert_eq!(claimed.len(), 3);
+    let claimed = created_and_claimed(store, 3).await;
     let queued = create(store, new_run("v-1", "org-1", t0() + secs(3600))).await;
     let pending = queued.attempts[0].clone();
     let missing = AttemptId::new();
@@ -2732,16 +2740,7 @@ async fn launches_recorded_together_are_each_decided_alone(db: &Db) {
     event_types(store, queued.run.id, &[]).await;
 
     // Concurrent callers grouped: each gets its own answer, a repeated launch its conflict.
-    for _ in 0..20 {
-        create(store, new_run("v-1", "org-1", t0())).await;
-    }
-    let due = ids(&attempts(
-        store
-            .claim_due(t0(), 50, &HashMap::new())
-            .await
-            .expect("claim"),
-    ));
-    assert_eq!(due.len(), 20);
+    let due = created_and_claimed(store, 20).await;
     let grouped = Arc::new(RunningMarks::new(db.store.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for (n, id) in due.iter().copied().chain([due[0]]).enumerate() {
