@@ -50,6 +50,27 @@ pub use model::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// Begins a transaction with `statement` in a task of its own, so that a caller dropped while
+/// `BEGIN` is in flight (a client that hung up, a timeout, an aborted task) cannot hand its
+/// connection back to the pool inside an open transaction. sqlx 0.8 counts a transaction only
+/// once its `BEGIN` has answered (and on SQLite, with a statement of our own, once it has also
+/// looked at the connection); a future dropped before then leaves the session in a transaction
+/// nothing ends. The next borrower's statements then run inside it: on Postgres `SET
+/// TRANSACTION` failed with 25001 (transact-rs/sqlx#4393); on SQLite a left-over `BEGIN
+/// IMMEDIATE` kept the write lock, so every later writer failed with "database is locked". In
+/// its own task the begin always completes, and a transaction nobody takes is dropped there,
+/// which rolls it back.
+pub(crate) async fn begin_detached<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: &'static str,
+) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
+        .map_err(StoreError::from)
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

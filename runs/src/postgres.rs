@@ -77,24 +77,6 @@ impl PostgresStore {
     }
 }
 
-/// Begins a transaction with `statement` in a task of its own, so that a caller dropped while
-/// `BEGIN` is in flight (a client that hung up, a timeout, an aborted task) cannot hand its
-/// connection back to the pool inside an open transaction. sqlx 0.8 counts a transaction only once
-/// `BEGIN` has answered; dropping its future before then leaves the session in a transaction
-/// nothing ends, and the next borrower's statements run in it (transact-rs/sqlx#4393, where
-/// `SET TRANSACTION` then failed with 25001). In its own task the begin always completes, and a
-/// transaction nobody takes is dropped there, which rolls it back.
-async fn begin(
-    pool: &PgPool,
-    statement: &'static str,
-) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
-    let pool = pool.clone();
-    tokio::spawn(async move { pool.begin_with(statement).await })
-        .await
-        .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
-        .map_err(StoreError::from)
-}
-
 // --- Encoding: native `uuid` and `timestamptz`; counts as `integer`, durations as `bigint` ---
 
 fn enc_id(id: Uuid) -> Uuid {
@@ -274,7 +256,7 @@ impl PgTx {
     /// The transaction's connection for a read: begun, with every held write sent.
     async fn read(&mut self) -> Result<&mut PgConnection, StoreError> {
         if self.tx.is_none() {
-            self.tx = Some(begin(&self.pool, "BEGIN").await?);
+            self.tx = Some(begin_detached(&self.pool, "BEGIN").await?);
         }
         self.send_held().await?;
         Ok(self.tx.as_mut().expect("begun above"))
@@ -302,7 +284,7 @@ impl PgTx {
             return Ok(());
         }
         if self.tx.is_none() && self.held.iter().any(Held::compares) {
-            self.tx = Some(begin(&self.pool, "BEGIN").await?);
+            self.tx = Some(begin_detached(&self.pool, "BEGIN").await?);
         }
         let held = std::mem::take(&mut self.held);
         let sql = composed(&held);
@@ -554,7 +536,7 @@ impl RunStore for PostgresStore {
 
     async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError> {
         // One snapshot for the run and its attempts.
-        let mut tx = begin(
+        let mut tx = begin_detached(
             &self.pool,
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         )
@@ -763,7 +745,7 @@ impl RunStore for PostgresStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = begin(&self.pool, "BEGIN").await?;
+        let mut tx = begin_detached(&self.pool, "BEGIN").await?;
 
         let with_work: Vec<String> = sqlx::query_scalar(VALIDATORS_WITH_DUE_WORK)
             .bind(now)

@@ -122,7 +122,7 @@ impl SqliteStore {
     async fn write(&self) -> Result<Writing, StoreError> {
         let turn = self.writers.clone().lock_owned().await;
         Ok(Writing {
-            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            tx: begin_detached(&self.pool, "BEGIN IMMEDIATE").await?,
             _turn: turn,
         })
     }
@@ -501,7 +501,7 @@ impl RunStore for SqliteStore {
 
     async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError> {
         // A deferred (read) transaction: one snapshot for the run and its attempts.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin_detached(&self.pool, "BEGIN").await?;
         let Some(run) = fetch_run(&mut tx, id).await? else {
             return Ok(None);
         };

@@ -1937,6 +1937,58 @@ async fn a_transaction_dropped_while_beginning_leaves_no_open_transaction() {
     database.drop_database().await;
 }
 
+/// The same on SQLite: a read or write dropped at any point of its `BEGIN` must leave no
+/// transaction open on its connection. A left-over `BEGIN IMMEDIATE` keeps SQLite's one write
+/// lock, and every later writer fails (with one pooled connection, at once: "attempted to call
+/// begin_with at non-zero transaction depth"; with more, with "database is locked" after the
+/// busy timeout). It was seen when a job hung up on its heartbeat while the heartbeat began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_transaction_dropped_while_beginning_leaves_no_open_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = format!("sqlite://{}", dir.path().join("runway.db").display())
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .expect("url")
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("open");
+    let store = store::SqliteStore::from_pool(pool.clone())
+        .await
+        .expect("open sqlite store");
+    let created = create(&store, new_run("v-1", "org-1", t0())).await;
+    let id = created.run.id;
+
+    // Each read or write is polled a few times (the BEGIN goes to the connection's worker
+    // thread, answers, and is checked) and dropped wherever it then is; after each, a write
+    // must begin and commit.
+    let mut dropped = 0;
+    for step in 0..400 {
+        let polls = 1 + step / 2 % 8;
+        let cancelled = if step % 2 == 0 {
+            dropped_after_polls(store.get_run(id), polls).await
+        } else {
+            dropped_after_polls(
+                store.commit_nonce(created.attempts[0].id, &"ab".repeat(32)),
+                polls,
+            )
+            .await
+        };
+        dropped += usize::from(cancelled);
+        let tx = store.begin().await.unwrap_or_else(|e| {
+            panic!("step {step}: a write cannot begin after a dropped one: {e}")
+        });
+        tx.commit().await.expect("an empty write commits");
+    }
+    assert!(dropped > 0, "no begin was ever dropped");
+    let run = store.get_run(id).await.expect("a read").expect("the run");
+    assert_eq!(run.attempts.len(), 1);
+    drop(store);
+    pool.close().await;
+}
+
 /// A write transaction holds writes until its next read or its commit: a read sees them, a
 /// transaction dropped unfinished leaves nothing, and a compare-and-set that misses fails the
 /// commit without writing the other held rows.
@@ -2022,7 +2074,22 @@ async fn held_writes_are_read_back_rolled_back_and_checked(db: &Db) {
 
 /// Polls `work` once and drops it; true if it had not finished.
 async fn dropped_after_one_poll<T>(work: impl std::future::Future<Output = T>) -> bool {
-    futures::poll!(std::pin::pin!(work)).is_pending()
+    dropped_after_polls(work, 1).await
+}
+
+/// Polls `work` up to `polls` times, letting other tasks and threads run between polls, and
+/// drops it; true if it had not finished.
+async fn dropped_after_polls<T>(work: impl std::future::Future<Output = T>, polls: usize) -> bool {
+    let mut work = std::pin::pin!(work);
+    for poll in 0..polls {
+        if futures::poll!(work.as_mut()).is_ready() {
+            return false;
+        }
+        if poll + 1 < polls {
+            tokio::task::yield_now().await;
+        }
+    }
+    true
 }
 
 #[tokio::test]
