@@ -129,7 +129,8 @@ pub async fn deliver(
                     }
                     format!("{code}: {body}")
                 }
-                Err(e) => format!("{e}"),
+                // With its causes: reqwest's own text does not tell a timeout from a refusal.
+                Err(e) => format!("{:#}", anyhow::Error::new(e)),
             },
         };
         let now = tokio::time::Instant::now();

@@ -73,9 +73,27 @@ pub async fn completed(sys: &System, id: &str, limit: Duration) -> Value {
         if run["state"] == "completed" {
             return run;
         }
-        assert!(start.elapsed() < limit, "run {id} never completed: {run}");
+        assert!(
+            start.elapsed() < limit,
+            "run {id} never completed: {run}\n{}",
+            job_logs(sys)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What the process backend's jobs logged (`process-jobs/<attempt>/log`), for a failure's
+/// message.
+fn job_logs(sys: &System) -> String {
+    let Ok(jobs) = std::fs::read_dir(sys.dir.path().join("process-jobs")) else {
+        return "(no process jobs)".into();
+    };
+    jobs.flatten()
+        .map(|job| {
+            let log = std::fs::read_to_string(job.path().join("log")).unwrap_or_default();
+            format!("--- job {} ---\n{log}", job.file_name().to_string_lossy())
+        })
+        .collect()
 }
 
 /// The run's `output.json`, checked against validibot-shared.
