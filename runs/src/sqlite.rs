@@ -32,10 +32,11 @@ use sqlx::sqlite::{
 };
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::fair::{Candidate, FairClaim, VALIDATORS_WITH_DUE_WORK};
-use crate::lifecycle::{WriteTx, pair, run_state_for};
+use crate::lifecycle::{self, WriteTx, pair, run_state_for};
 use crate::model::{assemble_activity, from_micros};
 use crate::rows::*;
 
@@ -57,11 +58,54 @@ const MAX_CONNECTIONS: u32 = 8;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The one connection writers use. Only it writes, so its page cache stays valid between
+    /// transactions, and a writer never waits for a connection behind readers.
+    write_pool: SqlitePool,
     /// The store's writers take turns here before `BEGIN IMMEDIATE`. SQLite has one write lock,
     /// and a connection that finds it taken waits in the busy handler, which sleeps 1, 2, 5,
     /// 10 … 100 ms between looks: with many writers of one process, most of their time went to
     /// those sleeps. Here the next writer starts as soon as the one before it ends.
     writers: Arc<tokio::sync::Mutex<()>>,
+    /// Where write transactions run (see [`WriterThread`]).
+    writer: Arc<WriterThread>,
+}
+
+/// An update of one outbox row, ready to run.
+type OutboxUpdate = sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments<'static>>;
+
+/// The thread every write transaction of a store runs on, from waiting for its turn to its
+/// commit. A transaction makes several round trips to its connection's worker thread while it
+/// holds SQLite's one write lock, and after each one its task must be polled again. On the
+/// service's runtime that task was woken from outside the runtime and waited in the runtime's
+/// global queue behind the request handlers' tasks, which the workers look at only every few
+/// dozen polls: under load the lock was held about 1 ms per transaction, mostly waiting there.
+/// This thread runs nothing but writers, so it polls a woken transaction at once.
+#[derive(Debug)]
+struct WriterThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the store's last clone, which ends the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl WriterThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("runway-sqlite-writer".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Self {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 /// A write transaction holding its store's writer turn (given back after the transaction ends:
@@ -113,16 +157,46 @@ impl SqliteStore {
     /// Wraps an existing pool and applies migrations.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
         MIGRATOR.run(&pool).await?;
+        let writer = WriterThread::start().map_err(|e| {
+            StoreError::Database(sqlx::Error::Io(std::io::Error::other(format!(
+                "cannot start the SQLite writer thread: {e}"
+            ))))
+        })?;
+        let write_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with((*pool.connect_options()).clone())
+            .await?;
         Ok(Self {
             pool,
+            write_pool,
             writers: Arc::default(),
+            writer: Arc::new(writer),
         })
+    }
+
+    /// Runs `work` (a write transaction, given this store) on the writer thread and waits for
+    /// it. Dropping the wait cancels the work there, as dropping the transaction would.
+    async fn on_writer<T, F>(&self, work: impl FnOnce(SqliteStore) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = AbortOnDropHandle::new(self.writer.handle.spawn(work(self.clone())));
+        match task.await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Database(sqlx::Error::Io(
+                std::io::Error::other(format!(
+                    "the SQLite writer thread dropped a transaction: {e}"
+                )),
+            ))),
+        }
     }
 
     async fn write(&self) -> Result<Writing, StoreError> {
         let turn = self.writers.clone().lock_owned().await;
         Ok(Writing {
-            tx: begin_detached(&self.pool, "BEGIN IMMEDIATE").await?,
+            tx: begin_detached(&self.write_pool, "BEGIN IMMEDIATE").await?,
             _turn: turn,
         })
     }
@@ -462,11 +536,174 @@ impl WriteTx for SqliteTx {
 }
 
 impl SqliteStore {
+    /// [`RunStore::claim_due`], on the writer thread.
+    async fn claim_due_on_writer(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        caps: &HashMap<String, u32>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The write lock is held from here to commit, so counting active attempts and then
+        // claiming cannot race with another claimer.
+        let mut tx = self.write().await?;
+        let with_work: Vec<String> = sqlx::query_scalar(VALIDATORS_WITH_DUE_WORK)
+            .bind(enc_ts(now))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut budget: HashMap<String, u32> = caps.clone();
+        {
+            let mut active = sqlx::query(
+                "SELECT validator_id, COUNT(*) AS n FROM attempts \
+                 WHERE state IN ('dispatching', 'running', 'unknown') GROUP BY validator_id",
+            )
+            .fetch(&mut *tx);
+            while let Some(row) = active.try_next().await? {
+                let validator: String = row.try_get("validator_id")?;
+                let n: i64 = row.try_get("n")?;
+                if let Some(left) = budget.get_mut(&validator) {
+                    *left = left.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+                }
+            }
+        }
+        // Slots are shared between the validators with due work ([`FairClaim`]); each round
+        // reads up to a share of each open validator's oldest due rows, after the last row it
+        // returned for that validator.
+        type Due = (i64, i64, String);
+        let mut plan: FairClaim<String, Due> = FairClaim::new(limit, with_work, caps, &budget);
+        let mut after: HashMap<String, Due> = HashMap::new();
+        while let Some(asked) = plan.next_round() {
+            let mut rows = Vec::new();
+            for (validator, share) in &asked {
+                let mut query = QueryBuilder::<Sqlite>::new(
+                    "SELECT id, run_id, validator_id, not_before, created_at FROM attempts \
+                     WHERE state = 'pending' AND not_before <= ",
+                );
+                query.push_bind(enc_ts(now));
+                query.push(" AND validator_id = ");
+                query.push_bind(validator);
+                if let Some((not_before, created_at, id)) = after.get(validator) {
+                    query.push(" AND (not_before, created_at, id) > (");
+                    query.push_bind(*not_before);
+                    query.push(", ");
+                    query.push_bind(*created_at);
+                    query.push(", ");
+                    query.push_bind(id.clone());
+                    query.push(")");
+                }
+                query.push(" ORDER BY not_before, created_at, id LIMIT ");
+                query.push_bind(i64::from(*share));
+                let found: Vec<(String, String, String, i64, i64)> =
+                    query.build_query_as().fetch_all(&mut *tx).await?;
+                if let Some((id, _, _, not_before, created_at)) = found.last() {
+                    after.insert(validator.clone(), (*not_before, *created_at, id.clone()));
+                }
+                rows.extend(found.into_iter().map(
+                    |(id, run_id, validator_id, not_before, created_at)| Candidate {
+                        due: (not_before, created_at, id.clone()),
+                        id,
+                        run_id,
+                        validator_id,
+                    },
+                ));
+            }
+            if !plan.take(&asked, rows) {
+                break;
+            }
+        }
+        let chosen: Vec<String> = plan.into_chosen().into_iter().map(|c| c.id).collect();
+        if chosen.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut update = QueryBuilder::<Sqlite>::new("UPDATE attempts SET state = ");
+        update.push_bind(AttemptState::Dispatching.as_str());
+        update.push(", dispatched_at = ");
+        update.push_bind(enc_ts(now));
+        update.push(" WHERE state = 'pending' AND id IN (");
+        let mut list = update.separated(", ");
+        for id in &chosen {
+            list.push_bind(id);
+        }
+        update.push(concat!(") RETURNING ", attempt_columns!()));
+        let mut attempts = update
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(attempt_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if attempts.len() != chosen.len() {
+            return Err(StoreError::Corrupt(
+                "attempts left pending during an exclusive claim".into(),
+            ));
+        }
+        let mut runs = QueryBuilder::<Sqlite>::new("UPDATE runs SET state = ");
+        runs.push_bind(run_state_for(AttemptState::Dispatching).as_str());
+        runs.push(" WHERE id IN (");
+        let mut list = runs.separated(", ");
+        for attempt in &attempts {
+            list.push_bind(attempt.run_id.to_string());
+        }
+        runs.push(concat!(") RETURNING ", run_columns!("spec")));
+        let runs = runs
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(run_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        // In the plan's order: fair across validators, due order within each.
+        let place: HashMap<String, usize> = chosen
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i))
+            .collect();
+        attempts.sort_by_key(|a| place.get(&a.id.to_string()).copied());
+        pair(attempts, runs)
+    }
+
+    /// [`RunStore::claim_outbox`], on the writer thread.
+    async fn claim_outbox_on_writer(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: TimeDelta,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(concat!(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2 \
+             WHERE id IN (SELECT id FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL \
+             AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3) RETURNING ",
+            outbox_columns!()
+        ))
+        .bind(enc_ts(now))
+        .bind(enc_ts(now + lease))
+        .bind(limit_i64(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut events = rows
+            .iter()
+            .map(outbox_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| (e.created_at, e.id));
+        Ok(events)
+    }
+
     /// Applies an outbox update guarded by "still open"; explains a miss.
-    async fn close_outbox<'q>(
+    async fn close_outbox(&self, id: OutboxId, query: OutboxUpdate) -> Result<(), StoreError> {
+        self.on_writer(move |store| async move { store.close_outbox_on_writer(id, query).await })
+            .await
+    }
+
+    async fn close_outbox_on_writer(
         &self,
         id: OutboxId,
-        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        query: OutboxUpdate,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         if query.execute(&mut *tx).await?.rows_affected() == 1 {
@@ -683,135 +920,6 @@ impl RunStore for SqliteStore {
             .collect()
     }
 
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        caps: &HashMap<String, u32>,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // The write lock is held from here to commit, so counting active attempts and then
-        // claiming cannot race with another claimer.
-        let mut tx = self.write().await?;
-        let with_work: Vec<String> = sqlx::query_scalar(VALIDATORS_WITH_DUE_WORK)
-            .bind(enc_ts(now))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut budget: HashMap<String, u32> = caps.clone();
-        {
-            let mut active = sqlx::query(
-                "SELECT validator_id, COUNT(*) AS n FROM attempts \
-                 WHERE state IN ('dispatching', 'running', 'unknown') GROUP BY validator_id",
-            )
-            .fetch(&mut *tx);
-            while let Some(row) = active.try_next().await? {
-                let validator: String = row.try_get("validator_id")?;
-                let n: i64 = row.try_get("n")?;
-                if let Some(left) = budget.get_mut(&validator) {
-                    *left = left.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
-                }
-            }
-        }
-        // Slots are shared between the validators with due work ([`FairClaim`]); each round
-        // reads up to a share of each open validator's oldest due rows, after the last row it
-        // returned for that validator.
-        type Due = (i64, i64, String);
-        let mut plan: FairClaim<String, Due> = FairClaim::new(limit, with_work, caps, &budget);
-        let mut after: HashMap<String, Due> = HashMap::new();
-        while let Some(asked) = plan.next_round() {
-            let mut rows = Vec::new();
-            for (validator, share) in &asked {
-                let mut query = QueryBuilder::<Sqlite>::new(
-                    "SELECT id, run_id, validator_id, not_before, created_at FROM attempts \
-                     WHERE state = 'pending' AND not_before <= ",
-                );
-                query.push_bind(enc_ts(now));
-                query.push(" AND validator_id = ");
-                query.push_bind(validator);
-                if let Some((not_before, created_at, id)) = after.get(validator) {
-                    query.push(" AND (not_before, created_at, id) > (");
-                    query.push_bind(*not_before);
-                    query.push(", ");
-                    query.push_bind(*created_at);
-                    query.push(", ");
-                    query.push_bind(id.clone());
-                    query.push(")");
-                }
-                query.push(" ORDER BY not_before, created_at, id LIMIT ");
-                query.push_bind(i64::from(*share));
-                let found: Vec<(String, String, String, i64, i64)> =
-                    query.build_query_as().fetch_all(&mut *tx).await?;
-                if let Some((id, _, _, not_before, created_at)) = found.last() {
-                    after.insert(validator.clone(), (*not_before, *created_at, id.clone()));
-                }
-                rows.extend(found.into_iter().map(
-                    |(id, run_id, validator_id, not_before, created_at)| Candidate {
-                        due: (not_before, created_at, id.clone()),
-                        id,
-                        run_id,
-                        validator_id,
-                    },
-                ));
-            }
-            if !plan.take(&asked, rows) {
-                break;
-            }
-        }
-        let chosen: Vec<String> = plan.into_chosen().into_iter().map(|c| c.id).collect();
-        if chosen.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let mut update = QueryBuilder::<Sqlite>::new("UPDATE attempts SET state = ");
-        update.push_bind(AttemptState::Dispatching.as_str());
-        update.push(", dispatched_at = ");
-        update.push_bind(enc_ts(now));
-        update.push(" WHERE state = 'pending' AND id IN (");
-        let mut list = update.separated(", ");
-        for id in &chosen {
-            list.push_bind(id);
-        }
-        update.push(concat!(") RETURNING ", attempt_columns!()));
-        let mut attempts = update
-            .build()
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(attempt_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        if attempts.len() != chosen.len() {
-            return Err(StoreError::Corrupt(
-                "attempts left pending during an exclusive claim".into(),
-            ));
-        }
-        let mut runs = QueryBuilder::<Sqlite>::new("UPDATE runs SET state = ");
-        runs.push_bind(run_state_for(AttemptState::Dispatching).as_str());
-        runs.push(" WHERE id IN (");
-        let mut list = runs.separated(", ");
-        for attempt in &attempts {
-            list.push_bind(attempt.run_id.to_string());
-        }
-        runs.push(concat!(") RETURNING ", run_columns!("spec")));
-        let runs = runs
-            .build()
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(run_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await?;
-        // In the plan's order: fair across validators, due order within each.
-        let place: HashMap<String, usize> = chosen
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), i))
-            .collect();
-        attempts.sort_by_key(|a| place.get(&a.id.to_string()).copied());
-        pair(attempts, runs)
-    }
-
     async fn callback_receipts(
         &self,
         attempt_id: AttemptId,
@@ -826,33 +934,6 @@ impl RunStore for SqliteStore {
         .iter()
         .map(receipt_from_row)
         .collect()
-    }
-
-    async fn claim_outbox(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        lease: TimeDelta,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let mut tx = self.write().await?;
-        let rows = sqlx::query(concat!(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2 \
-             WHERE id IN (SELECT id FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL \
-             AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3) RETURNING ",
-            outbox_columns!()
-        ))
-        .bind(enc_ts(now))
-        .bind(enc_ts(now + lease))
-        .bind(limit_i64(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let mut events = rows
-            .iter()
-            .map(outbox_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        events.sort_by_key(|e| (e.created_at, e.id));
-        Ok(events)
     }
 
     async fn outbox_for_run(&self, run_id: RunId) -> Result<Vec<OutboxEvent>, StoreError> {
@@ -1043,5 +1124,151 @@ impl RunStore for SqliteStore {
         .bind(enc_ts(at))
         .bind(error.to_owned());
         self.close_outbox(id, query).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        caps: &HashMap<String, u32>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let caps = caps.clone();
+        self.on_writer(
+            move |store| async move { store.claim_due_on_writer(now, limit, &caps).await },
+        )
+        .await
+    }
+
+    async fn claim_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: TimeDelta,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.on_writer(
+            move |store| async move { store.claim_outbox_on_writer(now, limit, lease).await },
+        )
+        .await
+    }
+
+    // The lifecycle, as the trait's defaults call it, but on the writer thread.
+
+    async fn create_run(&self, new: NewRun) -> Result<CreateOutcome, StoreError> {
+        self.on_writer(
+            |store| async move { lifecycle::create_run(store.begin().await?, new).await },
+        )
+        .await
+    }
+
+    async fn commit_nonce(
+        &self,
+        attempt_id: AttemptId,
+        commitment: &str,
+    ) -> Result<Attempt, StoreError> {
+        let commitment = commitment.to_owned();
+        self.on_writer(move |store| async move {
+            lifecycle::commit_nonce(store.begin().await?, attempt_id, &commitment).await
+        })
+        .await
+    }
+
+    async fn record_heartbeat(
+        &self,
+        attempt_id: AttemptId,
+        at: DateTime<Utc>,
+        progress: Option<Value>,
+    ) -> Result<bool, StoreError> {
+        self.on_writer(move |store| async move {
+            lifecycle::record_heartbeat(store.begin().await?, attempt_id, at, progress).await
+        })
+        .await
+    }
+
+    async fn mark_running(&self, mark: MarkRunning) -> Result<Attempt, StoreError> {
+        self.on_writer(
+            |store| async move { lifecycle::mark_running(store.begin().await?, mark).await },
+        )
+        .await
+    }
+
+    async fn mark_running_all(
+        &self,
+        marks: &[MarkRunning],
+    ) -> Result<Vec<Result<Attempt, StoreError>>, StoreError> {
+        let marks = marks.to_vec();
+        self.on_writer(move |store| async move {
+            lifecycle::mark_running_all(store.begin().await?, &marks).await
+        })
+        .await
+    }
+
+    async fn mark_unknown(
+        &self,
+        attempt_id: AttemptId,
+        error: &str,
+        deadline_at: Option<DateTime<Utc>>,
+    ) -> Result<Attempt, StoreError> {
+        let error = error.to_owned();
+        self.on_writer(move |store| async move {
+            lifecycle::mark_unknown(store.begin().await?, attempt_id, &error, deadline_at).await
+        })
+        .await
+    }
+
+    async fn end_attempt(&self, end: EndAttempt) -> Result<EndOutcome, StoreError> {
+        let jitter = rand::random::<f64>();
+        self.on_writer(move |store| async move {
+            lifecycle::end_attempt(store.begin().await?, end, jitter).await
+        })
+        .await
+    }
+
+    async fn request_cancel(
+        &self,
+        run_id: RunId,
+        at: DateTime<Utc>,
+    ) -> Result<CancelOutcome, StoreError> {
+        self.on_writer(move |store| async move {
+            lifecycle::request_cancel(store.begin().await?, run_id, at).await
+        })
+        .await
+    }
+
+    async fn finalize_attempt(&self, finalize: Finalize) -> Result<FinalizeOutcome, StoreError> {
+        self.on_writer(|store| async move {
+            lifecycle::finalize_attempt(store.begin().await?, finalize).await
+        })
+        .await
+    }
+
+    async fn record_ended_callback(
+        &self,
+        attempt_id: AttemptId,
+        callback_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<ReceiptOutcome, StoreError> {
+        let callback_id = callback_id.to_owned();
+        self.on_writer(move |store| async move {
+            lifecycle::record_ended_callback(store.begin().await?, attempt_id, &callback_id, at)
+                .await
+        })
+        .await
+    }
+
+    async fn record_callback_receipt(
+        &self,
+        receipt: NewReceipt,
+    ) -> Result<Option<CallbackReceipt>, StoreError> {
+        self.on_writer(|store| async move {
+            lifecycle::record_receipt(store.begin().await?, receipt).await
+        })
+        .await
+    }
+
+    async fn purge_receipts(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.on_writer(move |store| async move {
+            lifecycle::purge_receipts(store.begin().await?, before).await
+        })
+        .await
     }
 }
