@@ -32,6 +32,7 @@ use sqlx::sqlite::{
 };
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
+use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
@@ -61,11 +62,12 @@ pub struct SqliteStore {
     /// The one connection writers use. Only it writes, so its page cache stays valid between
     /// transactions, and a writer never waits for a connection behind readers.
     write_pool: SqlitePool,
-    /// The store's writers take turns here before `BEGIN IMMEDIATE`. SQLite has one write lock,
-    /// and a connection that finds it taken waits in the busy handler, which sleeps 1, 2, 5,
-    /// 10 … 100 ms between looks: with many writers of one process, most of their time went to
-    /// those sleeps. Here the next writer starts as soon as the one before it ends.
-    writers: Arc<tokio::sync::Mutex<()>>,
+    /// The store's writers take turns here, and share the transaction it holds (see
+    /// [`Session`]). SQLite has one write lock, and a connection that finds it taken waits in
+    /// the busy handler, which sleeps 1, 2, 5, 10 … 100 ms between looks: with many writers of
+    /// one process, most of their time went to those sleeps. Here the next writer starts as
+    /// soon as the one before it ends.
+    writers: Arc<tokio::sync::Mutex<Session>>,
     /// Where write transactions run (see [`WriterThread`]).
     writer: Arc<WriterThread>,
 }
@@ -108,29 +110,207 @@ impl WriterThread {
     }
 }
 
-/// A write transaction holding its store's writer turn (given back after the transaction ends:
-/// the fields drop in order).
+/// Most write transactions one `COMMIT` ends.
+const MAX_GROUP: usize = 64;
+
+/// The transaction the store's writers share (a group commit), behind their turn.
+///
+/// A writer whose turn comes while a transaction is open joins it with a savepoint of its own
+/// (`SAVEPOINT w<n>`, never released before the commit, so the savepoints nest) instead of a
+/// `BEGIN` of its own. When it finishes it does not commit: it waits for the `COMMIT` that ends
+/// the group, and takes the turn again to send that `COMMIT` itself unless another writer has
+/// sent it first. So every writer's answer comes after the `COMMIT` that made it durable, and
+/// a transaction is never left open: a finished writer is always in line to commit it, and a
+/// writer dropped in line leaves the job to a task of its own. One `BEGIN` and one `COMMIT`
+/// (and the WAL frames of pages written by several writers) serve up to [`MAX_GROUP`] writers.
+///
+/// A writer that fails or is dropped before it finishes is undone alone: its successor in the
+/// turn rolls back to its savepoint (or, if it began the transaction, the whole transaction,
+/// which holds nothing else yet) before anything else. If that undo fails, or a `COMMIT` is
+/// dropped half way, the whole transaction is given up and every writer waiting for it is
+/// answered with an error (the outcome of a dropped `COMMIT` is unknown, as it is for any
+/// store error).
+#[derive(Debug, Default)]
+struct Session {
+    tx: Option<Transaction<'static, Sqlite>>,
+    /// Writers finished into `tx`, each waiting for its `COMMIT`.
+    finished: Vec<oneshot::Sender<Result<(), String>>>,
+    /// What to undo of the writer that has (or last had) the turn, until it finishes.
+    unfinished: Option<Undo>,
+    /// Savepoint names are `w<n>`, never reused within a transaction.
+    savepoints: u64,
+    /// `COMMIT`s that succeeded (a group counts once).
+    commits: u64,
+}
+
+/// How to undo a writer that did not finish.
+#[derive(Debug, Clone, Copy)]
+enum Undo {
+    /// It began the transaction, which holds nothing else: roll it all back.
+    All,
+    /// It joined the transaction at this savepoint.
+    ToSavepoint(u64),
+}
+
+impl Session {
+    /// Undoes whatever the last writer left unfinished, and answers writers waiting for a
+    /// `COMMIT` that was dropped. Safe to repeat if dropped half way.
+    async fn repair(&mut self) {
+        match self.unfinished {
+            None => {}
+            Some(Undo::All) => {
+                // Dropping a transaction rolls it back.
+                self.tx = None;
+            }
+            Some(Undo::ToSavepoint(n)) => {
+                let undone = match self.tx.as_mut() {
+                    Some(tx) => sqlx::query(&format!("ROLLBACK TO w{n}"))
+                        .persistent(false)
+                        .execute(&mut **tx)
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                };
+                if let Err(e) = undone {
+                    tracing::error!(error = %e, "cannot undo a write transaction to its savepoint; rolling back its group");
+                    self.tx = None;
+                }
+            }
+        }
+        self.unfinished = None;
+        if self.tx.is_none() {
+            self.answer(Err(
+                "the transaction this write was part of was rolled back or its commit was \
+                 interrupted; it may not be stored"
+                    .into(),
+            ));
+        }
+    }
+
+    /// Commits the open transaction and answers every writer in it.
+    async fn commit(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let committed = tx.commit().await.map_err(|e| e.to_string());
+            if committed.is_ok() {
+                self.commits += 1;
+            }
+            self.answer(committed);
+        }
+    }
+
+    fn answer(&mut self, result: Result<(), String>) {
+        for waiter in self.finished.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// A write transaction: the store's writer turn, with the shared transaction open in it.
 struct Writing {
-    tx: Transaction<'static, Sqlite>,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    session: tokio::sync::OwnedMutexGuard<Session>,
 }
 
 impl Writing {
-    async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    /// Finishes this writer's part and waits until a `COMMIT` made it durable.
+    async fn commit(mut self) -> Result<(), StoreError> {
+        let writers = tokio::sync::OwnedMutexGuard::mutex(&self.session).clone();
+        let (done, mut answered) = oneshot::channel();
+        self.session.unfinished = None;
+        self.session.finished.push(done);
+        if self.session.finished.len() >= MAX_GROUP {
+            self.session.commit().await;
+        }
+        // The next writer in line may join the transaction now.
+        drop(self);
+        let flush = Flush(Some(writers.clone()));
+        let result = tokio::select! {
+            biased;
+            result = &mut answered => result,
+            mut session = writers.lock_owned() => {
+                // Nobody has committed the group yet (else the answer would be here).
+                if let Ok(result) = answered.try_recv() {
+                    Ok(result)
+                } else {
+                    session.repair().await;
+                    session.commit().await;
+                    answered.await
+                }
+            }
+        };
+        flush.disarm();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(StoreError::Database(sqlx::Error::Io(
+                std::io::Error::other(why),
+            ))),
+            Err(_) => Err(StoreError::Database(sqlx::Error::Io(
+                std::io::Error::other(
+                    "the transaction this write was part of ended without an answer",
+                ),
+            ))),
+        }
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        // Dropped before it finished: undo it now if it began the transaction (nothing else is
+        // in it), else leave it to the next writer, and make sure one comes.
+        match self.session.unfinished {
+            Some(Undo::All) => {
+                self.session.tx = None;
+                self.session.unfinished = None;
+            }
+            Some(Undo::ToSavepoint(_)) => {
+                let writers = tokio::sync::OwnedMutexGuard::mutex(&self.session).clone();
+                drop(Flush(Some(writers)));
+            }
+            None => {}
+        }
+    }
+}
+
+/// Commits the open transaction from a task of its own when dropped armed: a writer that
+/// stopped waiting for the group's `COMMIT` (its caller went away) or that was dropped
+/// unfinished in a group must not leave the transaction, and SQLite's write lock, open.
+struct Flush(Option<Arc<tokio::sync::Mutex<Session>>>);
+
+impl Flush {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        if let Some(writers) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let mut session = writers.lock_owned().await;
+                session.repair().await;
+                session.commit().await;
+            });
+        }
     }
 }
 
 impl std::ops::Deref for Writing {
     type Target = SqliteConnection;
     fn deref(&self) -> &SqliteConnection {
-        &self.tx
+        self.session
+            .tx
+            .as_deref()
+            .expect("a writer's transaction is open while it has the turn")
     }
 }
 
 impl std::ops::DerefMut for Writing {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
+        self.session
+            .tx
+            .as_deref_mut()
+            .expect("a writer's transaction is open while it has the turn")
     }
 }
 
@@ -174,6 +354,23 @@ impl SqliteStore {
         })
     }
 
+    /// The writer turn with no transaction open, for a statement that commits by itself on a
+    /// pooled connection (API keys, subscriptions, outbox marks): it waits for the writers
+    /// before it and ends their group, instead of waiting for SQLite's write lock in the busy
+    /// handler while the group keeps it.
+    async fn alone(&self) -> tokio::sync::OwnedMutexGuard<Session> {
+        let mut session = self.writers.clone().lock_owned().await;
+        session.repair().await;
+        session.commit().await;
+        session
+    }
+
+    /// How many `COMMIT`s the store's writers have sent so far: a group of write transactions
+    /// that shared one counts once.
+    pub async fn commits(&self) -> u64 {
+        self.writers.lock().await.commits
+    }
+
     /// Runs `work` (a write transaction, given this store) on the writer thread and waits for
     /// it. Dropping the wait cancels the work there, as dropping the transaction would.
     async fn on_writer<T, F>(&self, work: impl FnOnce(SqliteStore) -> F) -> Result<T, StoreError>
@@ -194,11 +391,24 @@ impl SqliteStore {
     }
 
     async fn write(&self) -> Result<Writing, StoreError> {
-        let turn = self.writers.clone().lock_owned().await;
-        Ok(Writing {
-            tx: begin_detached(&self.write_pool, "BEGIN IMMEDIATE").await?,
-            _turn: turn,
-        })
+        let mut session = self.writers.clone().lock_owned().await;
+        session.repair().await;
+        if session.tx.is_none() {
+            session.tx = Some(begin_detached(&self.write_pool, "BEGIN IMMEDIATE").await?);
+            session.savepoints = 0;
+            session.unfinished = Some(Undo::All);
+        } else {
+            session.savepoints += 1;
+            let n = session.savepoints;
+            // Marked before it is sent: dropped half way, the undo finds out whether it was.
+            session.unfinished = Some(Undo::ToSavepoint(n));
+            let tx = session.tx.as_mut().expect("checked open");
+            sqlx::query(&format!("SAVEPOINT w{n}"))
+                .persistent(false)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(Writing { session })
     }
 }
 
@@ -1005,7 +1215,12 @@ impl RunStore for SqliteStore {
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
-        api_key_create(&self.pool, key).await
+        let key = key.clone();
+        self.on_writer(move |store| async move {
+            let _turn = store.alone().await;
+            api_key_create(&store.pool, &key).await
+        })
+        .await
     }
 
     async fn api_key_by_secret(&self, secret_sha256: &str) -> Result<Option<ApiKey>, StoreError> {
@@ -1017,7 +1232,11 @@ impl RunStore for SqliteStore {
         id: ApiKeyId,
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
-        api_key_revoke(&self.pool, id, at).await
+        self.on_writer(move |store| async move {
+            let _turn = store.alone().await;
+            api_key_revoke(&store.pool, id, at).await
+        })
+        .await
     }
 
     async fn list_api_keys(&self, org: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
@@ -1028,7 +1247,12 @@ impl RunStore for SqliteStore {
         &self,
         subscription: &WebhookSubscription,
     ) -> Result<WebhookSubscription, StoreError> {
-        subscription_create(&self.pool, subscription).await
+        let subscription = subscription.clone();
+        self.on_writer(move |store| async move {
+            let _turn = store.alone().await;
+            subscription_create(&store.pool, &subscription).await
+        })
+        .await
     }
 
     async fn list_subscriptions(
@@ -1044,7 +1268,12 @@ impl RunStore for SqliteStore {
         at: DateTime<Utc>,
         reason: &str,
     ) -> Result<Option<WebhookSubscription>, StoreError> {
-        subscription_disable(&self.pool, id, at, reason).await
+        let reason = reason.to_owned();
+        self.on_writer(move |store| async move {
+            let _turn = store.alone().await;
+            subscription_disable(&store.pool, id, at, &reason).await
+        })
+        .await
     }
 
     async fn set_subscription_secrets(
@@ -1052,7 +1281,12 @@ impl RunStore for SqliteStore {
         id: SubscriptionId,
         secrets: &[String],
     ) -> Result<Option<WebhookSubscription>, StoreError> {
-        subscription_set_secrets(&self.pool, id, secrets).await
+        let secrets = secrets.to_vec();
+        self.on_writer(move |store| async move {
+            let _turn = store.alone().await;
+            subscription_set_secrets(&store.pool, id, &secrets).await
+        })
+        .await
     }
 
     async fn mark_outbox_delivered_many(
@@ -1060,7 +1294,12 @@ impl RunStore for SqliteStore {
         ids: &[OutboxId],
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        outbox_delivered_many(&self.pool, ids, at).await
+        let ids = ids.to_vec();
+        self.on_writer(move |store| async move {
+            let _turn = store.alone().await;
+            outbox_delivered_many(&store.pool, &ids, at).await
+        })
+        .await
     }
 
     async fn dead_outbox(
@@ -1077,7 +1316,12 @@ impl RunStore for SqliteStore {
         org: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        outbox_replay(&self.pool, id, org, at).await
+        let org = org.map(str::to_owned);
+        self.on_writer(move |store| async move {
+            let _turn = store.alone().await;
+            outbox_replay(&store.pool, id, org.as_deref(), at).await
+        })
+        .await
     }
 
     async fn mark_outbox_delivered(

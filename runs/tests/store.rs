@@ -131,6 +131,7 @@ store_cases!(
     counts_by_state_and_validator_activity_in_a_window,
     held_writes_are_read_back_rolled_back_and_checked,
     launches_recorded_together_are_each_decided_alone,
+    concurrent_writes_are_answered_once_durable_and_fail_or_drop_alone,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2070,6 +2071,307 @@ async fn held_writes_are_read_back_rolled_back_and_checked(db: &Db) {
         .expect("read")
         .expect("the attempt");
     assert_eq!(stored, pending);
+}
+
+/// Many writes at once (on SQLite they share transactions, see `Session` in runs/src/sqlite.rs):
+/// each create is answered only once another connection can read its run; writes that fail or
+/// are dropped half way leave nothing, while the writes beside them are all kept.
+async fn concurrent_writes_are_answered_once_durable_and_fail_or_drop_alone(db: &Db) {
+    use futures::StreamExt;
+    let other = store::connect(&db.url)
+        .await
+        .expect("a second store on the same database");
+    let mut creating = futures::stream::FuturesUnordered::new();
+    for i in 0..48 {
+        let store = db.store.clone();
+        creating.push(async move {
+            store
+                .create_run(new_run("v-1", &format!("org-{}", i % 3), t0()))
+                .await
+        });
+    }
+    let mut runs = Vec::new();
+    while let Some(created) = creating.next().await {
+        let CreateOutcome::Created(run) = created.expect("create") else {
+            panic!("a create without a key found an existing run");
+        };
+        assert!(
+            other.get_run(run.run.id).await.expect("read").is_some(),
+            "a create was answered before its run was committed"
+        );
+        runs.push(run);
+    }
+
+    let marker = |run_id: RunId| store::OutboxEvent {
+        id: store::OutboxId::new(),
+        run_id,
+        event: "test.marker".into(),
+        payload: json!({}),
+        created_at: t0(),
+        attempts: 0,
+        next_attempt_at: t0(),
+        delivered_at: None,
+        dead_at: None,
+        last_error: None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, run) in runs.iter().enumerate() {
+        let store = db.store.clone();
+        let run = run.clone();
+        tasks.spawn(async move {
+            match i % 3 {
+                // Kept: a pending run's cancel completes it.
+                0 => {
+                    store
+                        .request_cancel(run.run.id, t0())
+                        .await
+                        .expect("cancel");
+                }
+                // Fails at its commit (a compare-and-set that misses), after holding a row.
+                1 => {
+                    let mut tx = store.begin().await.expect("begin");
+                    tx.insert_outbox(&marker(run.run.id)).await.expect("held");
+                    let missed = Attempt {
+                        error: Some("must not be stored".into()),
+                        ..run.attempts[0].clone()
+                    };
+                    tx.update_attempt(&missed, AttemptState::Running)
+                        .await
+                        .expect("held");
+                    tx.commit().await.expect_err("the compare-and-set missed");
+                }
+                // Dropped after its write was sent.
+                _ => {
+                    let mut tx = store.begin().await.expect("begin");
+                    tx.insert_outbox(&marker(run.run.id)).await.expect("held");
+                    tx.attempts_of(run.run.id)
+                        .await
+                        .expect("a read sends the held write");
+                    drop(tx);
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a write task panicked");
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let stored = other
+            .get_run(run.run.id)
+            .await
+            .expect("read")
+            .expect("the run");
+        let markers = other
+            .outbox_for_run(run.run.id)
+            .await
+            .expect("outbox")
+            .into_iter()
+            .filter(|e| e.event == "test.marker")
+            .count();
+        assert_eq!(
+            markers, 0,
+            "run {i}: a failed or dropped write left its row"
+        );
+        if i % 3 == 0 {
+            assert_eq!(stored.run.state, RunState::Completed, "run {i}");
+            assert_eq!(stored.run.result, Some(RunResult::Canceled), "run {i}");
+        } else {
+            assert_eq!(stored.run.state, RunState::Queued, "run {i}");
+            assert_eq!(stored.attempts, run.attempts, "run {i}");
+        }
+    }
+    // And the store still writes.
+    create(db.store(), new_run("v-1", "org-1", t0())).await;
+}
+
+/// On SQLite, writers in line share a `COMMIT`: 64 creates at once take fewer commits than
+/// creates (each is still answered only once durable, as the test above checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_writers_in_line_share_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("runway.db").display());
+    let store = Arc::new(
+        store::SqliteStore::connect(&url)
+            .await
+            .expect("open sqlite store"),
+    );
+    let before = store.commits().await;
+    let creates: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create_run(new_run("v-1", &format!("org-{i}"), t0()))
+                    .await
+            })
+        })
+        .collect();
+    for create in creates {
+        create.await.expect("task").expect("create");
+    }
+    let commits = store.commits().await - before;
+    assert!(
+        (1..64).contains(&commits),
+        "64 concurrent creates took {commits} commits"
+    );
+    let listed = store
+        .list_runs(&RunFilter::default(), None, 100)
+        .await
+        .expect("list");
+    assert_eq!(listed.runs.len(), 64);
+}
+
+/// On SQLite, a writer dropped while it waits for its group's `COMMIT`, or half way through
+/// sending it, must not leave the shared transaction (and SQLite's write lock) open: a writer
+/// beside it is answered, and another connection can write at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_writer_dropped_while_its_group_commits_leaves_no_transaction_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("runway.db").display());
+    let store: Arc<dyn RunStore> = Arc::new(
+        store::SqliteStore::connect(&url)
+            .await
+            .expect("open sqlite store"),
+    );
+    let other = store::connect(&url).await.expect("a second store");
+    let run = create(store.as_ref(), new_run("v-1", "org-1", t0())).await;
+    let attempt = run.attempts[0].clone();
+    for step in 0..40 {
+        let mut first = store.begin().await.expect("begin");
+        first
+            .record_callback_marker(&attempt, step)
+            .await
+            .expect("held");
+        let beside = tokio::spawn({
+            let store = store.clone();
+            let attempt = attempt.clone();
+            async move {
+                let mut tx = store.begin().await?;
+                tx.record_callback_marker(&attempt, 1000 + step).await?;
+                tx.commit().await
+            }
+        });
+        tokio::task::yield_now().await;
+        dropped_after_polls(first.commit(), 1 + step as usize % 6).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), beside)
+            .await
+            .unwrap_or_else(|_| panic!("step {step}: the writer beside it was never answered"))
+            .expect("task")
+            .unwrap_or_else(|e| panic!("step {step}: the writer beside it failed: {e}"));
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            other.create_run(new_run("v-1", "org-2", t0())),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("step {step}: the write lock was left held"))
+        .expect("another connection writes");
+    }
+
+    // Both dropped: a finished writer waiting for its group's `COMMIT`, then the writer that
+    // joined the group after it, unfinished. Nobody is left in line; the store commits the
+    // first one's part by itself and undoes the second's. (Tried until the second writer is in
+    // line before the first finishes, which is what makes it join.)
+    let mut seen = None;
+    for try_ in 0..50 {
+        let (first_n, second_n) = (2000 + 2 * try_, 2001 + 2 * try_);
+        let mut first = store.begin().await.expect("begin");
+        first
+            .record_callback_marker(&attempt, first_n)
+            .await
+            .expect("held");
+        let (joined, mut has_joined) = tokio::sync::oneshot::channel();
+        let (drop_it, dropping) = tokio::sync::oneshot::channel::<()>();
+        let second = tokio::spawn({
+            let store = store.clone();
+            let attempt = attempt.clone();
+            async move {
+                let mut tx = store.begin().await.expect("begin");
+                tx.record_callback_marker(&attempt, second_n)
+                    .await
+                    .expect("held");
+                tx.attempts_of(attempt.run_id).await.expect("sent");
+                let _ = joined.send(());
+                let _ = dropping.await;
+                drop(tx);
+            }
+        });
+        tokio::task::yield_now().await;
+        let mut committing = Box::pin(first.commit());
+        let joined_while_waiting = tokio::select! {
+            biased;
+            has = &mut has_joined => {
+                has.expect("the second writer began");
+                futures::poll!(committing.as_mut()).is_pending()
+            }
+            alone = &mut committing => {
+                alone.expect("the first writer committed alone");
+                false
+            }
+        };
+        if joined_while_waiting {
+            // The first writer waits in line behind the second, which holds the turn: both go.
+            drop(committing);
+            drop_it.send(()).expect("the second writer waits");
+            second.await.expect("task");
+            seen = Some((first_n, second_n));
+            break;
+        }
+        let _ = has_joined.await;
+        drop_it.send(()).expect("the second writer waits");
+        second.await.expect("task");
+    }
+    let (first_n, second_n) = seen.expect("the second writer never joined the first's group");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        other.create_run(new_run("v-1", "org-2", t0())),
+    )
+    .await
+    .expect("the write lock was left held after both writers were dropped")
+    .expect("another connection writes");
+
+    let receipts = other.callback_receipts(attempt.id).await.expect("receipts");
+    let marked = |n: u32| {
+        receipts
+            .iter()
+            .any(|r| r.callback_id == format!("marker-{n}"))
+    };
+    assert!(
+        marked(first_n),
+        "the finished writer's row was not committed"
+    );
+    assert!(!marked(second_n), "the unfinished writer's row was kept");
+    for step in 0..40 {
+        assert!(
+            receipts
+                .iter()
+                .any(|r| r.callback_id == format!("marker-{}", 1000 + step)),
+            "step {step}: the answered writer's row is missing"
+        );
+    }
+}
+
+/// A row a test can write in any transaction and look for afterwards.
+trait CallbackMarker {
+    async fn record_callback_marker(&mut self, attempt: &Attempt, n: u32)
+    -> Result<(), StoreError>;
+}
+
+impl CallbackMarker for Box<dyn store::WriteTx> {
+    async fn record_callback_marker(
+        &mut self,
+        attempt: &Attempt,
+        n: u32,
+    ) -> Result<(), StoreError> {
+        self.insert_receipt(&store::CallbackReceipt {
+            id: store::ReceiptId::new(),
+            attempt_id: Some(attempt.id),
+            callback_id: format!("marker-{n}"),
+            received_at: t0(),
+            outcome: ReceiptOutcome::Rejected,
+            detail: None,
+        })
+        .await
+    }
 }
 
 /// Polls `work` once and drops it; true if it had not finished.
