@@ -4,7 +4,7 @@
 # Starts a throwaway PostgreSQL 15 cluster (fsync on, defaults otherwise) on a free 127.0.0.1
 # port, measures it with pgbench (insert-only, 32 clients), then runs `runway bench` (release
 # build, service in its own process, file storage on this disk) on Postgres and on SQLite, and an
-# open-loop run at a fixed rate for latencies. Prints the ceiling (pgbench tx/s ÷ Runway's
+# open-loop run at a fixed rate on each for latencies. Prints the ceiling (pgbench tx/s ÷ Runway's
 # commits per run) and Runway's share of it. The cluster is removed however the script ends.
 #
 #   scripts/bench-throughput.sh              # 2,000 runs each
@@ -78,6 +78,9 @@ settle
 echo "== runway bench: open loop at $rate runs/s, Postgres"
 settle
 "$runway" bench --runs "$(( rate * 10 ))" --rate "$rate" --database-url "$url/runway_bench" | tee "$work/open.txt"
+echo "== runway bench: open loop at $rate runs/s, SQLite"
+settle
+"$runway" bench --runs "$(( rate * 10 ))" --rate "$rate" | tee "$work/open-sqlite.txt"
 
 pg_rps="$(sed -n 's/.*(\([0-9.]*\) runs\/s end to end).*/\1/p' "$work/pg.txt")"
 sqlite_rps="$(sed -n 's/.*(\([0-9.]*\) runs\/s end to end).*/\1/p' "$work/sqlite.txt")"
