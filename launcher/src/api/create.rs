@@ -619,24 +619,32 @@ pub(super) async fn store_run(
         },
     };
     let store = &state.deps.store;
+    // Until the store answers, whether the run will refer to the uploads is unknown: a request
+    // dropped here (the client went away) may still be committed, with the writes it was
+    // grouped with. So they stay unless the store says the run was not created.
+    staged.keep();
     match store.create_run(new).await {
         Ok(CreateOutcome::Created(run)) => {
-            staged.keep();
             tracing::info!(run.id = %run_id, attempt.id = %attempt_id, validator = %validator.id, "run created");
             state.wake.notify_one();
             Ok(StoredRun { run, created: true })
         }
         // A keyed twin committed first; this request's uploads are not needed.
-        Ok(CreateOutcome::Existing(run)) => Ok(StoredRun {
-            run,
-            created: false,
-        }),
-        Err(StoreError::IdempotencyMismatch { key, .. }) => Err(key_reused(&key)),
+        Ok(CreateOutcome::Existing(run)) => {
+            staged.release();
+            Ok(StoredRun {
+                run,
+                created: false,
+            })
+        }
+        Err(StoreError::IdempotencyMismatch { key, .. }) => {
+            staged.release();
+            Err(key_reused(&key))
+        }
         Err(e) => {
             // Whether the run was stored is unknown (the database may have committed and lost
             // the answer): it may refer to these uploads, so they stay. An orphaned upload is
             // the price; a run without its files would be worse.
-            staged.keep();
             // Two identical keyed requests derive the same run id; the loser of that race may
             // hit the primary key rather than the idempotency index. The winner's run answers.
             if let Some(idem) = &idempotency
@@ -1429,9 +1437,14 @@ impl Staged {
         })
     }
 
-    /// The run that refers to the uploads was created: they stay.
+    /// The run that refers to the uploads was created, or may have been: they stay.
     fn keep(&mut self) {
         self.kept = true;
+    }
+
+    /// The run was not created after all: the uploads go when the request is answered.
+    fn release(&mut self) {
+        self.kept = false;
     }
 
     /// Removes the uploads unless they were kept.
