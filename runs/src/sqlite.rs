@@ -116,8 +116,12 @@ const MAX_GROUP: usize = 64;
 /// The transaction the store's writers share (a group commit), behind their turn.
 ///
 /// A writer whose turn comes while a transaction is open joins it with a savepoint of its own
-/// (`SAVEPOINT w<n>`, never released before the commit, so the savepoints nest) instead of a
-/// `BEGIN` of its own. When it finishes it does not commit: it waits for the `COMMIT` that ends
+/// (`SAVEPOINT w<n>`) instead of a `BEGIN` of its own, and releases the savepoint of the writer
+/// before it in the same call: a finished writer's changes stay in the transaction, and only the
+/// writer that has the turn can still be undone. With one savepoint open at a time, SQLite's
+/// statement journal (a copy of each page a savepoint may have to restore) holds one writer's
+/// pages and is emptied at each release; with the savepoints nested until the `COMMIT` it held
+/// the whole group's, spilled to temporary files, and wrote five times the WAL's bytes. When it finishes it does not commit: it waits for the `COMMIT` that ends
 /// the group, and takes the turn again to send that `COMMIT` itself unless another writer has
 /// sent it first. So every writer's answer comes after the `COMMIT` that made it durable, and
 /// a transaction is never left open: a finished writer is always in line to commit it, and a
@@ -326,7 +330,10 @@ impl SqliteStore {
             // lose the last transactions.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals and other temporary files in memory, never in files that are
+            // created, written and removed again for a transaction (see `Session`).
+            .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
@@ -403,7 +410,15 @@ impl SqliteStore {
             // Marked before it is sent: dropped half way, the undo finds out whether it was.
             session.unfinished = Some(Undo::ToSavepoint(n));
             let tx = session.tx.as_mut().expect("checked open");
-            sqlx::query(&format!("SAVEPOINT w{n}"))
+            // The writer before this one finished (or was rolled back to its savepoint): its
+            // savepoint is released in the same call, so one savepoint at most is open and
+            // SQLite's statement journal holds only this writer's pages (see `Session`).
+            let sql = if n > 1 {
+                format!("RELEASE w{}; SAVEPOINT w{n}", n - 1)
+            } else {
+                format!("SAVEPOINT w{n}")
+            };
+            sqlx::query(&sql)
                 .persistent(false)
                 .execute(&mut **tx)
                 .await?;
