@@ -116,15 +116,18 @@ const MAX_GROUP: usize = 64;
 /// The transaction the store's writers share (a group commit), behind their turn.
 ///
 /// A writer whose turn comes while a transaction is open joins it with a savepoint of its own
-/// (`SAVEPOINT w<n>`) instead of a `BEGIN` of its own, and releases the savepoint of the writer
-/// before it in the same call: a finished writer's changes stay in the transaction, and only the
-/// writer that has the turn can still be undone. With one savepoint open at a time, SQLite's
-/// statement journal (a copy of each page a savepoint may have to restore) holds one writer's
-/// pages and is emptied at each release; with the savepoints nested until the `COMMIT` it held
-/// the whole group's, spilled to temporary files, and wrote five times the WAL's bytes. When it finishes it does not commit: it waits for the `COMMIT` that ends
-/// the group, and takes the turn again to send that `COMMIT` itself unless another writer has
-/// sent it first. So every writer's answer comes after the `COMMIT` that made it durable, and
-/// a transaction is never left open: a finished writer is always in line to commit it, and a
+/// instead of a `BEGIN` of its own, and releases the savepoint of the writer before it in the
+/// same call, which is its first statement's call ([`Writing::savepoint_sql`]; names in
+/// [`Savepoint`]): a finished writer's changes stay in the transaction, and only the writer
+/// that has the turn can still be undone. With one savepoint open at a time, SQLite's statement
+/// journal (a copy of each page a savepoint may have to restore) holds one writer's pages and is
+/// emptied at each release; with the savepoints nested until the `COMMIT` it held the whole
+/// group's, spilled to temporary files, and wrote five times the WAL's bytes.
+///
+/// When a writer finishes it does not commit: it waits for the `COMMIT` that ends the group,
+/// and takes the turn again to send that `COMMIT` itself unless another writer has sent it
+/// first. So every writer's answer comes after the `COMMIT` that made it durable, and a
+/// transaction is never left open: a finished writer is always in line to commit it, and a
 /// writer dropped in line leaves the job to a task of its own. One `BEGIN` and one `COMMIT`
 /// (and the WAL frames of pages written by several writers) serve up to [`MAX_GROUP`] writers.
 ///
@@ -141,8 +144,8 @@ struct Session {
     finished: Vec<oneshot::Sender<Result<(), String>>>,
     /// What to undo of the writer that has (or last had) the turn, until it finishes.
     unfinished: Option<Undo>,
-    /// Savepoint names are `w<n>`, never reused within a transaction.
-    savepoints: u64,
+    /// The savepoint open in `tx`, if any: at most one is, the last writer's to make one.
+    open: Option<Savepoint>,
     /// `COMMIT`s that succeeded (a group counts once).
     commits: u64,
 }
@@ -153,7 +156,37 @@ enum Undo {
     /// It began the transaction, which holds nothing else: roll it all back.
     All,
     /// It joined the transaction at this savepoint.
-    ToSavepoint(u64),
+    ToSavepoint(Savepoint),
+}
+
+/// The two savepoint names writers take in turn: a writer makes the one that is not open and
+/// releases the other in the same call. Had its call not run at all, rolling back to its own
+/// name fails (nothing of that name is open) instead of undoing the writer before it, which a
+/// name shared by all writers would do; and the statements that carry a savepoint have four
+/// texts, so they stay prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Savepoint {
+    A,
+    B,
+}
+
+impl Savepoint {
+    /// What a writer sends before its first statement when `open` is the savepoint open, and
+    /// the savepoint it makes.
+    fn next(open: Option<Self>) -> (&'static str, Self) {
+        match open {
+            None => ("SAVEPOINT wa; ", Self::A),
+            Some(Self::A) => ("RELEASE wa; SAVEPOINT wb; ", Self::B),
+            Some(Self::B) => ("RELEASE wb; SAVEPOINT wa; ", Self::A),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::A => "wa",
+            Self::B => "wb",
+        }
+    }
 }
 
 impl Session {
@@ -166,9 +199,9 @@ impl Session {
                 // Dropping a transaction rolls it back.
                 self.tx = None;
             }
-            Some(Undo::ToSavepoint(n)) => {
+            Some(Undo::ToSavepoint(savepoint)) => {
                 let undone = match self.tx.as_mut() {
-                    Some(tx) => sqlx::query(&format!("ROLLBACK TO w{n}"))
+                    Some(tx) => sqlx::query(&format!("ROLLBACK TO {}", savepoint.name()))
                         .persistent(false)
                         .execute(&mut **tx)
                         .await
@@ -212,9 +245,36 @@ impl Session {
 /// A write transaction: the store's writer turn, with the shared transaction open in it.
 struct Writing {
     session: tokio::sync::OwnedMutexGuard<Session>,
+    /// Whether this writer joined the transaction and has not made its savepoint yet: it makes
+    /// it with its first statement, which saves a round trip to the connection's worker thread
+    /// ([`Writing::savepoint_sql`]).
+    unsaved: bool,
 }
 
 impl Writing {
+    /// What to send before this writer's next statement, in the same call: its savepoint, if it
+    /// joined the transaction and has not made it yet (else `""`). Marked made before it is
+    /// sent: dropped half way, the undo finds out whether it was.
+    fn savepoint_sql(&mut self) -> &'static str {
+        if !std::mem::take(&mut self.unsaved) {
+            return "";
+        }
+        let (sql, savepoint) = Savepoint::next(self.session.open);
+        self.session.open = Some(savepoint);
+        self.session.unfinished = Some(Undo::ToSavepoint(savepoint));
+        sql
+    }
+
+    /// Makes this writer's savepoint now, if it has not yet, for a statement that cannot carry
+    /// it.
+    async fn save(&mut self) -> Result<(), StoreError> {
+        let sql = self.savepoint_sql();
+        if !sql.is_empty() {
+            sqlx::query(sql).execute(&mut **self).await?;
+        }
+        Ok(())
+    }
+
     /// Finishes this writer's part and waits until a `COMMIT` made it durable.
     async fn commit(mut self) -> Result<(), StoreError> {
         let writers = tokio::sync::OwnedMutexGuard::mutex(&self.session).clone();
@@ -397,33 +457,28 @@ impl SqliteStore {
         }
     }
 
+    /// The writer turn, with the transaction open and this writer's savepoint made.
     async fn write(&self) -> Result<Writing, StoreError> {
+        let mut writing = self.write_unsaved().await?;
+        writing.save().await?;
+        Ok(writing)
+    }
+
+    /// The writer turn, with the transaction open: begun by this writer, or joined, in which
+    /// case its first statement must make its savepoint ([`Writing::savepoint_sql`]).
+    async fn write_unsaved(&self) -> Result<Writing, StoreError> {
         let mut session = self.writers.clone().lock_owned().await;
         session.repair().await;
-        if session.tx.is_none() {
+        let joined = session.tx.is_some();
+        if !joined {
             session.tx = Some(begin_detached(&self.write_pool, "BEGIN IMMEDIATE").await?);
-            session.savepoints = 0;
+            session.open = None;
             session.unfinished = Some(Undo::All);
-        } else {
-            session.savepoints += 1;
-            let n = session.savepoints;
-            // Marked before it is sent: dropped half way, the undo finds out whether it was.
-            session.unfinished = Some(Undo::ToSavepoint(n));
-            let tx = session.tx.as_mut().expect("checked open");
-            // The writer before this one finished (or was rolled back to its savepoint): its
-            // savepoint is released in the same call, so one savepoint at most is open and
-            // SQLite's statement journal holds only this writer's pages (see `Session`).
-            let sql = if n > 1 {
-                format!("RELEASE w{}; SAVEPOINT w{n}", n - 1)
-            } else {
-                format!("SAVEPOINT w{n}")
-            };
-            sqlx::query(&sql)
-                .persistent(false)
-                .execute(&mut **tx)
-                .await?;
         }
-        Ok(Writing { session })
+        Ok(Writing {
+            session,
+            unsaved: joined,
+        })
     }
 }
 
@@ -526,21 +581,52 @@ async fn fetch_run(conn: &mut SqliteConnection, id: RunId) -> Result<Option<Run>
     .transpose()
 }
 
+/// A new run with its first attempt, in one call: the attempt is inserted only if the run was
+/// (its idempotency key was free), and the run's insert returns a row if it was. Bind with
+/// `bind_run_insert!` then `bind_attempt!`.
+const INSERT_RUN_WITH_ATTEMPT: &str = concat!(
+    "INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, workflow_id, spec, \
+     max_attempts, retry_initial_ms, retry_max_ms, state, idempotency_key, request_sha256) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+     RETURNING 1; \
+     INSERT INTO attempts (",
+    attempt_insert_columns!(),
+    ") SELECT $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, \
+     $30, $31, $32, $33, $34, $35 WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1)"
+);
+
+/// The attempts of a JSON array of ids ([`json_ids`]), in id order (hyphenated lowercase
+/// UUIDs sort as the UUIDs do).
+const ATTEMPTS_BY_IDS: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM attempts WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id"
+);
+
+/// Ids as a JSON array of their stored text, for `json_each`: one parameter for a list.
+fn json_ids(ids: impl Iterator<Item = Uuid>) -> String {
+    serde_json::Value::Array(ids.map(|id| enc_id(id).into()).collect()).to_string()
+}
+
+/// One attempt by id.
+const ATTEMPT_BY_ID: &str = concat!(
+    "SELECT ",
+    attempt_columns!(),
+    " FROM attempts WHERE id = $1"
+);
+
 async fn fetch_attempt(
     conn: &mut SqliteConnection,
     id: AttemptId,
 ) -> Result<Option<Attempt>, StoreError> {
-    sqlx::query(concat!(
-        "SELECT ",
-        attempt_columns!(),
-        " FROM attempts WHERE id = $1"
-    ))
-    .bind(id.to_string())
-    .fetch_optional(conn)
-    .await?
-    .as_ref()
-    .map(attempt_from_row)
-    .transpose()
+    sqlx::query(ATTEMPT_BY_ID)
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(attempt_from_row)
+        .transpose()
 }
 
 async fn fetch_attempts_of(
@@ -574,10 +660,19 @@ struct SqliteTx {
 }
 
 impl SqliteTx {
-    /// The connection for a read, with every held write sent.
+    /// The connection for a statement, with this writer's savepoint made and every held write
+    /// sent.
     async fn read(&mut self) -> Result<&mut SqliteConnection, StoreError> {
         self.send_held().await?;
+        self.writing.save().await?;
         Ok(&mut self.writing)
+    }
+
+    /// The connection for a statement that puts `Writing::savepoint_sql` before its own,
+    /// with every held write sent.
+    async fn read_saving(&mut self) -> Result<(&'static str, &mut SqliteConnection), StoreError> {
+        self.send_held().await?;
+        Ok((self.writing.savepoint_sql(), &mut self.writing))
     }
 
     async fn hold(&mut self, write: Held) -> Result<(), StoreError> {
@@ -589,6 +684,7 @@ impl SqliteTx {
         if self.held.is_empty() {
             return Ok(());
         }
+        self.writing.save().await?;
         let held = std::mem::take(&mut self.held);
         let sql = renumbered_statements(&held, INSERT_OUTBOX_IN_SEQUENCE).join("; ");
         let mut query = sqlx::query(&sql).persistent(Held::kept_prepared(&held));
@@ -611,8 +707,16 @@ impl SqliteTx {
 #[async_trait]
 impl WriteTx for SqliteTx {
     async fn lock_attempt(&mut self, id: AttemptId) -> Result<Option<Attempt>, StoreError> {
-        // The transaction holds the database's write lock: a read is a lock.
-        fetch_attempt(self.read().await?, id).await
+        // The transaction holds the database's write lock: a read is a lock. It is often a
+        // writer's first statement, so it carries the writer's savepoint.
+        let (savepoint, conn) = self.read_saving().await?;
+        sqlx::query(&format!("{savepoint}{ATTEMPT_BY_ID}"))
+            .bind(id.to_string())
+            .fetch_optional(conn)
+            .await?
+            .as_ref()
+            .map(attempt_from_row)
+            .transpose()
     }
 
     async fn lock_latest_attempt(&mut self, run_id: RunId) -> Result<Option<Attempt>, StoreError> {
@@ -633,27 +737,47 @@ impl WriteTx for SqliteTx {
         fetch_run(self.read().await?, id).await
     }
 
+    async fn lock_attempts(&mut self, ids: &[AttemptId]) -> Result<Vec<Attempt>, StoreError> {
+        // One statement for a group (of launches), where the trait's default takes one per
+        // attempt; often a writer's first, so it carries the writer's savepoint.
+        let ids = json_ids(ids.iter().map(|id| id.as_uuid()));
+        let (savepoint, conn) = self.read_saving().await?;
+        sqlx::query(&format!("{savepoint}{ATTEMPTS_BY_IDS}"))
+            .bind(ids)
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(attempt_from_row)
+            .collect()
+    }
+
+    async fn runs(&mut self, ids: &[RunId]) -> Result<Vec<Run>, StoreError> {
+        let ids = json_ids(ids.iter().map(|id| id.as_uuid()));
+        sqlx::query(concat!(
+            "SELECT ",
+            run_columns!("spec"),
+            " FROM runs WHERE id IN (SELECT value FROM json_each($1))"
+        ))
+        .bind(ids)
+        .fetch_all(self.read().await?)
+        .await?
+        .iter()
+        .map(run_from_row)
+        .collect()
+    }
+
     async fn attempts_of(&mut self, run_id: RunId) -> Result<Vec<Attempt>, StoreError> {
         fetch_attempts_of(self.read().await?, run_id).await
     }
 
     async fn insert_run(&mut self, run: &Run, first: &Attempt) -> Result<bool, StoreError> {
-        let query = sqlx::query(
-            "INSERT INTO runs (id, created_at, validator_id, validator_type, org_id, \
-             workflow_id, spec, max_attempts, retry_initial_ms, retry_max_ms, state, \
-             idempotency_key, request_sha256) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (org_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
-             DO NOTHING",
-        );
-        let inserted = bind_run_insert!(query, run)
-            .execute(self.read().await?)
-            .await?;
-        if inserted.rows_affected() != 1 {
-            return Ok(false);
-        }
-        self.insert_attempt(first).await?;
-        Ok(true)
+        // A create's first statement: it carries the writer's savepoint, so it tells what it
+        // inserted by the row it returns (a savepoint's statements report the count of the
+        // connection's last insert or update as their own).
+        let (savepoint, conn) = self.read_saving().await?;
+        let sql = format!("{savepoint}{INSERT_RUN_WITH_ATTEMPT}");
+        let query = bind_attempt!(bind_run_insert!(sqlx::query(&sql), run), first);
+        Ok(!query.fetch_all(conn).await?.is_empty())
     }
 
     async fn run_by_idempotency_key(
@@ -956,7 +1080,8 @@ impl SqliteStore {
 impl RunStore for SqliteStore {
     async fn begin(&self) -> Result<Box<dyn WriteTx>, StoreError> {
         Ok(Box::new(SqliteTx {
-            writing: self.write().await?,
+            // Its savepoint goes with its first statement.
+            writing: self.write_unsaved().await?,
             held: Vec::new(),
         }))
     }
