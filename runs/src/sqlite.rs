@@ -275,12 +275,19 @@ impl Writing {
         Ok(())
     }
 
+    /// Marks this writer's part finished (nothing of it is undone any more): the answer of the
+    /// `COMMIT` that will end its group comes on the receiver.
+    fn finish(&mut self) -> oneshot::Receiver<Result<(), String>> {
+        let (done, answered) = oneshot::channel();
+        self.session.unfinished = None;
+        self.session.finished.push(done);
+        answered
+    }
+
     /// Finishes this writer's part and waits until a `COMMIT` made it durable.
     async fn commit(mut self) -> Result<(), StoreError> {
         let writers = tokio::sync::OwnedMutexGuard::mutex(&self.session).clone();
-        let (done, mut answered) = oneshot::channel();
-        self.session.unfinished = None;
-        self.session.finished.push(done);
+        let mut answered = self.finish();
         if self.session.finished.len() >= MAX_GROUP {
             self.session.commit().await;
         }
@@ -1654,5 +1661,63 @@ impl RunStore for SqliteStore {
             lifecycle::purge_receipts(store.begin().await?, before).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer whose first statement, which carries its savepoint, was never sent is undone
+    /// without reaching the writer before it: rolling back to its own savepoint's name fails
+    /// (that name is not open), so the group is given up and its writers are told. With one
+    /// name for every savepoint, the rollback would undo the writer before, whose `COMMIT`
+    /// would then answer success for a row it does not hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_undo_never_reaches_the_writer_before() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("runs.db").display());
+        let store = SqliteStore::connect(&url).await.expect("open the store");
+        sqlx::query("CREATE TABLE probe (writer INTEGER NOT NULL)")
+            .execute(&store.pool)
+            .await
+            .expect("create the probe table");
+
+        // The first writer begins the group; the second joins it with a savepoint. Both finish
+        // and wait for the group's COMMIT, which nobody sends yet.
+        let mut answers = Vec::new();
+        for writer in [1, 2] {
+            let mut writing = store.write_unsaved().await.expect("the writer turn");
+            let sql = format!("{}INSERT INTO probe VALUES ($1)", writing.savepoint_sql());
+            sqlx::query(&sql)
+                .bind(writer)
+                .execute(&mut *writing)
+                .await
+                .expect("write");
+            answers.push((writer, writing.finish()));
+        }
+        // The third joins, marks its savepoint and is dropped before sending it.
+        let mut third = store.write_unsaved().await.expect("the writer turn");
+        assert_eq!(third.savepoint_sql(), "RELEASE wa; SAVEPOINT wb; ");
+        drop(third);
+
+        let mut committed = Vec::new();
+        for (writer, answered) in answers {
+            if answered.await.expect("an answer").is_ok() {
+                committed.push(writer);
+            }
+        }
+        let stored: Vec<i64> = sqlx::query_scalar("SELECT writer FROM probe ORDER BY writer")
+            .fetch_all(&store.pool)
+            .await
+            .expect("read the probe table");
+        assert_eq!(
+            stored, committed,
+            "every writer answered success holds its row, and no other row is stored"
+        );
+        assert!(
+            committed.is_empty(),
+            "the group is given up when the undo cannot find the savepoint"
+        );
     }
 }
