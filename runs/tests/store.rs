@@ -137,6 +137,22 @@ store_cases!(
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
+/// A new, undelivered outbox event of `run_id`, due at [`t0`].
+fn pending_event(run_id: RunId, event: &str) -> store::OutboxEvent {
+    store::OutboxEvent {
+        id: store::OutboxId::new(),
+        run_id,
+        event: event.into(),
+        payload: json!({}),
+        created_at: t0(),
+        attempts: 0,
+        next_attempt_at: t0(),
+        delivered_at: None,
+        dead_at: None,
+        last_error: None,
+    }
+}
+
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0)
         .single()
@@ -2035,20 +2051,9 @@ async fn held_writes_are_read_back_rolled_back_and_checked(db: &Db) {
         .expect("outbox")
         .len();
     let mut tx = store.begin().await.expect("begin");
-    tx.insert_outbox(&store::OutboxEvent {
-        id: store::OutboxId::new(),
-        run_id: created.run.id,
-        event: "run.started".into(),
-        payload: json!({"held": true}),
-        created_at: t0(),
-        attempts: 0,
-        next_attempt_at: t0(),
-        delivered_at: None,
-        dead_at: None,
-        last_error: None,
-    })
-    .await
-    .expect("held");
+    tx.insert_outbox(&pending_event(created.run.id, "run.started"))
+        .await
+        .expect("held");
     assert!(
         tx.update_attempt(&dispatching, AttemptState::Running)
             .await
@@ -2102,18 +2107,6 @@ async fn concurrent_writes_are_answered_once_durable_and_fail_or_drop_alone(db: 
         runs.push(run);
     }
 
-    let marker = |run_id: RunId| store::OutboxEvent {
-        id: store::OutboxId::new(),
-        run_id,
-        event: "test.marker".into(),
-        payload: json!({}),
-        created_at: t0(),
-        attempts: 0,
-        next_attempt_at: t0(),
-        delivered_at: None,
-        dead_at: None,
-        last_error: None,
-    };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, run) in runs.iter().enumerate() {
         let store = db.store.clone();
@@ -2130,7 +2123,9 @@ async fn concurrent_writes_are_answered_once_durable_and_fail_or_drop_alone(db: 
                 // Fails at its commit (a compare-and-set that misses), after holding a row.
                 1 => {
                     let mut tx = store.begin().await.expect("begin");
-                    tx.insert_outbox(&marker(run.run.id)).await.expect("held");
+                    tx.insert_outbox(&pending_event(run.run.id, "test.marker"))
+                        .await
+                        .expect("held");
                     let missed = Attempt {
                         error: Some("must not be stored".into()),
                         ..run.attempts[0].clone()
@@ -2143,7 +2138,9 @@ async fn concurrent_writes_are_answered_once_durable_and_fail_or_drop_alone(db: 
                 // Dropped after its write was sent.
                 _ => {
                     let mut tx = store.begin().await.expect("begin");
-                    tx.insert_outbox(&marker(run.run.id)).await.expect("held");
+                    tx.insert_outbox(&pending_event(run.run.id, "test.marker"))
+                        .await
+                        .expect("held");
                     tx.attempts_of(run.run.id)
                         .await
                         .expect("a read sends the held write");
