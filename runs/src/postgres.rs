@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -535,18 +536,13 @@ impl RunStore for PostgresStore {
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError> {
-        // One snapshot for the run and its attempts.
-        let mut tx = begin_detached(
-            &self.pool,
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-        )
-        .await?;
-        let Some(run) = fetch_run(&mut tx, id).await? else {
-            return Ok(None);
-        };
-        let attempts = fetch_attempts_of(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(Some(RunWithAttempts { run, attempts }))
+        // One statement, so one snapshot for the run and its attempts.
+        static SQL: LazyLock<String> = LazyLock::new(|| run_with_attempts_sql("r.spec::text"));
+        let rows = sqlx::query(SQL.as_str())
+            .bind(id.as_uuid())
+            .fetch_all(&self.pool)
+            .await?;
+        run_with_attempts_from_rows(&rows)
     }
 
     async fn get_attempt(&self, id: AttemptId) -> Result<Option<Attempt>, StoreError> {

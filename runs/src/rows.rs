@@ -54,6 +54,31 @@ macro_rules! run_columns {
 
 pub(crate) use {attempt_columns, attempt_insert_columns, outbox_columns, run_columns};
 
+/// One statement that reads a run and its attempts, ordered by number, from one snapshot: the
+/// run's columns named `r_<column>` (read by `run_with_attempts_from_rows`), then the attempt's
+/// under their own names; a run with no attempt gives one row whose attempt columns are NULL.
+/// `spec` reads the spec of run `r` back as text (`r.spec`, or `r.spec::text` on PostgreSQL).
+pub(crate) fn run_with_attempts_sql(spec: &str) -> String {
+    let run = run_columns!("spec")
+        .split(',')
+        .map(str::trim)
+        .map(|column| match column {
+            "spec" => format!("{spec} AS r_spec"),
+            column => format!("r.{column} AS r_{column}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let attempt = attempt_columns!()
+        .split(',')
+        .map(|column| format!("a.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {run}, {attempt} FROM runs r LEFT JOIN attempts a ON a.run_id = r.id \
+         WHERE r.id = $1 ORDER BY a.number"
+    )
+}
+
 /// Inserts an attempt; bind with [`bind_attempt`].
 pub(crate) const INSERT_ATTEMPT: &str = concat!(
     "INSERT INTO attempts (",
@@ -97,34 +122,65 @@ pub(crate) const INSERT_RECEIPT: &str = "INSERT INTO callback_receipts (id, atte
 pub(crate) const INSERT_OUTBOX: &str = "INSERT INTO outbox (id, run_id, event, payload, \
      created_at, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
-/// `run_from_row`, `attempt_from_row`, `receipt_from_row` and `outbox_from_row` for `$row`.
+/// `fn $name(row) -> Result<Run, StoreError>`, reading the run's columns named `$p<column>`:
+/// `""` for a row of `runs` alone, a prefix where a join names them apart from the attempts'
+/// (see [`run_with_attempts_sql`]).
+macro_rules! run_decoder {
+    ($name:ident, $row:ty, $p:literal) => {
+        fn $name(row: &$row) -> Result<Run, StoreError> {
+            Ok(Run {
+                id: RunId::from_uuid(id_col(row, concat!($p, "id"))?),
+                created_at: ts_col(row, concat!($p, "created_at"))?,
+                validator_id: row.try_get(concat!($p, "validator_id"))?,
+                validator_type: row.try_get(concat!($p, "validator_type"))?,
+                org_id: row.try_get(concat!($p, "org_id"))?,
+                workflow_id: row.try_get(concat!($p, "workflow_id"))?,
+                spec: row.try_get(concat!($p, "spec"))?,
+                retry: RetryPolicy {
+                    max_attempts: count_col(row, concat!($p, "max_attempts"))?,
+                    initial_backoff_ms: millis_col(row, concat!($p, "retry_initial_ms"))?,
+                    max_backoff_ms: millis_col(row, concat!($p, "retry_max_ms"))?,
+                },
+                state: enum_col(row, concat!($p, "state"))?,
+                result: opt_enum_col(row, concat!($p, "result"))?,
+                finished_at: opt_ts_col(row, concat!($p, "finished_at"))?,
+                messages: json_col(row, concat!($p, "messages"))?,
+                metrics: json_col(row, concat!($p, "metrics"))?,
+                outputs: json_col(row, concat!($p, "outputs"))?,
+                output_uri: row.try_get(concat!($p, "output_uri"))?,
+                output_sha256: row.try_get(concat!($p, "output_sha256"))?,
+                idempotency_key: row.try_get(concat!($p, "idempotency_key"))?,
+                request_sha256: row.try_get(concat!($p, "request_sha256"))?,
+            })
+        }
+    };
+}
+
+pub(crate) use run_decoder;
+
+/// `run_from_row`, `attempt_from_row`, `run_with_attempts_from_rows`, `receipt_from_row` and `outbox_from_row` for `$row`.
 macro_rules! decoders {
     ($row:ty) => {
-        fn run_from_row(row: &$row) -> Result<Run, StoreError> {
-            Ok(Run {
-                id: RunId::from_uuid(id_col(row, "id")?),
-                created_at: ts_col(row, "created_at")?,
-                validator_id: row.try_get("validator_id")?,
-                validator_type: row.try_get("validator_type")?,
-                org_id: row.try_get("org_id")?,
-                workflow_id: row.try_get("workflow_id")?,
-                spec: row.try_get("spec")?,
-                retry: RetryPolicy {
-                    max_attempts: count_col(row, "max_attempts")?,
-                    initial_backoff_ms: millis_col(row, "retry_initial_ms")?,
-                    max_backoff_ms: millis_col(row, "retry_max_ms")?,
-                },
-                state: enum_col(row, "state")?,
-                result: opt_enum_col(row, "result")?,
-                finished_at: opt_ts_col(row, "finished_at")?,
-                messages: json_col(row, "messages")?,
-                metrics: json_col(row, "metrics")?,
-                outputs: json_col(row, "outputs")?,
-                output_uri: row.try_get("output_uri")?,
-                output_sha256: row.try_get("output_sha256")?,
-                idempotency_key: row.try_get("idempotency_key")?,
-                request_sha256: row.try_get("request_sha256")?,
-            })
+        run_decoder!(run_from_row, $row, "");
+        run_decoder!(joined_run_from_row, $row, "r_");
+
+        /// The run and its attempts from the rows of [`run_with_attempts_sql`]'s statement:
+        /// `None` when there are no rows (no such run).
+        fn run_with_attempts_from_rows(
+            rows: &[$row],
+        ) -> Result<Option<RunWithAttempts>, StoreError> {
+            let Some(first) = rows.first() else {
+                return Ok(None);
+            };
+            let run = joined_run_from_row(first)?;
+            let mut attempts = Vec::with_capacity(rows.len());
+            for row in rows {
+                // A run with no attempt comes back as one row of NULL attempt columns.
+                if opt_id_col(row, "id")?.is_some() {
+                    attempts.push(attempt_from_row(row)?);
+                }
+            }
+            Ok(Some(RunWithAttempts { run, attempts }))
         }
 
         fn attempt_from_row(row: &$row) -> Result<Attempt, StoreError> {

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -1094,14 +1094,13 @@ impl RunStore for SqliteStore {
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<RunWithAttempts>, StoreError> {
-        // A deferred (read) transaction: one snapshot for the run and its attempts.
-        let mut tx = begin_detached(&self.pool, "BEGIN").await?;
-        let Some(run) = fetch_run(&mut tx, id).await? else {
-            return Ok(None);
-        };
-        let attempts = fetch_attempts_of(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(Some(RunWithAttempts { run, attempts }))
+        // One statement, so one snapshot for the run and its attempts.
+        static SQL: LazyLock<String> = LazyLock::new(|| run_with_attempts_sql("r.spec"));
+        let rows = sqlx::query(SQL.as_str())
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        run_with_attempts_from_rows(&rows)
     }
 
     async fn get_attempt(&self, id: AttemptId) -> Result<Option<Attempt>, StoreError> {
