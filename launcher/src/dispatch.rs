@@ -173,12 +173,13 @@ impl Dispatcher {
         self: &Arc<Self>,
         in_flight: &mut JoinSet<()>,
     ) -> anyhow::Result<usize> {
-        let room = self.permits.available_permits();
+        let mut room = self.permits.available_permits();
         if room == 0 {
-            // Wait for one dispatch to finish rather than spin.
-            let permit = self.permits.clone().acquire_owned().await?;
-            drop(permit);
-            return Ok(0);
+            // Wait for a dispatch to finish rather than spin, then claim for the room it left:
+            // returning empty-handed would wait for a wake-up or the next poll, however much
+            // work is due.
+            drop(self.permits.clone().acquire_owned().await?);
+            room = self.permits.available_permits();
         }
         let claimed = self
             .store

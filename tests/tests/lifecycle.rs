@@ -77,6 +77,11 @@ fn registry() -> Registry {
 
 impl Lab {
     async fn start(db: &str) -> Self {
+        Self::start_with(db, 16).await
+    }
+
+    /// A lab whose dispatcher has at most `max_in_flight` dispatches at once.
+    async fn start_with(db: &str, max_in_flight: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = match db {
             "sqlite" => format!("sqlite://{}", dir.path().join("runway.db").display()),
@@ -132,7 +137,7 @@ impl Lab {
             &WorkerConfig {
                 metadata_host: identity_addr.to_string(),
                 workers: WorkerArgs {
-                    max_in_flight: 16,
+                    max_in_flight,
                     reconcile_interval_seconds: INTERVAL.as_secs(),
                     reconcile_grace_seconds: GRACE.as_secs(),
                     reconcile_read_budget: 100,
@@ -787,6 +792,32 @@ async fn callback_and_salvage_race_to_one_state(db: &str) {
         );
         assert_eq!(lab.outbox(run).await, 1, "round {round}");
     }
+    lab.finish();
+}
+
+/// A dispatcher with no room left claims again as soon as a dispatch ends, not at its next
+/// poll (a minute away) or wake-up: with one dispatch at a time, runs created before it
+/// started are all dispatched one after another. (It used to wait for the poll once full,
+/// which held a deep queue to a poll's worth of dispatches.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_full_dispatcher_claims_again_as_soon_as_a_dispatch_ends() {
+    let lab = Lab::start_with("sqlite", 1).await;
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(lab.create("ep", "").await);
+    }
+    let started = std::time::Instant::now();
+    let running = lab.workers.start().await.expect("workers");
+    for run in runs {
+        let done = lab.wait_completed(run).await;
+        assert_eq!(done.run.result, Some(RunResult::Passed), "{done:?}");
+    }
+    let drained_in = started.elapsed();
+    assert!(
+        drained_in < Duration::from_secs(30),
+        "four runs took {drained_in:?}: the dispatcher waited for its poll"
+    );
+    running.shutdown().await.expect("shutdown");
     lab.finish();
 }
 
