@@ -125,7 +125,10 @@ async fn send_wakeups(pool: PgPool, pending: Arc<PendingWakeups>, sender: String
             .execute(&pool)
             .await;
         if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot send a wake-up; other processes find the work by polling");
+            tracing::warn!(
+                error = %e,
+                "cannot send a wake-up; other processes find the work by polling"
+            );
         }
     }
 }

@@ -158,7 +158,8 @@ macro_rules! run_decoder {
 
 pub(crate) use run_decoder;
 
-/// `run_from_row`, `attempt_from_row`, `run_with_attempts_from_rows`, `receipt_from_row` and `outbox_from_row` for `$row`.
+/// `run_from_row`, `attempt_from_row`, `run_with_attempts_from_rows`, `receipt_from_row` and
+/// `outbox_from_row` (and the other records' decoders) for `$row`.
 macro_rules! decoders {
     ($row:ty) => {
         run_decoder!(run_from_row, $row, "");
