@@ -5,7 +5,9 @@
 # port, measures it with pgbench (insert-only, 32 clients), then runs `runway bench` (release
 # build, service in its own process, file storage on this disk) on Postgres and on SQLite, and an
 # open-loop run at a fixed rate on each for latencies. Prints the ceiling (pgbench tx/s ÷ Runway's
-# commits per run) and Runway's share of it. The cluster is removed however the script ends.
+# commits per run) and Runway's share of it. Where /dev/shm is a tmpfs, SQLite runs once more
+# with the objects there, which shows what the file store's work on this disk costs. The
+# cluster and the objects are removed however the script ends.
 #
 #   scripts/bench-throughput.sh              # 2,000 runs each
 #   RUNS=100000 scripts/bench-throughput.sh  # the drain test
@@ -33,8 +35,10 @@ runway="$root/target/release/runway"
 
 work="$(mktemp -d /tmp/runway-bench.XXXXXX)"
 if [ "$(id -u)" = 0 ]; then as_pg() { runuser -u postgres -- "$@"; }; else as_pg() { "$@"; }; fi
+shm_objects="/dev/shm/runway-bench-$$"
 cleanup() {
   status=$?
+  rm -rf "$shm_objects"
   as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$work"
   exit $status
@@ -75,6 +79,15 @@ settle
 echo "== runway bench: SQLite"
 settle
 "$runway" bench --runs "$runs" --concurrency "$clients" | tee "$work/sqlite.txt"
+sqlite_shm_rps=0
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ]; then
+  echo "== runway bench: SQLite, objects on tmpfs ($shm_objects)"
+  settle
+  "$runway" bench --runs "$runs" --concurrency "$clients" --storage "file://$shm_objects" \
+    | tee "$work/sqlite-shm.txt"
+  rm -rf "$shm_objects"
+  sqlite_shm_rps="$(sed -n 's/.*(\([0-9.]*\) runs\/s end to end).*/\1/p' "$work/sqlite-shm.txt")"
+fi
 echo "== runway bench: open loop at $rate runs/s, Postgres"
 settle
 "$runway" bench --runs "$(( rate * 10 ))" --rate "$rate" --database-url "$url/runway_bench" | tee "$work/open.txt"
@@ -86,9 +99,9 @@ pg_rps="$(sed -n 's/.*(\([0-9.]*\) runs\/s end to end).*/\1/p' "$work/pg.txt")"
 sqlite_rps="$(sed -n 's/.*(\([0-9.]*\) runs\/s end to end).*/\1/p' "$work/sqlite.txt")"
 commits="$(sed -n 's/^  commits per run *\([0-9.]*\).*/\1/p' "$work/pg.txt")"
 writes="$(sed -n 's/^  writes per run *\([0-9.]*\).*/\1/p' "$work/pg.txt")"
-python3 - "$tps" "$commits" "$writes" "$pg_rps" "$sqlite_rps" <<'PY'
+python3 - "$tps" "$commits" "$writes" "$pg_rps" "$sqlite_rps" "$sqlite_shm_rps" <<'PY'
 import sys
-tps, commits, writes, pg, sqlite = map(float, sys.argv[1:])
+tps, commits, writes, pg, sqlite, sqlite_shm = map(float, sys.argv[1:])
 ceiling = tps / commits
 print("== summary")
 print(f"  pgbench insert-only     {tps:8.0f} tx/s")
@@ -99,4 +112,6 @@ if writes > 0:
     # pgbench's transactions each write; so do only `writes` of Runway's commits per run.
     print(f"  counting writing commits only: ceiling {tps / writes:.0f} runs/s, share {pg * writes / tps:.2f}")
 print(f"  Runway on SQLite        {sqlite:8.0f} runs/s  (goal 1,000 runs/s)")
+if sqlite_shm > 0:
+    print(f"  SQLite, objects on tmpfs {sqlite_shm:7.0f} runs/s  (what the file store on this disk costs)")
 PY
