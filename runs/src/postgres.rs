@@ -729,15 +729,7 @@ impl RunStore for PostgresStore {
         .bind(filter.org_id.as_deref())
         .fetch_all(&self.pool)
         .await?;
-        let mut counts = RunCounts::default();
-        for row in &rows {
-            counts.add(
-                enum_col(row, "state")?,
-                opt_enum_col(row, "result")?,
-                u64_col(row, "n")?,
-            );
-        }
-        Ok(counts)
+        run_counts_from_rows(&rows)
     }
 
     async fn validator_activity(
@@ -763,13 +755,7 @@ impl RunStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<String, _>("validator_id")?,
-                enum_col(row, "state")?,
-                u64_col(row, "n")?,
-            ))
-        })
+        .map(activity_count_from_row)
         .collect::<Result<Vec<_>, StoreError>>()?;
         let durations = sqlx::query(
             "SELECT validator_id, n, rn, ms FROM ( \
@@ -789,14 +775,7 @@ impl RunStore for PostgresStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<String, _>("validator_id")?,
-                u64_col(row, "n")?,
-                u64_col(row, "rn")?,
-                u64_col(row, "ms")?,
-            ))
-        })
+        .map(activity_duration_from_row)
         .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(assemble_activity(counts, durations))
     }

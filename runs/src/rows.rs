@@ -159,7 +159,7 @@ macro_rules! run_decoder {
 pub(crate) use run_decoder;
 
 /// `run_from_row`, `attempt_from_row`, `run_with_attempts_from_rows`, `receipt_from_row` and
-/// `outbox_from_row` (and the other records' decoders) for `$row`.
+/// `outbox_from_row` (and the other records' and counts' decoders) for `$row`.
 macro_rules! decoders {
     ($row:ty) => {
         run_decoder!(run_from_row, $row, "");
@@ -260,6 +260,39 @@ macro_rules! decoders {
                 outcome: enum_col(row, "outcome")?,
                 detail: row.try_get("detail")?,
             })
+        }
+
+        /// The runs counted by state and result, from rows of `state, result, n`.
+        fn run_counts_from_rows(rows: &[$row]) -> Result<RunCounts, StoreError> {
+            let mut counts = RunCounts::default();
+            for row in rows {
+                counts.add(
+                    enum_col(row, "state")?,
+                    opt_enum_col(row, "result")?,
+                    u64_col(row, "n")?,
+                );
+            }
+            Ok(counts)
+        }
+
+        /// A validator's attempts in one state: a row of `validator_id, state, n`.
+        fn activity_count_from_row(row: &$row) -> Result<(String, AttemptState, u64), StoreError> {
+            Ok((
+                row.try_get::<String, _>("validator_id")?,
+                enum_col(row, "state")?,
+                u64_col(row, "n")?,
+            ))
+        }
+
+        /// One of a validator's ranked durations: a row of `validator_id, n, rn, ms` (of `n`
+        /// durations, the `rn`-th shortest, in milliseconds).
+        fn activity_duration_from_row(row: &$row) -> Result<(String, u64, u64, u64), StoreError> {
+            Ok((
+                row.try_get::<String, _>("validator_id")?,
+                u64_col(row, "n")?,
+                u64_col(row, "rn")?,
+                u64_col(row, "ms")?,
+            ))
         }
 
         fn outbox_from_row(row: &$row) -> Result<OutboxEvent, StoreError> {

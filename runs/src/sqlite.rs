@@ -1171,15 +1171,7 @@ impl RunStore for SqliteStore {
         .bind(filter.org_id.as_deref())
         .fetch_all(&self.pool)
         .await?;
-        let mut counts = RunCounts::default();
-        for row in &rows {
-            counts.add(
-                enum_col(row, "state")?,
-                opt_enum_col(row, "result")?,
-                u64_col(row, "n")?,
-            );
-        }
-        Ok(counts)
+        run_counts_from_rows(&rows)
     }
 
     async fn validator_activity(
@@ -1205,13 +1197,7 @@ impl RunStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<String, _>("validator_id")?,
-                enum_col(row, "state")?,
-                u64_col(row, "n")?,
-            ))
-        })
+        .map(activity_count_from_row)
         .collect::<Result<Vec<_>, StoreError>>()?;
         let durations = sqlx::query(
             "SELECT validator_id, n, rn, ms FROM ( \
@@ -1230,14 +1216,7 @@ impl RunStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<String, _>("validator_id")?,
-                u64_col(row, "n")?,
-                u64_col(row, "rn")?,
-                u64_col(row, "ms")?,
-            ))
-        })
+        .map(activity_duration_from_row)
         .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(assemble_activity(counts, durations))
     }
