@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs (scripts/setup.sh), starts a
 # throwaway PostgreSQL cluster and fake-gcs-server on free 127.0.0.1 ports, runs formatting,
-# clippy and every test, and stops both servers however it ends. Extra arguments go to
+# clippy, the API docs and every test, and stops both servers however it ends. Extra arguments go to
 # `cargo nextest run` (e.g. `scripts/test.sh -p runway-core`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,6 +71,8 @@ echo "test: PostgreSQL on 127.0.0.1:$pg_port, fake-gcs-server on 127.0.0.1:$gcs_
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The API docs build without a warning (a broken or private link is an error).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # The Terraform, offline: formatted as Terraform formats it, least privilege and the
 # deployment's shape (infra/check.py), and that each rule catches its violation. (`terraform
 # validate`/`plan` are not run: the google provider cannot be downloaded here.)

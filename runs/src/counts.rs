@@ -8,7 +8,7 @@
 //! caller chooses, through a partial index on `runs (finished_at, validator_id, result) WHERE
 //! state = 'completed'` (a range scan of the window); due attempts through the existing
 //! `attempts_due` partial index on pending attempts. The SQL text is the same on both
-//! databases; [`count_queries`] is expanded by each over its own encoding.
+//! databases; `count_queries!` is expanded by each over its own encoding.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -2,7 +2,7 @@
 //! database.
 //!
 //! This module holds PostgreSQL's SQL text, its encoding, how its transactions take locks and
-//! its claim query; every decision lives in [`lifecycle`](crate::lifecycle).
+//! its claim query; every decision lives in [`crate::lifecycle`].
 //!
 //! Transactions are short and READ COMMITTED. [`WriteTx::lock_attempt`] is `SELECT … FOR
 //! UPDATE`; the lifecycle touches a run only after locking its attempt, so the lock order is
@@ -814,7 +814,7 @@ impl RunStore for PostgresStore {
     /// and no claimer ever waits (no deadlock). Two validators whose lock keys hash alike
     /// merely share a lock.
     ///
-    /// The slots are shared between the validators with due work ([`FairClaim`]): each round
+    /// The slots are shared between the validators with due work (`FairClaim`): each round
     /// takes up to a share of each open validator's oldest due rows in one statement (a lateral
     /// join per validator, `FOR UPDATE SKIP LOCKED`); rows locked but not chosen stay untouched.
     async fn claim_due(

@@ -1,7 +1,7 @@
 //! The run store on SQLite: the embedded default for a single launcher process.
 //!
 //! This module holds SQLite's SQL text, its encoding and how its transactions start; every
-//! decision lives in [`lifecycle`](crate::lifecycle).
+//! decision lives in [`crate::lifecycle`].
 //!
 //! Every write runs in a `BEGIN IMMEDIATE` transaction, which takes SQLite's single write lock
 //! up front. Writers are therefore serialized (waiting up to the busy timeout instead of

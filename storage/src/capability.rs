@@ -10,7 +10,7 @@
 //! - **create** objects in the attempt's folder (no delete, no overwrite: objects stay
 //!   create-only even for a job that tries),
 //!
-//! and passes it in the job's environment under the names Validibot's images read ([`env`]).
+//! and passes it in the job's environment under the names Validibot's images read ([`mod@env`]).
 //! The runner checks every URI against [`Capability::allowed_prefix`] (the run's folder) before
 //! any request leaves the process, and refuses to write outside the attempt's folder, so an
 //! out-of-scope access fails with a sentence instead of an opaque 403.

@@ -138,7 +138,7 @@ impl TryFrom<String> for ObjectKey {
 /// and path (the object name for `gs://`, the absolute file path for `file://`).
 ///
 /// This says nothing about which store the object belongs to; use
-/// [`StorageUri::key_of`] to check that.
+/// [`StorageUri::resolve`] to check that.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectUri {
     /// The scheme.

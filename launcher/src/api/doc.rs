@@ -3,7 +3,7 @@
 //! derived from the types the handlers read and write (`utoipa::ToSchema`, here and in
 //! `runway-contract`, `runway-runs` and `runway-service` behind their `utoipa` features), and the
 //! security each route really has, set by the same rules the router applies
-//! ([`super::takes_api_credentials`], [`crate::dashboard::PUBLIC_PATHS`]).
+//! (`takes_api_credentials` in the API module, `PUBLIC_PATHS` in the dashboard's).
 //!
 //! Served as `GET /openapi.json` and rendered as an HTML reference at `GET /docs` (server-side
 //! with maud, like the dashboard: no script, nothing loaded from elsewhere). Both are built once,

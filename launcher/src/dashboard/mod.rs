@@ -14,7 +14,7 @@
 //! page shows, and to whom, is what the API would answer; the cancel and retry buttons call the
 //! API's cancel handler and retry function. Every value reaches the HTML through maud, which escapes it.
 //!
-//! **Who may look** ([`guard`]): in open mode nobody is asked. With `RUNWAY_API_AUTH=required`
+//! **Who may look** (`guard`): in open mode nobody is asked. With `RUNWAY_API_AUTH=required`
 //! the caller is found from the `Authorization` header, as on `/v1`, or from the session cookie
 //! the login form sets (it holds the API key or ID token; HttpOnly, SameSite=Strict, Secure),
 //! checked on every request by the same code as a bearer header; an org's API key sees its
