@@ -67,10 +67,12 @@ SQL
 tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.txt" | head -n1)"
 
 # Each bench removes its temp dir (thousands of files and folders) when it ends. On ext4 without
-# a journal (this machine's root), allocating an inode skips the ones freed in the last ~35 s,
-# one buffer-cache lookup each, so a bench started right after another's cleanup spends up to
-# twice the CPU per run (`perf`: `recently_deleted` under `ext4_mkdir`/`ext4_create`). Wait it out.
-settle="${SETTLE_SECONDS:-40}"
+# a journal (this machine's root), allocating an inode skips the ones freed in the last 60 s
+# (360 s while their inode-table block is dirty; `RECENTCY_MIN`, `RECENTCY_DIRTY` in the
+# kernel's fs/ext4/ialloc.c), one buffer-cache lookup each, so a bench started right after
+# another's cleanup spends up to twice the CPU per run (`perf`: `recently_deleted` under
+# `ext4_mkdir`/`ext4_create`). Wait it out.
+settle="${SETTLE_SECONDS:-65}"
 settle() { sleep "$settle"; }
 
 echo "== runway bench: Postgres (same cluster)"
