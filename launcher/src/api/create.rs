@@ -61,7 +61,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, Unauthenticated};
 use super::view::RunView;
 use crate::AppState;
 use crate::auth::Caller;
@@ -310,7 +310,7 @@ struct Received {
         (status = 201, description = "Created; `Location` is `/v1/runs/<id>`.", body = RunView, headers(("Location" = String, description = "`/v1/runs/<id>`."))),
         (status = 200, description = "A retry of an earlier request with the same Idempotency-Key: the existing run.", body = RunView, headers(("Location" = String, description = "`/v1/runs/<id>`."))),
         (status = 400, description = "Malformed: `invalid_json`, `invalid_request`, `unknown_validator`, `invalid_id`, `invalid_file` (name, MIME type, port, base64, part), `invalid_multipart`, `invalid_idempotency_key`, `invalid_body`.", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "`wrong_org`: an API key's request for another org.", body = ErrorBody),
         (status = 413, description = "`body_too_large`: the JSON body is over 16 MiB (send large files as multipart), the `request` part over 1 MiB, or the file parts over 4 GiB.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: neither application/json nor multipart/form-data.", body = ErrorBody),

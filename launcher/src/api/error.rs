@@ -97,6 +97,31 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// The `401` of every API route that takes credentials, as the OpenAPI document describes it.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 401,
+    description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`."
+)]
+pub(crate) struct Unauthenticated(
+    #[expect(
+        dead_code,
+        reason = "only described in the OpenAPI document, never built"
+    )]
+    ErrorBody,
+);
+
+/// The `500` of an API route, as the OpenAPI document describes it (where nothing more is said).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 500, description = "`internal`.")]
+pub(crate) struct Internal(
+    #[expect(
+        dead_code,
+        reason = "only described in the OpenAPI document, never built"
+    )]
+    ErrorBody,
+);
+
 /// A refusal's reason.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {

@@ -30,7 +30,7 @@ use runway_runs::{
 };
 use serde::Deserialize;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, Internal, Unauthenticated};
 use super::runs::{caller_of, run_id, run_not_found};
 use crate::AppState;
 use crate::auth::Caller;
@@ -78,9 +78,9 @@ pub(crate) struct OrgStreamParams {
     responses(
         (status = 200, description = "A stream of server-sent events, one per outbox event (`run.started`, `attempt.progress`, `attempt.failed`, `run.completed`): `event` is the type, `data` the event's JSON (as delivered to webhooks), `id` a cursor. Reconnect with `Last-Event-ID` (or `after`) to get exactly what followed.", body = String, content_type = "text/event-stream"),
         (status = 400, description = "`invalid_run_id`, or `invalid_parameter` (an event id this stream did not give).", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 404, description = "`run_not_found` (also another org's run).", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        Internal,
     ),
 )]
 pub(crate) async fn run_events(
@@ -123,9 +123,9 @@ pub(crate) async fn run_events(
     responses(
         (status = 200, description = "A stream of server-sent events, one per outbox event (`run.started`, `attempt.progress`, `attempt.failed`, `run.completed`): `event` is the type, `data` the event's JSON (as delivered to webhooks), `id` a cursor. Reconnect with `Last-Event-ID` (or `after`) to get exactly what followed.", body = String, content_type = "text/event-stream"),
         (status = 400, description = "`invalid_parameter` (a bad or missing org, an event id this stream did not give).", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "`wrong_org`: an API key of another org.", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        Internal,
     ),
 )]
 pub(crate) async fn org_events(

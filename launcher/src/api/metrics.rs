@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
-use super::error::ErrorBody;
+use super::error::{ErrorBody, Unauthenticated};
 use crate::AppState;
 use crate::metrics::CONTENT_TYPE;
 
@@ -23,7 +23,7 @@ use crate::metrics::CONTENT_TYPE;
     tag = "meta",
     responses(
         (status = 200, description = "Every metric family, listed in the README's Metrics section.", body = String, content_type = "text/plain; version=0.0.4"),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 500, description = "`internal` (the run store did not answer).", body = ErrorBody),
     ),
 )]

@@ -24,7 +24,7 @@ use runway_runs::{Idempotency, RunId, RunState};
 use sha2::{Digest as _, Sha256};
 
 use super::create::{self, Staged, StoredRun};
-use super::error::{ApiError, ConflictBody, ErrorBody};
+use super::error::{ApiError, ConflictBody, ErrorBody, Internal, Unauthenticated};
 use super::runs::{caller_of, run_id, run_not_found};
 use super::view::RunView;
 use crate::AppState;
@@ -52,11 +52,11 @@ use crate::spec::RunSpec;
         (status = 201, description = "The new run (`retry_of` is the original's id); `Location` is `/v1/runs/<id>`.", body = RunView, headers(("Location" = String, description = "`/v1/runs/<id>`."))),
         (status = 200, description = "A repeat of an earlier retry with the same Idempotency-Key: the run it made.", body = RunView, headers(("Location" = String, description = "`/v1/runs/<id>`."))),
         (status = 400, description = "`invalid_run_id`, `invalid_idempotency_key`.", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 404, description = "`run_not_found` (also another org's run).", body = ErrorBody),
         (status = 409, description = "`run_active`: the run has not ended (queued or running); `run` carries it.", body = ConflictBody),
         (status = 422, description = "`unknown_validator` (the run's validator is no longer offered), `input_file_missing` or `input_file_changed` (a file is gone from storage or no longer matches its digest), `idempotency_key_reused`.", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        Internal,
     ),
 )]
 pub(crate) async fn retry_run(

@@ -11,7 +11,7 @@ use runway_runs::{BackendKind, CancelOutcome, RunCursor, RunFilter, RunId, RunSt
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::{ApiError, ConflictBody, ErrorBody};
+use super::error::{ApiError, ConflictBody, ErrorBody, Internal, Unauthenticated};
 use super::view::RunView;
 use crate::AppState;
 use crate::auth::Caller;
@@ -59,7 +59,7 @@ pub(crate) struct Validator {
     tag = "validators",
     responses(
         (status = 200, description = "The registry, without backend details such as images or job names.", body = ValidatorList),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
     ),
 )]
 pub(crate) async fn list_validators(State(state): State<AppState>) -> Json<ValidatorList> {
@@ -89,9 +89,9 @@ pub(crate) async fn list_validators(State(state): State<AppState>) -> Json<Valid
     responses(
         (status = 200, description = "The run.", body = RunView),
         (status = 400, description = "`invalid_run_id`: not a UUID.", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 404, description = "`run_not_found` (also another org's run).", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        Internal,
     ),
 )]
 pub(crate) async fn get_run(
@@ -157,9 +157,9 @@ pub(crate) struct RunPage {
     responses(
         (status = 200, description = "One page; `next_cursor` is null on the last page. Rows are run summaries (no `attempts`).", body = RunPage),
         (status = 400, description = "`invalid_parameter`, naming the parameter (unknown state, bad id, limit outside 1–200, foreign cursor, unknown parameter).", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 403, description = "`wrong_org`: an API key asked for another org.", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        Internal,
     ),
 )]
 pub(crate) async fn list_runs(
@@ -275,10 +275,10 @@ pub(crate) fn run_filter(caller: &Caller, params: &ListParams) -> Result<RunFilt
         (status = 200, description = "The run was queued and is now completed with result `canceled`.", body = RunView),
         (status = 202, description = "The run is running; its attempt is flagged `cancel_requested` and the reconciler stops it.", body = RunView),
         (status = 400, description = "`invalid_run_id`.", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 404, description = "`run_not_found` (also another org's run).", body = ErrorBody),
         (status = 409, description = "`run_already_completed`: the run already finished; `run` carries its result.", body = ConflictBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        Internal,
     ),
 )]
 pub(crate) async fn cancel_run(

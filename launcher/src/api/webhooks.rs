@@ -12,7 +12,7 @@ use runway_runs::OutboxId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, Internal, Unauthenticated};
 use super::runs::{caller_of, page_limit};
 use crate::AppState;
 use crate::auth::Caller;
@@ -81,8 +81,8 @@ pub(crate) struct Replayed {
     responses(
         (status = 200, description = "The dead events.", body = DeadEvents),
         (status = 400, description = "`invalid_parameter`.", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        Unauthenticated,
+        Internal,
     ),
 )]
 pub(crate) async fn list_dead(
@@ -133,9 +133,9 @@ pub(crate) async fn list_dead(
     responses(
         (status = 202, description = "Due for delivery again.", body = Replayed),
         (status = 400, description = "`invalid_event_id`.", body = ErrorBody),
-        (status = 401, description = "`unauthenticated`, `unknown_api_key`, `revoked_api_key`, `bad_token`.", body = ErrorBody),
+        Unauthenticated,
         (status = 404, description = "`dead_event_not_found`: no such dead event (or another org's).", body = ErrorBody),
-        (status = 500, description = "`internal`.", body = ErrorBody),
+        Internal,
     ),
 )]
 pub(crate) async fn replay(

@@ -42,6 +42,36 @@ const STYLE_CSS: &str = include_str!("style.css");
 /// The dashboard's one script, served as `/dashboard/assets/live.js`.
 const LIVE_JS: &str = include_str!("live.js");
 
+/// The `401` of every dashboard page that needs credentials: the login form.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 401,
+    description = "Authentication is required and none (or a refused one) was given: the login form.",
+    content_type = "text/html"
+)]
+pub(crate) struct LoginForm(
+    #[expect(
+        dead_code,
+        reason = "only described in the OpenAPI document, never built"
+    )]
+    String,
+);
+
+/// The `500` of every dashboard page: an opaque error page.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 500,
+    description = "`internal`: an opaque error page.",
+    content_type = "text/html"
+)]
+pub(crate) struct ErrorPage(
+    #[expect(
+        dead_code,
+        reason = "only described in the OpenAPI document, never built"
+    )]
+    String,
+);
+
 /// Only this origin's files run or load here; nothing frames the pages.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
@@ -195,7 +225,7 @@ fn secured(mut response: Response) -> Response {
     tag = "dashboard",
     responses(
         (status = 303, description = "To `/dashboard/runs`."),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
     ),
 )]
 async fn home() -> Redirect {

@@ -9,8 +9,8 @@ use maud::{Markup, html};
 use runway_runs::ValidatorActivity;
 use serde::Deserialize;
 
-use super::PageError;
 use super::layout::{Nav, duration, page, plain};
+use super::{ErrorPage, LoginForm, PageError};
 use crate::AppState;
 use crate::api::ApiError;
 use crate::auth::Caller;
@@ -40,8 +40,8 @@ pub(super) struct WindowQuery {
     responses(
         (status = 200, description = "The page.", body = String, content_type = "text/html"),
         (status = 400, description = "`invalid_parameter`: an unknown window.", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        LoginForm,
+        ErrorPage,
     ),
 )]
 pub(super) async fn validators(
@@ -140,9 +140,9 @@ pub(super) async fn validators(
     tag = "dashboard",
     responses(
         (status = 200, description = "The page.", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
         (status = 403, description = "`operators_only`: an org's API key.", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        ErrorPage,
     ),
 )]
 pub(super) async fn reconciler(

@@ -15,8 +15,8 @@ use runway_storage::StorageError;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::PageError;
 use super::layout::{Nav, badge, duration, page, plain, query, text, when};
+use super::{ErrorPage, LoginForm, PageError};
 use crate::AppState;
 use crate::api::ApiError;
 use crate::api::events::{self, RunStreamParams};
@@ -73,9 +73,9 @@ fn bad_query(e: &QueryRejection) -> PageError {
     responses(
         (status = 200, description = "The page.", body = String, content_type = "text/html"),
         (status = 400, description = "A filter is invalid (as `GET /v1/runs` says).", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
         (status = 403, description = "`wrong_org`: an API key asked for another org.", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        ErrorPage,
     ),
 )]
 pub(super) async fn list(
@@ -206,9 +206,9 @@ fn count_cells(c: &RunCounts) -> [(&'static str, &'static str, u64); 8] {
     responses(
         (status = 200, description = "Counts.", body = RunCounts),
         (status = 400, description = "A filter is invalid.", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
         (status = 403, description = "`wrong_org`.", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        ErrorPage,
     ),
 )]
 pub(super) async fn counts(
@@ -246,9 +246,9 @@ pub(super) struct DetailQuery {
     responses(
         (status = 200, description = "The page.", body = String, content_type = "text/html"),
         (status = 400, description = "`invalid_run_id`.", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
         (status = 404, description = "`run_not_found` (also another org's run).", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        ErrorPage,
     ),
 )]
 pub(super) async fn detail(
@@ -477,9 +477,9 @@ async fn last_event(state: &AppState, run: RunId) -> Result<Option<String>, Page
     responses(
         (status = 200, description = "Server-sent events.", body = String, content_type = "text/event-stream"),
         (status = 400, description = "`invalid_run_id` or `invalid_parameter`.", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
         (status = 404, description = "`run_not_found`.", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        ErrorPage,
     ),
 )]
 pub(super) async fn events(
@@ -515,11 +515,11 @@ pub(super) async fn events(
     responses(
         (status = 303, description = "To the run page, with `notice=canceled` (it was queued) or `notice=cancel-requested` (it was running)."),
         (status = 400, description = "`invalid_run_id`.", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
         (status = 403, description = "`cross_site_request`: no Origin or Referer of this host.", body = String, content_type = "text/html"),
         (status = 404, description = "`run_not_found`.", body = String, content_type = "text/html"),
         (status = 409, description = "`run_already_completed`.", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        ErrorPage,
     ),
 )]
 pub(super) async fn cancel(
@@ -565,12 +565,12 @@ pub(super) struct RetryForm {
     responses(
         (status = 303, description = "To the new run's page, with `notice=retried`."),
         (status = 400, description = "`invalid_run_id`, `invalid_form`.", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
         (status = 403, description = "`cross_site_request`: no Origin or Referer of this host.", body = String, content_type = "text/html"),
         (status = 404, description = "`run_not_found`.", body = String, content_type = "text/html"),
         (status = 409, description = "`run_active`: the run has not ended.", body = String, content_type = "text/html"),
         (status = 422, description = "`unknown_validator`, `input_file_missing`, `input_file_changed`, or the key already used for another request.", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        ErrorPage,
     ),
 )]
 pub(super) async fn retry(
@@ -617,10 +617,10 @@ pub(super) async fn retry(
     responses(
         (status = 200, description = "The envelope as stored.", body = Object),
         (status = 400, description = "`invalid_run_id`.", body = String, content_type = "text/html"),
-        (status = 401, description = "Authentication is required and none (or a refused one) was given: the login form.", body = String, content_type = "text/html"),
+        LoginForm,
         (status = 404, description = "No such run (or another org's), attempt or file, or not written yet.", body = String, content_type = "text/html"),
         (status = 422, description = "`too_large` or `not_a_file`.", body = String, content_type = "text/html"),
-        (status = 500, description = "`internal`: an opaque error page.", body = String, content_type = "text/html"),
+        ErrorPage,
     ),
 )]
 pub(super) async fn envelope(
