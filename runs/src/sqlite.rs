@@ -439,6 +439,23 @@ impl SqliteStore {
         session
     }
 
+    /// Runs `work`, statements that commit by themselves on the given pooled connections, on
+    /// the writer thread and with the writer turn taken [`alone`](Self::alone).
+    async fn autocommit<T, F>(
+        &self,
+        work: impl FnOnce(SqlitePool) -> F + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.on_writer(move |store| async move {
+            let _turn = store.alone().await;
+            work(store.pool.clone()).await
+        })
+        .await
+    }
+
     /// How many `COMMIT`s the store's writers have sent so far: a group of write transactions
     /// that shared one counts once.
     pub async fn commits(&self) -> u64 {
@@ -1341,11 +1358,8 @@ impl RunStore for SqliteStore {
 
     async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
         let key = key.clone();
-        self.on_writer(move |store| async move {
-            let _turn = store.alone().await;
-            api_key_create(&store.pool, &key).await
-        })
-        .await
+        self.autocommit(move |pool| async move { api_key_create(&pool, &key).await })
+            .await
     }
 
     async fn api_key_by_secret(&self, secret_sha256: &str) -> Result<Option<ApiKey>, StoreError> {
@@ -1357,11 +1371,8 @@ impl RunStore for SqliteStore {
         id: ApiKeyId,
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKey>, StoreError> {
-        self.on_writer(move |store| async move {
-            let _turn = store.alone().await;
-            api_key_revoke(&store.pool, id, at).await
-        })
-        .await
+        self.autocommit(move |pool| async move { api_key_revoke(&pool, id, at).await })
+            .await
     }
 
     async fn list_api_keys(&self, org: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
@@ -1373,11 +1384,8 @@ impl RunStore for SqliteStore {
         subscription: &WebhookSubscription,
     ) -> Result<WebhookSubscription, StoreError> {
         let subscription = subscription.clone();
-        self.on_writer(move |store| async move {
-            let _turn = store.alone().await;
-            subscription_create(&store.pool, &subscription).await
-        })
-        .await
+        self.autocommit(move |pool| async move { subscription_create(&pool, &subscription).await })
+            .await
     }
 
     async fn list_subscriptions(
@@ -1394,10 +1402,9 @@ impl RunStore for SqliteStore {
         reason: &str,
     ) -> Result<Option<WebhookSubscription>, StoreError> {
         let reason = reason.to_owned();
-        self.on_writer(move |store| async move {
-            let _turn = store.alone().await;
-            subscription_disable(&store.pool, id, at, &reason).await
-        })
+        self.autocommit(
+            move |pool| async move { subscription_disable(&pool, id, at, &reason).await },
+        )
         .await
     }
 
@@ -1407,10 +1414,9 @@ impl RunStore for SqliteStore {
         secrets: &[String],
     ) -> Result<Option<WebhookSubscription>, StoreError> {
         let secrets = secrets.to_vec();
-        self.on_writer(move |store| async move {
-            let _turn = store.alone().await;
-            subscription_set_secrets(&store.pool, id, &secrets).await
-        })
+        self.autocommit(
+            move |pool| async move { subscription_set_secrets(&pool, id, &secrets).await },
+        )
         .await
     }
 
@@ -1420,11 +1426,8 @@ impl RunStore for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let ids = ids.to_vec();
-        self.on_writer(move |store| async move {
-            let _turn = store.alone().await;
-            outbox_delivered_many(&store.pool, &ids, at).await
-        })
-        .await
+        self.autocommit(move |pool| async move { outbox_delivered_many(&pool, &ids, at).await })
+            .await
     }
 
     async fn dead_outbox(
@@ -1442,10 +1445,9 @@ impl RunStore for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let org = org.map(str::to_owned);
-        self.on_writer(move |store| async move {
-            let _turn = store.alone().await;
-            outbox_replay(&store.pool, id, org.as_deref(), at).await
-        })
+        self.autocommit(
+            move |pool| async move { outbox_replay(&pool, id, org.as_deref(), at).await },
+        )
         .await
     }
 
