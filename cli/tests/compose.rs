@@ -145,7 +145,14 @@ async fn run_to_result(http: &reqwest::Client, stack: &Stack, body: &Value) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_stack_runs_real_validations_end_to_end() {
     let stack = Stack::up();
-    let http = reqwest::Client::new();
+    // Every request is bounded: a connection to the published port made while the stack
+    // starts can be accepted and then never answered, and without a timeout the test hung
+    // (seen once in CI, with the stack up and ready).
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
     wait_ready(&http, &stack).await;
     let run = run_to_result(&http, &stack, &energyplus_run(BOX_IDF, true)).await;
     assert_eq!(run["result"], "passed", "{run}");
