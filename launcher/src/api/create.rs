@@ -45,6 +45,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use runway_contract::input::MAX_INPUT_ENVELOPE_BYTES;
 use runway_contract::shape::{ShapeError, ShapeLimits, check_shape};
 use runway_contract::{
@@ -366,19 +367,19 @@ async fn from_json(
     let mut staged = Staged::new(state, &checked.org.id, run_id)?;
     check_envelope_size(state, &checked, run_id, &staged.upload)?;
     let outcome = async {
-        let mut received = Vec::with_capacity(checked.files.len());
-        for ((index, file), digest) in checked.files.iter().enumerate().zip(&digests) {
-            let Source::Inline(bytes) = &file.source else {
-                unreachable!("checked JSON requests carry inline files only")
-            };
-            let receipt = staged
-                .put(index, &file.name, Body::Bytes(bytes.clone()))
-                .await?;
-            received.push(Received {
+        let bodies = checked.files.iter().map(|file| match &file.source {
+            Source::Inline(bytes) => (&file.name, Body::Bytes(bytes.clone())),
+            Source::Part(_) => unreachable!("checked JSON requests carry inline files only"),
+        });
+        let receipts = staged.put_all(bodies).await?;
+        let received = receipts
+            .into_iter()
+            .zip(&digests)
+            .map(|(receipt, digest)| Received {
                 digest: digest.clone(),
-                receipt,
-            });
-        }
+                receipt: Some(receipt),
+            })
+            .collect();
         commit(
             state,
             checked,
@@ -1339,76 +1340,79 @@ impl Staged {
             .context("building a file's object key from checked parts")?)
     }
 
-    /// Stores file `index` create-only.
-    async fn put(
+    /// Stores the files create-only, file `index` from the `index`th body, all at once: each
+    /// waits on its own (a round trip to GCS, `fsync`s on a file system), so together they
+    /// take as long as the slowest rather than the sum. Returns their receipts in file order.
+    async fn put_all<'n>(
         &mut self,
-        index: usize,
-        name: &SafeName,
-        body: Body,
-    ) -> Result<Option<PutReceipt>, ApiError> {
-        let key = self.key(index, name)?;
-        let receipt = self
-            .storage
-            .put_new(&key, body)
-            .await
-            .map_err(|e| storage_failure(e, &key))?;
-        self.stored.push(key);
-        Ok(Some(receipt))
+        bodies: impl IntoIterator<Item = (&'n SafeName, Body)>,
+    ) -> Result<Vec<PutReceipt>, ApiError> {
+        let mut puts = Vec::new();
+        for (index, (name, body)) in bodies.into_iter().enumerate() {
+            let key = self.key(index, name)?;
+            let storage = self.storage.clone();
+            puts.push(async move {
+                let put = storage.put_new(&key, body).await;
+                let put = put.map_err(|e| storage_failure(e, &key));
+                (key, put)
+            });
+        }
+        self.store_each(puts).await
     }
 
-    /// Copies `file`, stored for another run, to file `index` of this upload, create-only,
-    /// checking on the way that its bytes are still the ones the other run recorded. Returns
-    /// the file as stored here.
-    pub(super) async fn copy(
+    /// Copies `files`, stored for another run, to this upload create-only and all at once
+    /// (file `index` of `files` to file `index` here), checking on the way that their bytes
+    /// are still the ones the other run recorded. Returns the files as stored here.
+    pub(super) async fn copy_all(
         &mut self,
-        index: usize,
-        file: &StoredFile,
-    ) -> Result<StoredFile, ApiError> {
-        let key = self.key(index, &file.name)?;
-        let copied = runway_storage::copy_new(
-            self.storage.as_ref(),
-            file.uri.as_str(),
-            &key,
-            file.sha256.as_str(),
-            file.size_bytes,
-        )
-        .await;
-        let receipt = match copied {
-            Ok(receipt) => receipt,
-            Err(StorageError::NotFound { .. }) => {
-                return Err(ApiError::unprocessable(
-                    "input_file_missing",
-                    format!(
-                        "input file {:?} of the run is no longer in object storage, so the \
-                         run cannot be run again; submit it anew",
-                        file.name.as_str()
-                    ),
-                ));
+        files: &[StoredFile],
+    ) -> Result<Vec<StoredFile>, ApiError> {
+        let mut copies = Vec::new();
+        for (index, file) in files.iter().enumerate() {
+            let key = self.key(index, &file.name)?;
+            let storage = self.storage.clone();
+            copies.push(async move {
+                let copied = copy_one(storage, &key, file).await;
+                (key, copied)
+            });
+        }
+        self.store_each(copies).await
+    }
+
+    /// Waits for every store in `stores` (each the key it writes and what came of it),
+    /// recording each key as its object lands, so that a request refused or dropped
+    /// afterwards removes it even when another store failed. Returns what they gave in
+    /// order, or the first failure in that order.
+    async fn store_each<T>(
+        &mut self,
+        stores: Vec<impl Future<Output = (ObjectKey, Result<T, ApiError>)>>,
+    ) -> Result<Vec<T>, ApiError> {
+        let mut pending: FuturesUnordered<_> = stores
+            .into_iter()
+            .enumerate()
+            .map(|(index, store)| async move { (index, store.await) })
+            .collect();
+        let mut stored: Vec<Option<T>> = std::iter::repeat_with(|| None)
+            .take(pending.len())
+            .collect();
+        let mut failure: Option<(usize, ApiError)> = None;
+        while let Some((index, (key, result))) = pending.next().await {
+            match result {
+                Ok(value) => {
+                    self.stored.push(key);
+                    stored[index] = Some(value);
+                }
+                Err(e) => {
+                    if failure.as_ref().is_none_or(|(first, _)| index < *first) {
+                        failure = Some((index, e));
+                    }
+                }
             }
-            Err(StorageError::Mismatch { .. } | StorageError::TooLarge { .. }) => {
-                return Err(ApiError::unprocessable(
-                    "input_file_changed",
-                    format!(
-                        "input file {:?} of the run no longer has the size and sha256 the run \
-                         recorded, so the run cannot be run again; submit it anew",
-                        file.name.as_str()
-                    ),
-                ));
-            }
-            Err(e) => return Err(storage_failure(e, &key)),
-        };
-        self.stored.push(key);
-        Ok(StoredFile {
-            uri: StorageUri::parse(receipt.uri.clone()).map_err(|e| {
-                anyhow!(
-                    "object storage returned {}, which validator containers cannot read: {e}",
-                    receipt.uri
-                )
-            })?,
-            storage_version: StorageVersion::parse(receipt.storage_version)
-                .map_err(|e| anyhow!("storage version: {e}"))?,
-            ..file.clone()
-        })
+        }
+        if let Some((_, e)) = failure {
+            return Err(e);
+        }
+        Ok(stored.into_iter().flatten().collect())
     }
 
     /// Streams form part `field` to file `index` while hashing it.
@@ -1472,6 +1476,57 @@ impl Drop for Staged {
             });
         }
     }
+}
+
+/// Copies `file`, stored for another run, to `key` create-only (see [`Staged::copy_all`]).
+async fn copy_one(
+    storage: Arc<dyn ObjectStore>,
+    key: &ObjectKey,
+    file: &StoredFile,
+) -> Result<StoredFile, ApiError> {
+    let copied = runway_storage::copy_new(
+        storage.as_ref(),
+        file.uri.as_str(),
+        key,
+        file.sha256.as_str(),
+        file.size_bytes,
+    )
+    .await;
+    let receipt = match copied {
+        Ok(receipt) => receipt,
+        Err(StorageError::NotFound { .. }) => {
+            return Err(ApiError::unprocessable(
+                "input_file_missing",
+                format!(
+                    "input file {:?} of the run is no longer in object storage, so the \
+                     run cannot be run again; submit it anew",
+                    file.name.as_str()
+                ),
+            ));
+        }
+        Err(StorageError::Mismatch { .. } | StorageError::TooLarge { .. }) => {
+            return Err(ApiError::unprocessable(
+                "input_file_changed",
+                format!(
+                    "input file {:?} of the run no longer has the size and sha256 the run \
+                     recorded, so the run cannot be run again; submit it anew",
+                    file.name.as_str()
+                ),
+            ));
+        }
+        Err(e) => return Err(storage_failure(e, key)),
+    };
+    Ok(StoredFile {
+        uri: StorageUri::parse(receipt.uri.clone()).map_err(|e| {
+            anyhow!(
+                "object storage returned {}, which validator containers cannot read: {e}",
+                receipt.uri
+            )
+        })?,
+        storage_version: StorageVersion::parse(receipt.storage_version)
+            .map_err(|e| anyhow!("storage version: {e}"))?,
+        ..file.clone()
+    })
 }
 
 async fn discard(storage: &dyn ObjectStore, key: &ObjectKey) {
@@ -1568,4 +1623,139 @@ fn stored_file(file: &FileMeta, got: Received) -> anyhow::Result<StoredFile> {
             .map_err(|e| anyhow!("storage version: {e}"))?,
         resource: file.resource.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use runway_storage::{ByteStream, Expected, ObjectMeta, StorageUri as ObjectsUri};
+    use tokio::sync::Barrier;
+
+    use super::*;
+
+    /// Object storage whose writes each wait until `together` writes are under way, and
+    /// which refuses to write a key ending in `refused`.
+    #[derive(Debug)]
+    struct Gated {
+        inner: Arc<dyn ObjectStore>,
+        together: Barrier,
+        refused: &'static str,
+    }
+
+    #[async_trait]
+    impl ObjectStore for Gated {
+        fn base(&self) -> &ObjectsUri {
+            self.inner.base()
+        }
+
+        async fn put_new_expecting(
+            &self,
+            key: &ObjectKey,
+            body: Body,
+            expected: Expected,
+        ) -> Result<PutReceipt, StorageError> {
+            self.together.wait().await;
+            if key.as_str().ends_with(self.refused) {
+                return Err(StorageError::Io {
+                    uri: self.inner.uri_for(key),
+                    source: io::Error::other("refused by the test"),
+                });
+            }
+            self.inner.put_new_expecting(key, body, expected).await
+        }
+
+        async fn get(&self, uri_or_key: &str, max_bytes: u64) -> Result<ByteStream, StorageError> {
+            self.inner.get(uri_or_key, max_bytes).await
+        }
+
+        async fn head(&self, uri_or_key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            self.inner.head(uri_or_key).await
+        }
+
+        async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+            self.inner.list(prefix).await
+        }
+    }
+
+    const NAMES: [&str; 3] = ["model.idf", "weather.epw", "notes.txt"];
+
+    /// Three files stored through `Gated` (every write waits for all three), refusing the
+    /// key ending in `refused`; returns what `put_all` answered (within a minute of paused
+    /// time, which passes at once if the writes wait for one another), and the objects under
+    /// the upload before and after the request is settled unkept.
+    async fn store_three(
+        refused: &'static str,
+    ) -> (Result<Vec<PutReceipt>, ApiError>, usize, usize) {
+        let inner = runway_storage::open("memory://staged", &Default::default())
+            .await
+            .expect("storage");
+        let upload = RunPaths::new("acme", uuid::Uuid::now_v7())
+            .expect("paths")
+            .upload(uuid::Uuid::new_v4());
+        let root = upload.input_file(0, "x").expect("key").as_str().to_owned();
+        let prefix = root.trim_end_matches("0-x").to_owned();
+        let mut staged = Staged {
+            storage: Arc::new(Gated {
+                inner: inner.clone(),
+                together: Barrier::new(NAMES.len()),
+                refused,
+            }),
+            upload,
+            stored: Vec::new(),
+            kept: false,
+        };
+        let names: Vec<SafeName> = NAMES
+            .iter()
+            .map(|name| SafeName::parse((*name).to_owned()).expect("name"))
+            .collect();
+        let bodies = names
+            .iter()
+            .map(|name| (name, Body::Bytes(Bytes::from(name.as_str().to_owned()))));
+        let answer = tokio::time::timeout(Duration::from_secs(60), staged.put_all(bodies))
+            .await
+            .expect("the three writes were under way at once");
+        let stored = inner.list(&prefix).await.expect("list").len();
+        staged.settle().await;
+        let left = inner.list(&prefix).await.expect("list").len();
+        (answer, stored, left)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_requests_files_are_stored_at_once_and_answered_in_order() {
+        let (answer, stored, left) = store_three("no key ends so").await;
+        assert_eq!(stored, 3);
+        let receipts = answer.expect("stored");
+        for (index, (receipt, name)) in receipts.iter().zip(NAMES).enumerate() {
+            assert!(
+                receipt.uri.ends_with(&format!("/{index}-{name}")),
+                "{} is not file {index}",
+                receipt.uri
+            );
+            assert_eq!(receipt.size_bytes, name.len() as u64);
+        }
+        assert_eq!(
+            left, 0,
+            "an unkept request's files are removed when it settles"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_refused_by_storage_fails_the_request_and_the_others_are_removed() {
+        let (answer, stored, left) = store_three("1-weather.epw").await;
+        assert_eq!(stored, 2);
+        let Err(ApiError::Internal(cause)) = answer else {
+            panic!("a refused write is an internal error: {answer:?}");
+        };
+        assert!(
+            format!("{cause:#}").contains("1-weather.epw"),
+            "the failure names the file: {cause:#}"
+        );
+        assert_eq!(left, 0, "the two files that were stored are removed");
+    }
 }

@@ -142,10 +142,7 @@ pub async fn retry(
     // same org, one UUID for another).
     let mut staged = Staged::new(state, &org_id, new_id)?;
     let outcome = async {
-        let mut files = Vec::with_capacity(spec.files.len());
-        for (index, file) in spec.files.iter().enumerate() {
-            files.push(staged.copy(index, file).await?);
-        }
+        let files = staged.copy_all(&spec.files).await?;
         // A new run, in the trace of the request that retried it when spans are exported (the
         // run's spans then hang under that request's), else in a new one.
         let trace = crate::spec::trace_for(&HeaderMap::new());
