@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Run the service in this process instead of a separate `runway dev`.
     #[arg(long, default_value_t = false)]
     pub in_process: bool,
+    /// Each run uploads a weather file beside its model, as EnergyPlus runs do (two files).
+    #[arg(long, default_value_t = false)]
+    pub weather: bool,
 }
 
 /// The service under test.
@@ -133,13 +136,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let org = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let model =
         STANDARD.encode(b"Version, 25.2;\nBuilding, Bench;\nOutput:SQLite, SimpleAndTabular;\n");
+    let mut files = vec![json!({
+        "name": "m.idf", "mime_type": "application/vnd.energyplus.idf",
+        "port_key": "primary_model", "content_base64": model,
+    })];
+    if args.weather {
+        let weather = STANDARD.encode(b"LOCATION,Bench,,,,,0,0,0,0\n".repeat(40));
+        files.push(json!({
+            "name": "w.epw", "mime_type": "application/vnd.energyplus.epw",
+            "port_key": "weather", "content_base64": weather,
+        }));
+    }
     let body = json!({
         "validator": "energyplus",
         "org": {"id": org, "name": "Bench"},
         "workflow": {"id": "wf", "step_id": "s"},
         "inputs": {},
-        "files": [{"name": "m.idf", "mime_type": "application/vnd.energyplus.idf",
-                   "port_key": "primary_model", "content_base64": model}],
+        "files": files,
     })
     .to_string();
     let client = Client {
@@ -202,8 +215,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(rate) => format!("open loop at {rate} runs/s"),
     };
     println!(
-        "runway bench: {} runs, {loop_kind}, mock backend (0 ms), service {}",
+        "runway bench: {} runs of {} file{}, {loop_kind}, mock backend (0 ms), service {}",
         args.runs,
+        if args.weather { 2 } else { 1 },
+        if args.weather { "s" } else { "" },
         if args.in_process {
             "in this process"
         } else {

@@ -107,10 +107,30 @@ fn in_process_and_storage_choice() {
         "--in-process",
         "--storage",
         &storage,
+        "--weather",
     ]);
     assert_eq!(figure(&printed, "passed"), "20/20");
     assert_eq!(figure(&printed, "storage"), storage);
-    assert!(dir.path().join("objects/runs").is_dir());
+    assert!(printed.contains("20 runs of 2 files"), "{printed}");
+    let weather_files = walk(&dir.path().join("objects/runs"))
+        .into_iter()
+        .filter(|path| path.ends_with("1-w.epw"))
+        .count();
+    assert_eq!(weather_files, 20, "each run stored its weather file");
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[test]
