@@ -45,7 +45,6 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use runway_contract::input::MAX_INPUT_ENVELOPE_BYTES;
 use runway_contract::shape::{ShapeError, ShapeLimits, check_shape};
 use runway_contract::{
@@ -78,6 +77,10 @@ pub const MAX_MULTIPART_BODY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 const MAX_REQUEST_PART_BYTES: usize = 1024 * 1024;
 /// Most files per run.
 const MAX_FILES: usize = 100;
+
+/// Most of one request's files stored at once: the usual few all go together, while a request
+/// of a hundred files does not hold a hundred connections or blocking threads.
+const STORES_AT_ONCE: usize = 8;
 /// Most tags per run, and the longest tag.
 const MAX_TAGS: usize = 50;
 const MAX_TAG_CHARS: usize = 128;
@@ -1340,9 +1343,10 @@ impl Staged {
             .context("building a file's object key from checked parts")?)
     }
 
-    /// Stores the files create-only, file `index` from the `index`th body, all at once: each
-    /// waits on its own (a round trip to GCS, `fsync`s on a file system), so together they
-    /// take as long as the slowest rather than the sum. Returns their receipts in file order.
+    /// Stores the files create-only, file `index` from the `index`th body, at once (up to
+    /// [`STORES_AT_ONCE`]): each waits on its own (a round trip to GCS, `fsync`s on a file
+    /// system), so together they take as long as the slowest rather than the sum. Returns
+    /// their receipts in file order.
     async fn put_all<'n>(
         &mut self,
         bodies: impl IntoIterator<Item = (&'n SafeName, Body)>,
@@ -1360,8 +1364,8 @@ impl Staged {
         self.store_each(puts).await
     }
 
-    /// Copies `files`, stored for another run, to this upload create-only and all at once
-    /// (file `index` of `files` to file `index` here), checking on the way that their bytes
+    /// Copies `files`, stored for another run, to this upload create-only and at once (up to
+    /// [`STORES_AT_ONCE`]; file `index` of `files` to file `index` here), checking on the way that their bytes
     /// are still the ones the other run recorded. Returns the files as stored here.
     pub(super) async fn copy_all(
         &mut self,
@@ -1387,14 +1391,15 @@ impl Staged {
         &mut self,
         stores: Vec<impl Future<Output = (ObjectKey, Result<T, ApiError>)>>,
     ) -> Result<Vec<T>, ApiError> {
-        let mut pending: FuturesUnordered<_> = stores
-            .into_iter()
-            .enumerate()
-            .map(|(index, store)| async move { (index, store.await) })
-            .collect();
-        let mut stored: Vec<Option<T>> = std::iter::repeat_with(|| None)
-            .take(pending.len())
-            .collect();
+        let mut stored: Vec<Option<T>> =
+            std::iter::repeat_with(|| None).take(stores.len()).collect();
+        let mut pending = futures::stream::iter(
+            stores
+                .into_iter()
+                .enumerate()
+                .map(|(index, store)| async move { (index, store.await) }),
+        )
+        .buffer_unordered(STORES_AT_ONCE);
         let mut failure: Option<(usize, ApiError)> = None;
         while let Some((index, (key, result))) = pending.next().await {
             match result {
@@ -1627,6 +1632,7 @@ fn stored_file(file: &FileMeta, got: Received) -> anyhow::Result<StoredFile> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use async_trait::async_trait;
@@ -1635,13 +1641,27 @@ mod tests {
 
     use super::*;
 
-    /// Object storage whose writes each wait until `together` writes are under way, and
-    /// which refuses to write a key ending in `refused`.
+    /// Object storage whose writes each wait until `together` writes are under way, which
+    /// refuses to write a key ending in `refused`, and counts the most writes under way at once.
     #[derive(Debug)]
     struct Gated {
         inner: Arc<dyn ObjectStore>,
         together: Barrier,
         refused: &'static str,
+        under_way: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl Gated {
+        fn new(inner: Arc<dyn ObjectStore>, together: usize, refused: &'static str) -> Self {
+            Self {
+                inner,
+                together: Barrier::new(together),
+                refused,
+                under_way: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+            }
+        }
     }
 
     #[async_trait]
@@ -1656,7 +1676,14 @@ mod tests {
             body: Body,
             expected: Expected,
         ) -> Result<PutReceipt, StorageError> {
+            let now = self.under_way.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
             self.together.wait().await;
+            // Let the other writes that can start, start.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            self.under_way.fetch_sub(1, Ordering::SeqCst);
             if key.as_str().ends_with(self.refused) {
                 return Err(StorageError::Io {
                     uri: self.inner.uri_for(key),
@@ -1685,6 +1712,17 @@ mod tests {
 
     const NAMES: [&str; 3] = ["model.idf", "weather.epw", "notes.txt"];
 
+    fn staged(storage: Arc<dyn ObjectStore>) -> Staged {
+        Staged {
+            storage,
+            upload: RunPaths::new("acme", uuid::Uuid::now_v7())
+                .expect("paths")
+                .upload(uuid::Uuid::new_v4()),
+            stored: Vec::new(),
+            kept: false,
+        }
+    }
+
     /// Three files stored through `Gated` (every write waits for all three), refusing the
     /// key ending in `refused`; returns what `put_all` answered (within a minute of paused
     /// time, which passes at once if the writes wait for one another), and the objects under
@@ -1695,21 +1733,9 @@ mod tests {
         let inner = runway_storage::open("memory://staged", &Default::default())
             .await
             .expect("storage");
-        let upload = RunPaths::new("acme", uuid::Uuid::now_v7())
-            .expect("paths")
-            .upload(uuid::Uuid::new_v4());
-        let root = upload.input_file(0, "x").expect("key").as_str().to_owned();
-        let prefix = root.trim_end_matches("0-x").to_owned();
-        let mut staged = Staged {
-            storage: Arc::new(Gated {
-                inner: inner.clone(),
-                together: Barrier::new(NAMES.len()),
-                refused,
-            }),
-            upload,
-            stored: Vec::new(),
-            kept: false,
-        };
+        let mut staged = staged(Arc::new(Gated::new(inner.clone(), NAMES.len(), refused)));
+        let first = staged.upload.input_file(0, "x").expect("key");
+        let prefix = first.as_str().trim_end_matches("0-x").to_owned();
         let names: Vec<SafeName> = NAMES
             .iter()
             .map(|name| SafeName::parse((*name).to_owned()).expect("name"))
@@ -1757,5 +1783,23 @@ mod tests {
             "the failure names the file: {cause:#}"
         );
         assert_eq!(left, 0, "the two files that were stored are removed");
+    }
+
+    #[tokio::test]
+    async fn a_request_of_many_files_stores_a_few_at_a_time() {
+        let inner = runway_storage::open("memory://many", &Default::default())
+            .await
+            .expect("storage");
+        let gated = Arc::new(Gated::new(inner, 1, "no key ends so"));
+        let mut staged = staged(gated.clone());
+        let names: Vec<SafeName> = (0..MAX_FILES)
+            .map(|i| SafeName::parse(format!("f{i}.txt")).expect("name"))
+            .collect();
+        let bodies = names
+            .iter()
+            .map(|name| (name, Body::Bytes(Bytes::from_static(b"x"))));
+        let receipts = staged.put_all(bodies).await.expect("stored");
+        assert_eq!(receipts.len(), MAX_FILES);
+        assert_eq!(gated.most.load(Ordering::SeqCst), STORES_AT_ONCE);
     }
 }
