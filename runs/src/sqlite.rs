@@ -1778,13 +1778,19 @@ mod tests {
         assert_eq!(checkpoints(), 2, "enough new commits, and a pause");
     }
 
+    /// A store on a file of its own, removed with the directory when that is dropped.
+    async fn store_in_a_temporary_directory() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("runs.db").display());
+        let store = SqliteStore::connect(&url).await.expect("open the store");
+        (dir, store)
+    }
+
     /// A checkpoint copies every frame committed to the WAL into the database file while the
     /// writer's connection stays open, and the rows read back whole.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_checkpoint_copies_every_committed_frame() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("runs.db").display());
-        let store = SqliteStore::connect(&url).await.expect("open the store");
+        let (_dir, store) = store_in_a_temporary_directory().await;
         sqlx::query("CREATE TABLE probe (page BLOB NOT NULL)")
             .execute(&store.write_pool)
             .await
@@ -1814,9 +1820,7 @@ mod tests {
     /// would then answer success for a row it does not hold.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_undo_never_reaches_the_writer_before() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("runs.db").display());
-        let store = SqliteStore::connect(&url).await.expect("open the store");
+        let (_dir, store) = store_in_a_temporary_directory().await;
         sqlx::query("CREATE TABLE probe (writer INTEGER NOT NULL)")
             .execute(&store.pool)
             .await
